@@ -1,0 +1,133 @@
+//! A watched Maildir folder: files in `new/` become tickets; after commit each
+//! file moves to `cur/` (flagged seen) or is deleted. A crash between commit
+//! and the move only means the file is read again and found a duplicate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MaildirAfter;
+use crate::pipeline::{backoff, Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+
+pub struct MaildirChannel {
+    pub name: String,
+    pub path: PathBuf,
+    pub poll_interval: Duration,
+    pub after: MaildirAfter,
+    pub batch_size: usize,
+}
+
+impl MaildirChannel {
+    /// Creates `new/`, `cur/` and `tmp/` if missing, so a fresh checkout works.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(self.path.join(sub))?;
+        }
+        Ok(())
+    }
+
+    /// Watches `new/` until `shutdown` is cancelled. A batch in progress is
+    /// finished (committed and acknowledged) before returning.
+    pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.prepare()
+            .map_err(|e| anyhow::anyhow!("channel {}: cannot prepare {}: {e}", self.name, self.path.display()))?;
+        tracing::info!(channel = %self.name, path = %self.path.display(), "Watching maildir.");
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let wait = match self.drain_once(&pipeline).await {
+                Ok(0) => {
+                    failures = 0;
+                    self.poll_interval
+                }
+                Ok(_) => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(channel = %self.name, error = %e, "Maildir batch not committed; will retry.");
+                    backoff(failures + 3)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Processes up to one batch from `new/`; returns how many files it took.
+    pub async fn drain_once(&self, pipeline: &Pipeline) -> Result<usize, PipelineError> {
+        let files = self.pending_files();
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let mut raws = Vec::with_capacity(files.len());
+        let mut taken = Vec::with_capacity(files.len());
+        for file in files {
+            match std::fs::read(&file) {
+                Ok(data) => {
+                    raws.push(RawMessage {
+                        channel: self.name.clone(),
+                        source: Some(file.display().to_string()),
+                        data: Arc::new(data),
+                    });
+                    taken.push(file);
+                }
+                // Renamed away by another reader, or not ours to read: skip it.
+                Err(e) => tracing::warn!(channel = %self.name, file = %file.display(), error = %e, "Cannot read file."),
+            }
+        }
+        let count = taken.len();
+        let dispositions = pipeline.process(raws, OnBadInput::Quarantine).await?;
+        for (file, disposition) in taken.iter().zip(&dispositions) {
+            match disposition {
+                Disposition::Applied(outcome) => tracing::info!(
+                    channel = %self.name, file = %file.display(), outcome = outcome.name(),
+                    ticket = ?outcome.ticket_id(), "Message ingested."
+                ),
+                Disposition::Quarantined { id, reason } => tracing::warn!(
+                    channel = %self.name, file = %file.display(), quarantine = id, %reason, "Message quarantined."
+                ),
+                Disposition::Refused { .. } => unreachable!("maildir quarantines bad input"),
+            }
+            // The message is committed (or kept in quarantine): acknowledge it.
+            if let Err(e) = self.acknowledge(file) {
+                tracing::error!(channel = %self.name, file = %file.display(), error = %e, "Cannot move committed file.");
+            }
+        }
+        Ok(count)
+    }
+
+    fn pending_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.path.join("new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.path())
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.'))
+            .collect();
+        // Maildir names start with a timestamp: oldest first.
+        files.sort();
+        files.truncate(self.batch_size);
+        files
+    }
+
+    fn acknowledge(&self, file: &Path) -> std::io::Result<()> {
+        match self.after {
+            MaildirAfter::Delete => std::fs::remove_file(file),
+            MaildirAfter::Move => {
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("message");
+                let base = name.split(":2,").next().unwrap_or(name);
+                std::fs::rename(file, self.path.join("cur").join(format!("{base}:2,S")))
+            }
+        }
+    }
+}

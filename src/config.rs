@@ -1,0 +1,632 @@
+//! Typed configuration: one TOML file, every key overridable from the
+//! environment, validated as a whole so `mailroom check` can list every
+//! problem at once with the key that has it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config file is looked for when neither `--config` nor
+/// `MAILROOM_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "config/mailroom.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+    #[serde(default)]
+    pub teams: BTreeMap<String, TeamConfig>,
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created on first run) or `postgres://…`.
+    pub url: Secret,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long to wait for a connection before calling the database unreachable.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Messages larger than this are refused (pipe: EX_DATAERR) or quarantined.
+    pub max_message_bytes: u64,
+    /// A message whose parse takes longer than this is quarantined.
+    pub parse_timeout_ms: u64,
+    /// Messages committed per transaction when backfilling or draining a spool.
+    pub batch_size: usize,
+    /// Attempts for a transient database error before the message is quarantined.
+    pub max_attempts: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 50 * 1024 * 1024,
+            parse_timeout_ms: 10_000,
+            batch_size: 256,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for a terminal, `json` for log shippers.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `mailroom=debug,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Ordered stages of a ticket's life.
+    pub statuses: Vec<StatusConfig>,
+    /// Status of a new ticket; the first `open` status when unset.
+    pub default_status: Option<String>,
+    /// What a customer's reply to a closed ticket does.
+    #[serde(default)]
+    pub follow_up: FollowUp,
+    /// With `follow_up = "new_ticket"`: only start a new ticket when the old
+    /// one has been closed for longer than this; reopen it otherwise.
+    pub new_ticket_after_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUp {
+    #[default]
+    Reopen,
+    NewTicket,
+}
+
+impl FollowUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FollowUp::Reopen => "reopen",
+            FollowUp::NewTicket => "new_ticket",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    pub name: String,
+    pub kind: StatusKind,
+    /// Ticket properties that must be set before a ticket may enter this status.
+    #[serde(default)]
+    pub required_properties: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusKind {
+    Open,
+    /// Waiting on the contact: a customer reply moves the ticket back to open.
+    Waiting,
+    Closed,
+}
+
+impl StatusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Open => "open",
+            StatusKind::Waiting => "waiting",
+            StatusKind::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(StatusKind::Open),
+            "waiting" => Some(StatusKind::Waiting),
+            "closed" => Some(StatusKind::Closed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    /// Display name; the key is used when unset.
+    pub name: Option<String>,
+    /// The team's From addresses; one of them is the default.
+    pub addresses: Vec<TeamAddress>,
+    /// Whether outgoing subjects carry `[#number]` (and incoming tags are honoured).
+    #[serde(default = "yes")]
+    pub subject_tag: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamAddress {
+    pub address: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub email: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Agent,
+    Admin,
+    SuperAdmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+            Role::SuperAdmin => "super_admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub kind: ChannelKind,
+    pub team: String,
+    pub pipeline: String,
+    /// A channel that does not create tickets only appends to existing ones.
+    #[serde(default = "yes")]
+    pub create_tickets: bool,
+    /// Maildir channel: the folder whose `new/` is watched.
+    pub path: Option<PathBuf>,
+    /// Maildir channel: how often `new/` is scanned.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Maildir channel: what happens to a file after its message is committed.
+    #[serde(default)]
+    pub after: MaildirAfter,
+}
+
+fn default_poll_ms() -> u64 {
+    250
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// `mailroom ingest` fed by an MTA or by hand.
+    Pipe,
+    /// A watched Maildir folder (the laptop default: `./spool`).
+    Maildir,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Pipe => "pipe",
+            ChannelKind::Maildir => "maildir",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MaildirAfter {
+    /// Move the file into `cur/` (kept, flagged seen).
+    #[default]
+    Move,
+    Delete,
+}
+
+/// A secret value: inline, from an environment variable, or from a file.
+/// Its `Debug` never shows the value.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    Inline(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Secret(inline, redacted)"),
+            Secret::Env { env } => write!(f, "Secret(env {env})"),
+            Secret::File { file } => write!(f, "Secret(file {})", file.display()),
+        }
+    }
+}
+
+impl Secret {
+    /// Reads the secret's value; the error names where it was looked for.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Inline(value) => Ok(value.clone()),
+            Secret::Env { env } => std::env::var(env)
+                .map_err(|_| format!("environment variable {env} is not set")),
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        }
+    }
+}
+
+/// One thing wrong with the configuration, tied to the key that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Load {
+        path: String,
+        source: config::ConfigError,
+    },
+    #[error("config {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<Problem> },
+}
+
+/// Picks the config path: the flag, then `MAILROOM_CONFIG`, then the default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("MAILROOM_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+impl Config {
+    /// Loads the file, layers the environment over it (`MAILROOM_SECTION__KEY`,
+    /// plus the shorthand `MAILROOM_DATABASE_URL`), and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load_unvalidated(path)?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                problems,
+            })
+        }
+    }
+
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let load_err = |source| ConfigError::Load {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("MAILROOM")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        if let Ok(url) = std::env::var("MAILROOM_DATABASE_URL") {
+            builder = builder.set_override("database.url", url).map_err(load_err)?;
+        }
+        builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(load_err)
+    }
+
+    /// Every problem found, each with its key. Empty means the config is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+        match self.database.url.resolve() {
+            Ok(url) if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") => {}
+            Ok(_) => problem(
+                "database.url".into(),
+                "must start with sqlite:// or postgres://".into(),
+            ),
+            Err(e) => problem("database.url".into(), e),
+        }
+        if self.database.max_connections == 0 {
+            problem("database.max_connections".into(), "must be at least 1".into());
+        }
+        if self.ingest.batch_size == 0 {
+            problem("ingest.batch_size".into(), "must be at least 1".into());
+        }
+        if self.ingest.max_attempts == 0 {
+            problem("ingest.max_attempts".into(), "must be at least 1".into());
+        }
+        if self.pipelines.is_empty() {
+            problem("pipelines".into(), "define at least one pipeline".into());
+        }
+        for (key, pipeline) in &self.pipelines {
+            let at = format!("pipelines.{key}");
+            let mut seen = std::collections::HashSet::new();
+            for (i, status) in pipeline.statuses.iter().enumerate() {
+                if status.name.trim().is_empty() {
+                    problem(format!("{at}.statuses[{i}].name"), "must not be empty".into());
+                }
+                if !seen.insert(status.name.as_str()) {
+                    problem(
+                        format!("{at}.statuses[{i}].name"),
+                        format!("status {:?} is listed twice", status.name),
+                    );
+                }
+            }
+            for kind in [StatusKind::Open, StatusKind::Closed] {
+                if !pipeline.statuses.iter().any(|s| s.kind == kind) {
+                    problem(
+                        format!("{at}.statuses"),
+                        format!("needs at least one status with kind = \"{}\"", kind.as_str()),
+                    );
+                }
+            }
+            if let Some(default) = &pipeline.default_status {
+                match pipeline.statuses.iter().find(|s| &s.name == default) {
+                    None => problem(
+                        format!("{at}.default_status"),
+                        format!("{default:?} is not one of this pipeline's statuses"),
+                    ),
+                    Some(s) if s.kind == StatusKind::Closed => problem(
+                        format!("{at}.default_status"),
+                        "a new ticket cannot start closed".into(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if pipeline.new_ticket_after_days.is_some() && pipeline.follow_up != FollowUp::NewTicket {
+                problem(
+                    format!("{at}.new_ticket_after_days"),
+                    "only applies with follow_up = \"new_ticket\"".into(),
+                );
+            }
+        }
+        if self.teams.is_empty() {
+            problem("teams".into(), "define at least one team".into());
+        }
+        let mut all_addresses = std::collections::HashMap::new();
+        for (key, team) in &self.teams {
+            let at = format!("teams.{key}");
+            if team.addresses.is_empty() {
+                problem(format!("{at}.addresses"), "needs at least one From address".into());
+            }
+            if team.addresses.iter().filter(|a| a.default).count() > 1 {
+                problem(format!("{at}.addresses"), "only one address can be the default".into());
+            }
+            for (i, address) in team.addresses.iter().enumerate() {
+                if !looks_like_address(&address.address) {
+                    problem(
+                        format!("{at}.addresses[{i}].address"),
+                        format!("{:?} is not an email address", address.address),
+                    );
+                }
+                if let Some(other) = all_addresses.insert(address.address.to_lowercase(), key) {
+                    if other != key {
+                        problem(
+                            format!("{at}.addresses[{i}].address"),
+                            format!("{} already belongs to team {other}", address.address),
+                        );
+                    }
+                }
+            }
+        }
+        for (key, agent) in &self.agents {
+            let at = format!("agents.{key}");
+            if !looks_like_address(&agent.email) {
+                problem(format!("{at}.email"), format!("{:?} is not an email address", agent.email));
+            }
+            for team in &agent.teams {
+                if !self.teams.contains_key(team) {
+                    problem(format!("{at}.teams"), format!("unknown team {team:?}"));
+                }
+            }
+        }
+        for (key, channel) in &self.channels {
+            let at = format!("channels.{key}");
+            if !self.teams.contains_key(&channel.team) {
+                problem(format!("{at}.team"), format!("unknown team {:?}", channel.team));
+            }
+            if !self.pipelines.contains_key(&channel.pipeline) {
+                problem(
+                    format!("{at}.pipeline"),
+                    format!("unknown pipeline {:?}", channel.pipeline),
+                );
+            }
+            match channel.kind {
+                ChannelKind::Maildir if channel.path.is_none() => {
+                    problem(format!("{at}.path"), "a maildir channel needs a path".into())
+                }
+                ChannelKind::Maildir if channel.poll_interval_ms == 0 => problem(
+                    format!("{at}.poll_interval_ms"),
+                    "must be at least 1".into(),
+                ),
+                _ => {}
+            }
+        }
+        problems
+    }
+
+    /// The channel `mailroom ingest` uses when `--channel` is not given: the
+    /// only pipe channel, if there is exactly one.
+    pub fn default_pipe_channel(&self) -> Result<&str, String> {
+        let pipes: Vec<&str> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.kind == ChannelKind::Pipe)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        match pipes.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!(
+                "no channel with kind = \"pipe\" is configured; name one with --channel (configured: {})",
+                self.channel_names()
+            )),
+            many => Err(format!(
+                "several pipe channels are configured ({}); choose one with --channel",
+                many.join(", ")
+            )),
+        }
+    }
+
+    pub fn channel_names(&self) -> String {
+        self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn looks_like_address(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("mailroom.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let config = Config::load(Path::new("config/mailroom.toml")).expect("shipped config loads");
+        assert!(config.channels.contains_key("spool"));
+        assert_eq!(config.default_pipe_channel().unwrap(), "pipe");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            [database]
+            url = "mysql://nope"
+            [pipelines.p]
+            statuses = [{ name = "open", kind = "open" }, { name = "open", kind = "waiting" }]
+            default_status = "missing"
+            [teams.t]
+            addresses = [{ address = "not-an-address", default = true }]
+            [channels.c]
+            kind = "maildir"
+            team = "ghost"
+            pipeline = "p"
+            "#,
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = Config::load(&path) else {
+            panic!("expected validation problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "database.url",
+            "pipelines.p.statuses[1].name",
+            "pipelines.p.statuses",
+            "pipelines.p.default_status",
+            "teams.t.addresses[0].address",
+            "channels.c.team",
+            "channels.c.path",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let secret = Secret::File { file };
+        assert_eq!(secret.resolve().unwrap(), "s3cret");
+        assert!(!format!("{:?}", Secret::Inline("s3cret".into())).contains("s3cret"));
+        let missing = Secret::Env {
+            env: "MAILROOM_TEST_SURELY_UNSET".into(),
+        };
+        assert!(missing.resolve().unwrap_err().contains("MAILROOM_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn unknown_channel_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            [database]
+            url = "sqlite://x.db"
+            [channels.c]
+            kind = "pipe"
+            team = "t"
+            pipeline = "p"
+            pathh = "typo"
+            "#,
+        );
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pathh"), "{err}");
+    }
+}

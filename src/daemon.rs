@@ -1,0 +1,85 @@
+//! `mailroom run`: connect, migrate, start every channel, and stop them
+//! gracefully on SIGINT/SIGTERM (a batch in progress is committed and
+//! acknowledged first). If a channel task fails, the daemon stops with its
+//! error rather than running on half-blind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::maildir::MaildirChannel;
+use crate::config::{ChannelKind, Config};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+
+/// How long running tasks get to finish after a stop signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database).await?;
+    store.migrate().await?;
+    let dir = Arc::new(store.sync_config(&config).await?);
+    let pipeline = Pipeline::new(store.clone(), dir, config.ingest.clone());
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+
+    for (name, channel) in &config.channels {
+        match channel.kind {
+            ChannelKind::Maildir => {
+                let maildir = MaildirChannel {
+                    name: name.clone(),
+                    path: channel.path.clone().expect("validated: maildir has a path"),
+                    poll_interval: Duration::from_millis(channel.poll_interval_ms),
+                    after: channel.after,
+                    batch_size: config.ingest.batch_size,
+                };
+                let (pipeline, token, name) = (pipeline.clone(), shutdown.child_token(), name.clone());
+                tasks.spawn(async move { (name, maildir.run(pipeline, token).await) });
+            }
+            // Fed by `mailroom ingest`, nothing to run.
+            ChannelKind::Pipe => {}
+        }
+    }
+    tracing::info!(tasks = tasks.len(), database = ?store.backend(), "mailroom started.");
+
+    let failure = tokio::select! {
+        _ = stop_signal() => {
+            tracing::info!("Stop requested; draining.");
+            None
+        }
+        Some(joined) = tasks.join_next(), if !tasks.is_empty() => Some(match joined {
+            Ok((name, Ok(()))) => anyhow::anyhow!("channel {name} stopped unexpectedly"),
+            Ok((name, Err(e))) => e.context(format!("channel {name} failed")),
+            Err(e) => anyhow::anyhow!("a channel task panicked: {e}"),
+        }),
+    };
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = joined {
+                tracing::error!(channel = %name, error = %e, "Channel failed while stopping.");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(remaining = tasks.len(), "Tasks still running at the drain deadline; stopping anyway.");
+    }
+    store.close().await;
+    tracing::info!("mailroom stopped.");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

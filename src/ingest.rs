@@ -1,0 +1,269 @@
+//! `mailroom ingest`: one message from stdin for an MTA pipe (exit code tells
+//! the MTA what happened), or backfill from .eml files, mbox files and
+//! Maildir folders in batches.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::pipeline::{Disposition, OnBadInput, Outcome, Pipeline, PipelineError, RawMessage};
+
+/// sysexits.h codes that MTAs understand.
+pub const EX_OK: u8 = 0;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_SOFTWARE: u8 = 70;
+pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_CONFIG: u8 = 78;
+
+/// Totals printed at the end of a backfill.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub created: u64,
+    pub appended: u64,
+    pub duplicate: u64,
+    pub recorded: u64,
+    pub quarantined: u64,
+    pub failed: u64,
+}
+
+impl Summary {
+    pub fn total(&self) -> u64 {
+        self.created + self.appended + self.duplicate + self.recorded + self.quarantined + self.failed
+    }
+
+    fn add(&mut self, disposition: &Disposition) {
+        match disposition {
+            Disposition::Applied(Outcome::Created { .. }) => self.created += 1,
+            Disposition::Applied(Outcome::Appended { .. }) => self.appended += 1,
+            Disposition::Applied(Outcome::Duplicate { .. }) => self.duplicate += 1,
+            Disposition::Applied(Outcome::Recorded) => self.recorded += 1,
+            Disposition::Quarantined { .. } => self.quarantined += 1,
+            Disposition::Refused { .. } => self.failed += 1,
+        }
+    }
+}
+
+/// Reads one message from `input` and commits it. The exit code is the MTA's
+/// answer: 0 only after commit (or after the message was kept in the
+/// quarantine), 75 when the database is unreachable so the MTA retries, 65
+/// when the input is not usable mail.
+pub async fn ingest_one(pipeline: &Pipeline, channel: &str, mut input: impl Read) -> u8 {
+    let mut data = Vec::new();
+    if let Err(e) = input.read_to_end(&mut data) {
+        eprintln!("mailroom ingest: cannot read the message: {e}");
+        return EX_TEMPFAIL;
+    }
+    let raw = RawMessage {
+        channel: channel.to_string(),
+        source: Some("stdin".into()),
+        data: Arc::new(data),
+    };
+    match pipeline.process(vec![raw], OnBadInput::Refuse).await {
+        Ok(mut dispositions) => match dispositions.remove(0) {
+            Disposition::Applied(outcome) => {
+                tracing::info!(channel, outcome = outcome.name(), ticket = ?outcome.ticket_id(), "Message ingested.");
+                EX_OK
+            }
+            Disposition::Quarantined { id, reason } => {
+                eprintln!("mailroom ingest: message kept in quarantine #{id}: {reason}");
+                EX_OK
+            }
+            Disposition::Refused { reason } => {
+                eprintln!("mailroom ingest: unusable message: {reason}");
+                EX_DATAERR
+            }
+        },
+        Err(PipelineError::Unavailable(e)) => {
+            eprintln!("mailroom ingest: database unavailable, try again later: {e}");
+            EX_TEMPFAIL
+        }
+        Err(e @ PipelineError::UnknownChannel(_)) => {
+            eprintln!("mailroom ingest: {e}");
+            EX_CONFIG
+        }
+    }
+}
+
+/// One message found in a backfill source.
+struct Found {
+    source: String,
+    data: Result<Vec<u8>, String>,
+}
+
+/// Walks paths: a file is an mbox when it starts with "From ", a single
+/// message otherwise; a folder with `cur/` or `new/` is a Maildir, any other
+/// folder is searched for files.
+fn walk(paths: &[PathBuf], emit: &mut dyn FnMut(Found) -> bool) {
+    for path in paths {
+        if !walk_one(path, emit) {
+            return;
+        }
+    }
+}
+
+fn walk_one(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
+    if path.is_dir() {
+        let maildir = path.join("cur").is_dir() || path.join("new").is_dir();
+        let folders: Vec<PathBuf> = if maildir {
+            vec![path.join("cur"), path.join("new")]
+        } else {
+            vec![path.to_path_buf()]
+        };
+        for folder in folders {
+            let mut entries: Vec<PathBuf> = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) if maildir && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return emit(Found {
+                        source: folder.display().to_string(),
+                        data: Err(format!("cannot read folder: {e}")),
+                    })
+                }
+            };
+            entries.sort();
+            for entry in entries {
+                let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.starts_with('.') || (!maildir && entry.is_file() && !looks_like_mail_file(&entry)) {
+                    continue;
+                }
+                if !walk_one(&entry, emit) {
+                    return false;
+                }
+            }
+        }
+        return true;
+    }
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            return emit(Found {
+                source: path.display().to_string(),
+                data: Err(format!("cannot open: {e}")),
+            })
+        }
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut head = [0u8; 5];
+    let n = std::io::Read::read(&mut reader, &mut head).unwrap_or(0);
+    let rest = |mut r: std::io::BufReader<std::fs::File>| {
+        let mut data = head[..n].to_vec();
+        r.read_to_end(&mut data).map(|_| data)
+    };
+    if &head[..n] == b"From " {
+        // Streamed, so a multi-gigabyte mbox does not have to fit in memory.
+        let file = match std::fs::File::open(path) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(e) => {
+                return emit(Found {
+                    source: path.display().to_string(),
+                    data: Err(format!("cannot open: {e}")),
+                })
+            }
+        };
+        for (i, message) in mail_parser::mailbox::mbox::MessageIterator::new(file).enumerate() {
+            let found = Found {
+                source: format!("{}#{}", path.display(), i + 1),
+                data: message
+                    .map(|m| m.unwrap_contents())
+                    .map_err(|e| format!("cannot read mbox entry: {e}")),
+            };
+            if !emit(found) {
+                return false;
+            }
+        }
+        true
+    } else {
+        emit(Found {
+            source: path.display().to_string(),
+            data: rest(reader).map_err(|e| format!("cannot read: {e}")),
+        })
+    }
+}
+
+/// In a plain folder, take .eml/.mbox/.msg files and files without extension
+/// (Maildir-style names) and skip the rest (READMEs, expectation files …).
+fn looks_like_mail_file(path: &Path) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        None => true,
+        Some(ext) => matches!(ext.to_ascii_lowercase().as_str(), "eml" | "mbox" | "mbx" | "msg" | "txt"),
+    }
+}
+
+/// Backfill: ingests every message under `paths`, committing in batches.
+/// Failures are reported per source on stderr and counted; the run goes on.
+pub async fn ingest_paths(
+    pipeline: &Pipeline,
+    channel: &str,
+    paths: Vec<PathBuf>,
+    batch_size: usize,
+) -> Result<Summary, PipelineError> {
+    // Reading runs on its own thread, one batch ahead of the pipeline.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Found>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(batch_size);
+        walk(&paths, &mut |found| {
+            batch.push(found);
+            if batch.len() >= batch_size {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                return tx.blocking_send(full).is_ok();
+            }
+            true
+        });
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
+    });
+
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}")
+                .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut summary = Summary::default();
+    while let Some(batch) = rx.recv().await {
+        let mut raws = Vec::with_capacity(batch.len());
+        for found in batch {
+            match found.data {
+                Ok(data) => raws.push(RawMessage {
+                    channel: channel.to_string(),
+                    source: Some(found.source),
+                    data: Arc::new(data),
+                }),
+                Err(reason) => {
+                    progress.suspend(|| eprintln!("{}: {reason}", found.source));
+                    summary.failed += 1;
+                }
+            }
+        }
+        let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
+        let dispositions = pipeline.process(raws, OnBadInput::Refuse).await?;
+        for (source, disposition) in sources.iter().zip(&dispositions) {
+            match disposition {
+                Disposition::Refused { reason } => progress.suspend(|| {
+                    eprintln!("{}: {reason}", source.as_deref().unwrap_or("?"));
+                }),
+                Disposition::Quarantined { id, reason } => progress.suspend(|| {
+                    eprintln!("{}: quarantined as #{id}: {reason}", source.as_deref().unwrap_or("?"));
+                }),
+                Disposition::Applied(_) => {}
+            }
+            summary.add(disposition);
+        }
+        progress.set_position(summary.total());
+        progress.set_message(format!(
+            "created {} appended {} duplicate {}",
+            summary.created, summary.appended, summary.duplicate
+        ));
+    }
+    progress.finish_and_clear();
+    let _ = reader.await;
+    Ok(summary)
+}

@@ -1,0 +1,16 @@
+//! mailroom: the email channel of a help desk.
+//!
+//! # Layout
+//! - [`config`]: typed TOML config with env overrides and whole-file validation.
+//! - [`store`]: sqlx over SQLite or PostgreSQL; config sync, read-outs, quarantine.
+//! - [`pipeline`]: parse → classify → thread → apply, exactly once per message.
+//! - [`channel`]: where mail comes from (Maildir spool; IMAP and HTTP build on it).
+//! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
+//! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
+
+pub mod channel;
+pub mod config;
+pub mod daemon;
+pub mod ingest;
+pub mod pipeline;
+pub mod store;

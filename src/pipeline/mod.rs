@@ -1,0 +1,325 @@
+//! raw bytes → parse → classify → thread → apply (one transaction).
+//!
+//! Parsing runs on blocking threads, isolated: a panic or a runaway parse of
+//! one message is caught and bounded in time, and that message goes to the
+//! quarantine instead of stopping its channel. Applying retries transient
+//! database errors; a message that still cannot be applied is quarantined
+//! whole, with the reason. Only when the database is unreachable does the
+//! pipeline give up and return [`PipelineError::Unavailable`], so the source
+//! keeps the message and delivers it again later.
+
+pub mod apply;
+pub mod classify;
+pub mod parse;
+pub mod thread;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+pub use apply::{Inbound, Outcome};
+use parse::{ParseError, ParsedMessage};
+
+use crate::config::IngestConfig;
+use crate::store::directory::ChannelInfo;
+use crate::store::{classify_error, now_ms, Directory, ErrorClass, Store};
+
+/// A message as a channel hands it over: bytes plus where they came from.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub channel: String,
+    /// File path, mbox offset, IMAP UIDVALIDITY/UID …, kept on the receipt.
+    pub source: Option<String>,
+    pub data: Arc<Vec<u8>>,
+}
+
+/// Why a message could not be turned into a [`ParsedMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseFailure {
+    #[error("{0}")]
+    Invalid(#[from] ParseError),
+    #[error("message is {size} bytes, over ingest.max_message_bytes ({limit})")]
+    TooLarge { size: usize, limit: u64 },
+    #[error("parser panicked: {0}")]
+    Panicked(String),
+    #[error("parsing took longer than {0} ms")]
+    TimedOut(u64),
+}
+
+impl ParseFailure {
+    /// Input that is not usable mail, as opposed to mail that broke us.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ParseFailure::Invalid(_) | ParseFailure::TooLarge { .. })
+    }
+}
+
+/// What to do with a message that is not usable mail (empty, not RFC 5322, too large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBadInput {
+    /// Report it to the caller, store nothing (an MTA pipe answers EX_DATAERR).
+    Refuse,
+    /// Keep it in the quarantine (a spool has no one to answer).
+    Quarantine,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Disposition {
+    Applied(Outcome),
+    Quarantined { id: i64, reason: String },
+    Refused { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+}
+
+/// The parse function; replaceable in tests to inject panics and runaways.
+pub type Parser = fn(&[u8]) -> Result<ParsedMessage, ParseError>;
+
+/// Runs messages through the pipeline into the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    store: Store,
+    dir: Arc<Directory>,
+    config: IngestConfig,
+    parser: Parser,
+}
+
+impl Pipeline {
+    pub fn new(store: Store, dir: Arc<Directory>, config: IngestConfig) -> Pipeline {
+        Pipeline {
+            store,
+            dir,
+            config,
+            parser: parse::parse,
+        }
+    }
+
+    /// Replaces the parser (fault injection in tests).
+    pub fn with_parser(mut self, parser: Parser) -> Pipeline {
+        self.parser = parser;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
+    /// Parses on a blocking thread, catching panics and bounding the time.
+    /// A parse that runs past the timeout is abandoned (its thread finishes
+    /// on its own); the message is reported as timed out.
+    pub async fn parse(&self, data: Arc<Vec<u8>>) -> Result<ParsedMessage, ParseFailure> {
+        if data.len() as u64 > self.config.max_message_bytes {
+            return Err(ParseFailure::TooLarge {
+                size: data.len(),
+                limit: self.config.max_message_bytes,
+            });
+        }
+        let parser = self.parser;
+        let handle = tokio::task::spawn_blocking(move || parser(&data));
+        let limit = self.config.parse_timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(limit), handle).await {
+            Err(_) => Err(ParseFailure::TimedOut(limit)),
+            Ok(Err(join_error)) => {
+                let reason = match join_error.try_into_panic() {
+                    Ok(payload) => payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into()),
+                    Err(e) => e.to_string(),
+                };
+                Err(ParseFailure::Panicked(reason))
+            }
+            Ok(Ok(result)) => result.map_err(ParseFailure::Invalid),
+        }
+    }
+
+    fn channel(&self, key: &str) -> Result<&ChannelInfo, PipelineError> {
+        self.dir
+            .channel(key)
+            .ok_or_else(|| PipelineError::UnknownChannel(key.to_string()))
+    }
+
+    /// Runs a batch of messages through the pipeline. Parsing is parallel;
+    /// applying commits the whole batch in one transaction when it can, and
+    /// falls back to one transaction per message to isolate a bad one.
+    /// Dispositions come back in input order. `Err` only when the database
+    /// stayed unreachable: then nothing from this batch may be acknowledged.
+    pub async fn process(
+        &self,
+        batch: Vec<RawMessage>,
+        on_bad_input: OnBadInput,
+    ) -> Result<Vec<Disposition>, PipelineError> {
+        for raw in &batch {
+            self.channel(&raw.channel)?;
+        }
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let parsed: Vec<(RawMessage, Result<ParsedMessage, ParseFailure>)> = stream::iter(batch)
+            .map(|raw| async move {
+                let result = self.parse(raw.data.clone()).await;
+                (raw, result)
+            })
+            .buffered(parallel * 2)
+            .collect()
+            .await;
+
+        let mut results: Vec<Option<Disposition>> = vec![None; parsed.len()];
+        let mut to_apply: Vec<(usize, RawMessage, Inbound)> = Vec::new();
+        for (index, (raw, result)) in parsed.into_iter().enumerate() {
+            match result {
+                Ok(message) => {
+                    let inbound = Inbound {
+                        parsed: message,
+                        raw: raw.data.clone(),
+                        source: raw.source.clone(),
+                    };
+                    to_apply.push((index, raw, inbound));
+                }
+                Err(failure) if failure.is_bad_input() && on_bad_input == OnBadInput::Refuse => {
+                    results[index] = Some(Disposition::Refused {
+                        reason: failure.to_string(),
+                    });
+                }
+                Err(failure) => {
+                    tracing::warn!(channel = %raw.channel, source = ?raw.source, reason = %failure, "Message quarantined.");
+                    let id = self.quarantine(&raw, &failure.to_string()).await?;
+                    results[index] = Some(Disposition::Quarantined {
+                        id,
+                        reason: failure.to_string(),
+                    });
+                }
+            }
+        }
+
+        if !to_apply.is_empty() {
+            let applied = match self.apply_all(&to_apply).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(ErrorClass::Unavailable) => {
+                    return Err(PipelineError::Unavailable("database unreachable".into()))
+                }
+                // One of them may be the problem: apply each on its own.
+                Err(_) => {
+                    let mut each = Vec::with_capacity(to_apply.len());
+                    for item in &to_apply {
+                        each.push(self.apply_all(std::slice::from_ref(item)).await.map(|mut o| o.remove(0)));
+                    }
+                    each
+                }
+            };
+            for ((index, raw, _), result) in to_apply.iter().zip(applied) {
+                results[*index] = Some(match result {
+                    Ok(outcome) => Disposition::Applied(outcome),
+                    Err(ErrorClass::Unavailable) => {
+                        return Err(PipelineError::Unavailable("database unreachable".into()))
+                    }
+                    Err(_) => {
+                        let reason = self.last_error_text(raw).await;
+                        tracing::warn!(channel = %raw.channel, source = ?raw.source, %reason, "Message quarantined.");
+                        let id = self.quarantine(raw, &reason).await?;
+                        Disposition::Quarantined { id, reason }
+                    }
+                });
+            }
+        }
+        Ok(results.into_iter().map(|d| d.expect("every message has a disposition")).collect())
+    }
+
+    /// Re-runs the failing apply once more to capture its error text for the
+    /// quarantine record (the batch path only keeps the error class).
+    async fn last_error_text(&self, raw: &RawMessage) -> String {
+        let Ok(parsed) = self.parse(raw.data.clone()).await else {
+            return "parse failed".into();
+        };
+        let Ok(channel) = self.channel(&raw.channel) else {
+            return "unknown channel".into();
+        };
+        let inbound = Inbound {
+            parsed,
+            raw: raw.data.clone(),
+            source: raw.source.clone(),
+        };
+        let result = async {
+            let mut w = self.store.begin_write().await?;
+            let r = apply::apply(&mut w.tx, &self.dir, channel, &inbound, now_ms()).await;
+            w.tx.rollback().await?;
+            r
+        }
+        .await;
+        match result {
+            Err(e) => format!("cannot apply: {e}"),
+            Ok(_) => "cannot apply: transient errors persisted".into(),
+        }
+    }
+
+    /// Applies messages in one transaction, retrying transient errors with
+    /// backoff. Returns the class of the last error when it gives up.
+    async fn apply_all(&self, items: &[(usize, RawMessage, Inbound)]) -> Result<Vec<Outcome>, ErrorClass> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result: Result<Vec<Outcome>, sqlx::Error> = async {
+                let mut w = self.store.begin_write().await?;
+                let now = now_ms();
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (_, raw, inbound) in items {
+                    let channel = self.dir.channel(&raw.channel).expect("checked in process");
+                    outcomes.push(apply::apply(&mut w.tx, &self.dir, channel, inbound, now).await?);
+                }
+                w.commit().await?;
+                Ok(outcomes)
+            }
+            .await;
+            match result {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(e) => {
+                    let class = classify_error(&e);
+                    if class == ErrorClass::Permanent || attempt >= self.config.max_attempts {
+                        tracing::debug!(error = %e, attempt, "Apply failed.");
+                        return Err(class);
+                    }
+                    tracing::debug!(error = %e, attempt, "Apply failed; retrying.");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps a message whole in the quarantine with the reason.
+    async fn quarantine(&self, raw: &RawMessage, reason: &str) -> Result<i64, PipelineError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .store
+                .quarantine_put(&raw.channel, raw.source.as_deref(), reason, &raw.data)
+                .await
+            {
+                Ok(id) => return Ok(id),
+                Err(e) if attempt < self.config.max_attempts && classify_error(&e) != ErrorClass::Permanent => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(PipelineError::Unavailable(format!("cannot write to the quarantine: {e}"))),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 50 ms, 100 ms, 200 ms … capped at 2 s.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}

@@ -1,0 +1,399 @@
+//! Raw bytes → [`ParsedMessage`]: everything later steps need, decoded and
+//! owned. Pure: no I/O, so it can run on a blocking thread under a timeout.
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::classify::{classify, Flags};
+
+/// A mailbox (address plus display name) with the address normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// An attachment's metadata and contents (stored once by SHA-256).
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub inline: bool,
+    pub sha256: String,
+    pub data: Vec<u8>,
+}
+
+/// A decoded message: what classify, thread and apply work from.
+#[derive(Debug, Clone)]
+pub struct ParsedMessage {
+    /// Message-ID without angle brackets; synthetic when the message has none.
+    pub message_id: String,
+    pub synthetic_id: bool,
+    /// In-Reply-To values, in header order.
+    pub in_reply_to: Vec<String>,
+    /// References values, oldest first as written.
+    pub references: Vec<String>,
+    pub from: Option<Mailbox>,
+    pub reply_to: Option<Mailbox>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub subject: String,
+    /// The Date header, unix milliseconds.
+    pub date: Option<i64>,
+    pub body_text: String,
+    pub body_html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub flags: Flags,
+    /// The conversation part of an Outlook Thread-Index (its first 22 bytes), hex.
+    pub thread_index_root: Option<String>,
+    /// Identity of the message for de-duplication: Message-ID, addressing
+    /// headers and body, but not transport headers (Received, Delivered-To …),
+    /// so a re-delivery of the same message has the same fingerprint.
+    pub fingerprint: String,
+    /// SHA-256 of the raw bytes as received.
+    pub raw_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the message is empty")]
+    Empty,
+    #[error("no RFC 5322 header section found (is this an email message?)")]
+    NotAMessage,
+}
+
+/// Parses a raw RFC 5322 message. Never panics on bad input by design, but
+/// callers still run it isolated (see `pipeline::isolate`) because it is the
+/// code that meets the most hostile bytes.
+pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ParseError::Empty);
+    }
+    if !has_header_section(raw) {
+        return Err(ParseError::NotAMessage);
+    }
+    let message = MessageParser::default()
+        .parse(raw)
+        .ok_or(ParseError::NotAMessage)?;
+
+    let fingerprint = fingerprint(&message, raw);
+    let (message_id, synthetic_id) = match message.message_id().map(clean_id) {
+        Some(id) if !id.is_empty() => (id, false),
+        _ => (format!("{}@mailroom.invalid", &fingerprint[..32]), true),
+    };
+
+    let from = first_mailbox(message.from())
+        .or_else(|| first_mailbox(message.sender()))
+        .or_else(|| {
+            message.return_address().and_then(|a| {
+                let address = normalize_address(a);
+                (!address.is_empty()).then_some(Mailbox { address, name: None })
+            })
+        });
+
+    let mut body_text = String::new();
+    for i in 0..message.text_body_count() {
+        if let Some(text) = message.body_text(i) {
+            if !body_text.is_empty() {
+                body_text.push_str("\n\n");
+            }
+            body_text.push_str(text.trim_end());
+        }
+    }
+    let body_html = message
+        .html_part(0)
+        .filter(|part| part.is_text_html())
+        .and_then(|part| part.text_contents())
+        .map(str::to_string);
+
+    let attachments = message
+        .attachments()
+        .enumerate()
+        .map(|(i, part)| attachment(i, part))
+        .collect();
+
+    let subject = message
+        .subject()
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+
+    Ok(ParsedMessage {
+        message_id,
+        synthetic_id,
+        in_reply_to: id_list(message.in_reply_to()),
+        references: id_list(message.references()),
+        from,
+        reply_to: first_mailbox(message.reply_to()),
+        to: mailboxes(message.to()),
+        cc: mailboxes(message.cc()),
+        subject,
+        date: message.date().map(|d| d.to_timestamp() * 1000),
+        body_text,
+        body_html,
+        attachments,
+        flags: classify(&message),
+        thread_index_root: thread_index_root(&message),
+        fingerprint,
+        raw_sha256: sha256_hex(raw),
+    })
+}
+
+/// A message must begin with at least one `Name: value` header line;
+/// otherwise mail-parser would happily read any text as a body.
+fn has_header_section(raw: &[u8]) -> bool {
+    let start = raw
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(raw.len());
+    // mbox "From " separator lines are tolerated in front of the headers.
+    let mut rest = &raw[start..];
+    if rest.starts_with(b"From ") {
+        rest = match rest.iter().position(|&b| b == b'\n') {
+            Some(nl) => &rest[nl + 1..],
+            None => return false,
+        };
+    }
+    let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let line = &rest[..line_end];
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) if colon > 0 => line[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b':'),
+        _ => false,
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn fingerprint(message: &mail_parser::Message<'_>, raw: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    for name in ["Message-ID", "From", "To", "Cc", "Subject", "Date"] {
+        hasher.update(name.as_bytes());
+        hasher.update(b"\0");
+        if let Some(value) = message.header_raw(name) {
+            // Unfold and trim, so re-folding by a relay does not matter.
+            for word in value.split_ascii_whitespace() {
+                hasher.update(word.as_bytes());
+                hasher.update(b" ");
+            }
+        }
+        hasher.update(b"\0");
+    }
+    let body_start = (message.root_part().raw_body_offset() as usize).min(raw.len());
+    let body = &raw[body_start..];
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
+    // CRLF vs LF depends on the path the message took (IMAP vs a Maildir file).
+    for chunk in body[..end].split(|&b| b == b'\r') {
+        hasher.update(chunk);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Strips angle brackets and whitespace from a Message-ID-like value.
+pub fn clean_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_string()
+}
+
+fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
+    let ids: Vec<String> = match value {
+        HeaderValue::Text(id) => vec![clean_id(id)],
+        HeaderValue::TextList(ids) => ids.iter().map(|id| clean_id(id)).collect(),
+        _ => Vec::new(),
+    };
+    ids.into_iter().filter(|id| !id.is_empty()).collect()
+}
+
+pub fn normalize_address(address: &str) -> String {
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_lowercase()
+}
+
+fn to_mailbox(addr: &mail_parser::Addr<'_>) -> Option<Mailbox> {
+    let address = normalize_address(addr.address()?);
+    if address.is_empty() {
+        return None;
+    }
+    let name = addr
+        .name()
+        .map(|n| n.trim().trim_matches('"').trim().to_string())
+        .filter(|n| !n.is_empty() && n.to_lowercase() != address);
+    Some(Mailbox { address, name })
+}
+
+fn first_mailbox(address: Option<&Address<'_>>) -> Option<Mailbox> {
+    address?.iter().find_map(to_mailbox)
+}
+
+fn mailboxes(address: Option<&Address<'_>>) -> Vec<Mailbox> {
+    address
+        .map(|a| a.iter().filter_map(to_mailbox).collect())
+        .unwrap_or_default()
+}
+
+fn attachment(index: usize, part: &mail_parser::MessagePart<'_>) -> Attachment {
+    let content_type = part
+        .content_type()
+        .map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_string(),
+        })
+        .unwrap_or_else(|| {
+            if matches!(part.body, PartType::Message(_)) {
+                "message/rfc822".into()
+            } else {
+                "application/octet-stream".into()
+            }
+        })
+        .to_lowercase();
+    let filename = part
+        .attachment_name()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| default_filename(index, &content_type, part));
+    let inline = part
+        .content_disposition()
+        .map(|d| d.ctype().eq_ignore_ascii_case("inline"))
+        .unwrap_or(false)
+        || matches!(part.body, PartType::InlineBinary(_));
+    let data = part.contents().to_vec();
+    Attachment {
+        filename,
+        content_type,
+        content_id: part.content_id().map(clean_id).filter(|c| !c.is_empty()),
+        inline,
+        sha256: sha256_hex(&data),
+        data,
+    }
+}
+
+fn default_filename(index: usize, content_type: &str, part: &mail_parser::MessagePart<'_>) -> String {
+    if let PartType::Message(inner) = &part.body {
+        if let Some(subject) = inner.subject() {
+            let safe: String = subject
+                .chars()
+                .map(|c| if c.is_alphanumeric() || c == ' ' || c == '-' { c } else { '_' })
+                .take(60)
+                .collect();
+            return format!("{}.eml", safe.trim());
+        }
+        return "forwarded-message.eml".into();
+    }
+    let extension = match content_type {
+        "text/calendar" => "ics",
+        "text/plain" => "txt",
+        "text/html" => "html",
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "image/gif" => "gif",
+        "application/pdf" => "pdf",
+        "message/delivery-status" => "txt",
+        "text/rfc822-headers" => "txt",
+        _ => "bin",
+    };
+    format!("attachment-{}.{extension}", index + 1)
+}
+
+fn thread_index_root(message: &mail_parser::Message<'_>) -> Option<String> {
+    let value = message.header_raw("Thread-Index")?;
+    let compact: Vec<u8> = value.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bytes = mail_parser::decoders::base64::base64_decode(&compact)?;
+    // 22 bytes of header identify the conversation; replies append 5-byte blocks.
+    (bytes.len() >= 22).then(|| hex::encode(&bytes[..22]))
+}
+
+/// The ticket number in a subject tag such as `[#1042]`, if any.
+pub fn subject_tag(subject: &str) -> Option<i64> {
+    let mut rest = subject;
+    while let Some(start) = rest.find("[#") {
+        let after = &rest[start + 2..];
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        if !digits.is_empty() && after[digits.len()..].starts_with(']') {
+            return digits.parse().ok();
+        }
+        rest = after;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_headers_do_not_change_the_fingerprint() {
+        let a = b"Received: from a\r\nMessage-ID: <x@y>\r\nFrom: a@b.test\r\nSubject: Hi\r\n\r\nBody\r\n";
+        let b = b"Received: from b\nReceived: from c\nDelivered-To: s@e.test\nMessage-ID: <x@y>\nFrom: a@b.test\nSubject: Hi\n\nBody\n";
+        assert_eq!(parse(a).unwrap().fingerprint, parse(b).unwrap().fingerprint);
+        let c = b"Message-ID: <x@y>\nFrom: a@b.test\nSubject: Hi\n\nAnother body\n";
+        assert_ne!(parse(a).unwrap().fingerprint, parse(c).unwrap().fingerprint);
+    }
+
+    #[test]
+    fn missing_message_id_gets_a_stable_synthetic_one() {
+        let raw = b"From: a@b.test\nSubject: Hi\n\nBody\n";
+        let first = parse(raw).unwrap();
+        assert!(first.synthetic_id);
+        assert!(first.message_id.ends_with("@mailroom.invalid"));
+        assert_eq!(first.message_id, parse(raw).unwrap().message_id);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        assert_eq!(parse(b"").unwrap_err(), ParseError::Empty);
+        assert_eq!(parse(b"   \n").unwrap_err(), ParseError::Empty);
+        assert_eq!(parse(b"just some text\n").unwrap_err(), ParseError::NotAMessage);
+        assert_eq!(parse(&[0xff, 0x00, 0x12]).unwrap_err(), ParseError::NotAMessage);
+    }
+
+    #[test]
+    fn subject_tags_are_found() {
+        assert_eq!(subject_tag("Re: [#1042] Printer"), Some(1042));
+        assert_eq!(subject_tag("[#] no [#12a] yes [#7]"), Some(7));
+        assert_eq!(subject_tag("Printer #12"), None);
+    }
+
+    #[test]
+    fn thread_index_root_is_its_first_22_bytes() {
+        let root = [7u8; 22];
+        let mut child = root.to_vec();
+        child.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let b64 = |b: &[u8]| {
+            use std::fmt::Write;
+            // Tiny encoder for the test only.
+            const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for chunk in b.chunks(3) {
+                let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+                for i in 0..4 {
+                    if i <= chunk.len() {
+                        out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char).unwrap();
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            out
+        };
+        let raw = |ti: &str| format!("From: a@b.test\nThread-Index: {ti}\nSubject: x\n\nb\n");
+        let a = parse(raw(&b64(&root)).as_bytes()).unwrap();
+        let b = parse(raw(&b64(&child)).as_bytes()).unwrap();
+        assert_eq!(a.thread_index_root, Some(hex::encode(root)));
+        assert_eq!(a.thread_index_root, b.thread_index_root);
+    }
+}

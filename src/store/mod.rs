@@ -1,0 +1,250 @@
+//! The store: one sqlx `Any` pool over SQLite or PostgreSQL. The SQL is
+//! shared (`$N` placeholders, `ON CONFLICT`, `RETURNING` work on both); only
+//! the migrations differ. All timestamps are unix milliseconds.
+
+pub mod directory;
+pub mod quarantine;
+pub mod readout;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Transaction};
+
+use crate::config::DatabaseConfig;
+
+pub use directory::Directory;
+
+pub type Tx = Transaction<'static, sqlx::Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Handle to the database, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer at a time; queueing writers here (instead of
+    /// in SQLite's busy handler, which sleeps in steps) keeps latency low.
+    /// Other processes on the same file are handled by `BEGIN IMMEDIATE`.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// How a database error should be handled by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database cannot be reached: keep the message at its source and retry later.
+    Unavailable,
+    /// A lock or a concurrent insert got in the way: retry now.
+    Transient,
+    /// Retrying will not help (a bug, or data the schema refuses).
+    Permanent,
+}
+
+pub fn classify_error(error: &sqlx::Error) -> ErrorClass {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorClass::Unavailable,
+        sqlx::Error::Database(db) => {
+            if db.is_unique_violation() {
+                // Another writer (instance) committed the same thing first;
+                // a retry sees it and turns into a duplicate.
+                return ErrorClass::Transient;
+            }
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // SQLite BUSY, LOCKED and their extended codes.
+                c if c == "5" || c == "6" || c == "261" || c == "517" || c == "262" => ErrorClass::Transient,
+                // PostgreSQL serialization failure, deadlock.
+                "40001" | "40P01" => ErrorClass::Transient,
+                // PostgreSQL connection exceptions, shutdown, too many connections.
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => ErrorClass::Unavailable,
+                _ => ErrorClass::Permanent,
+            }
+        }
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the pool. For SQLite the file (and its folder) is created on
+    /// first use, with WAL and `synchronous=FULL` so that a committed message
+    /// survives power loss.
+    pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Store> {
+        let url = config
+            .url
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        Self::connect_url(&url, config.max_connections, Duration::from_secs(config.connect_timeout_secs)).await
+    }
+
+    pub async fn connect_url(url: &str, max_connections: u32, timeout: Duration) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| anyhow::anyhow!("database.url is not a valid URL: {e}"))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlite_pragmas(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the database ({}): {e}", redact_url(&url)))?;
+        Ok(Store {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations for this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let result = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
+        };
+        result.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))
+    }
+
+    /// Starts a write transaction. On SQLite it holds the in-process write
+    /// lock and takes the file's write lock up front (`BEGIN IMMEDIATE`), so a
+    /// transaction never fails half-way on a lock upgrade.
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A write transaction plus, on SQLite, the in-process writer lock it holds.
+pub struct WriteTx {
+    pub tx: Tx,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+/// Durability and locking settings for every SQLite connection.
+async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+    )
+    .await?;
+    Ok(())
+}
+
+fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    anyhow::anyhow!("cannot create the database folder {}: {e}", parent.display())
+                })?;
+            }
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_string()
+    } else if query.is_empty() {
+        "mode=rwc".to_string()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// The URL with any password replaced, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://mr:hunter2@db:5432/x"),
+            "postgres://mr:***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://data/m.db"), "sqlite://data/m.db");
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/m.db");
+        let url = prepare_sqlite_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert!(url.ends_with("?mode=rwc"));
+        assert!(dir.path().join("sub").is_dir());
+    }
+}
