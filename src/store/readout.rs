@@ -192,7 +192,7 @@ impl Store {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Counts {
     pub tickets: i64,
-    pub message_count: i64,
+    pub messages: i64,
     pub contacts: i64,
     pub quarantined: i64,
     pub receipts: i64,
