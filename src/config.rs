@@ -296,8 +296,9 @@ impl Secret {
     pub fn resolve(&self) -> Result<String, String> {
         match self {
             Secret::Inline(value) => Ok(value.clone()),
-            Secret::Env { env } => std::env::var(env)
-                .map_err(|_| format!("environment variable {env} is not set")),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
             Secret::File { file } => std::fs::read_to_string(file)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
                 .map_err(|e| format!("cannot read {}: {e}", file.display())),
@@ -326,7 +327,10 @@ pub enum ConfigError {
         source: config::ConfigError,
     },
     #[error("config {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: String, problems: Vec<Problem> },
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
 }
 
 /// Picks the config path: the flag, then `MAILROOM_CONFIG`, then the default.
@@ -366,7 +370,9 @@ impl Config {
                     .try_parsing(true),
             );
         if let Ok(url) = std::env::var("MAILROOM_DATABASE_URL") {
-            builder = builder.set_override("database.url", url).map_err(load_err)?;
+            builder = builder
+                .set_override("database.url", url)
+                .map_err(load_err)?;
         }
         builder
             .build()
@@ -380,7 +386,10 @@ impl Config {
         let mut problem = |key: String, message: String| problems.push(Problem { key, message });
 
         match self.database.url.resolve() {
-            Ok(url) if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") => {}
+            Ok(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres:")
+                    || url.starts_with("postgresql:") => {}
             Ok(_) => problem(
                 "database.url".into(),
                 "must start with sqlite:// or postgres://".into(),
@@ -388,7 +397,10 @@ impl Config {
             Err(e) => problem("database.url".into(), e),
         }
         if self.database.max_connections == 0 {
-            problem("database.max_connections".into(), "must be at least 1".into());
+            problem(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            );
         }
         if self.ingest.batch_size == 0 {
             problem("ingest.batch_size".into(), "must be at least 1".into());
@@ -404,7 +416,10 @@ impl Config {
             let mut seen = std::collections::HashSet::new();
             for (i, status) in pipeline.statuses.iter().enumerate() {
                 if status.name.trim().is_empty() {
-                    problem(format!("{at}.statuses[{i}].name"), "must not be empty".into());
+                    problem(
+                        format!("{at}.statuses[{i}].name"),
+                        "must not be empty".into(),
+                    );
                 }
                 if !seen.insert(status.name.as_str()) {
                     problem(
@@ -417,7 +432,10 @@ impl Config {
                 if !pipeline.statuses.iter().any(|s| s.kind == kind) {
                     problem(
                         format!("{at}.statuses"),
-                        format!("needs at least one status with kind = \"{}\"", kind.as_str()),
+                        format!(
+                            "needs at least one status with kind = \"{}\"",
+                            kind.as_str()
+                        ),
                     );
                 }
             }
@@ -434,7 +452,8 @@ impl Config {
                     Some(_) => {}
                 }
             }
-            if pipeline.new_ticket_after_days.is_some() && pipeline.follow_up != FollowUp::NewTicket {
+            if pipeline.new_ticket_after_days.is_some() && pipeline.follow_up != FollowUp::NewTicket
+            {
                 problem(
                     format!("{at}.new_ticket_after_days"),
                     "only applies with follow_up = \"new_ticket\"".into(),
@@ -448,10 +467,16 @@ impl Config {
         for (key, team) in &self.teams {
             let at = format!("teams.{key}");
             if team.addresses.is_empty() {
-                problem(format!("{at}.addresses"), "needs at least one From address".into());
+                problem(
+                    format!("{at}.addresses"),
+                    "needs at least one From address".into(),
+                );
             }
             if team.addresses.iter().filter(|a| a.default).count() > 1 {
-                problem(format!("{at}.addresses"), "only one address can be the default".into());
+                problem(
+                    format!("{at}.addresses"),
+                    "only one address can be the default".into(),
+                );
             }
             for (i, address) in team.addresses.iter().enumerate() {
                 if !looks_like_address(&address.address) {
@@ -473,7 +498,10 @@ impl Config {
         for (key, agent) in &self.agents {
             let at = format!("agents.{key}");
             if !looks_like_address(&agent.email) {
-                problem(format!("{at}.email"), format!("{:?} is not an email address", agent.email));
+                problem(
+                    format!("{at}.email"),
+                    format!("{:?} is not an email address", agent.email),
+                );
             }
             for team in &agent.teams {
                 if !self.teams.contains_key(team) {
@@ -484,7 +512,10 @@ impl Config {
         for (key, channel) in &self.channels {
             let at = format!("channels.{key}");
             if !self.teams.contains_key(&channel.team) {
-                problem(format!("{at}.team"), format!("unknown team {:?}", channel.team));
+                problem(
+                    format!("{at}.team"),
+                    format!("unknown team {:?}", channel.team),
+                );
             }
             if !self.pipelines.contains_key(&channel.pipeline) {
                 problem(
@@ -493,9 +524,10 @@ impl Config {
                 );
             }
             match channel.kind {
-                ChannelKind::Maildir if channel.path.is_none() => {
-                    problem(format!("{at}.path"), "a maildir channel needs a path".into())
-                }
+                ChannelKind::Maildir if channel.path.is_none() => problem(
+                    format!("{at}.path"),
+                    "a maildir channel needs a path".into(),
+                ),
                 ChannelKind::Maildir if channel.poll_interval_ms == 0 => problem(
                     format!("{at}.poll_interval_ms"),
                     "must be at least 1".into(),
@@ -538,7 +570,9 @@ fn looks_like_address(s: &str) -> bool {
         Some((local, domain)) => {
             !local.is_empty()
                 && domain.contains('.')
-                && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
         }
         None => false,
     }
@@ -608,7 +642,10 @@ mod tests {
         let missing = Secret::Env {
             env: "MAILROOM_TEST_SURELY_UNSET".into(),
         };
-        assert!(missing.resolve().unwrap_err().contains("MAILROOM_TEST_SURELY_UNSET"));
+        assert!(missing
+            .resolve()
+            .unwrap_err()
+            .contains("MAILROOM_TEST_SURELY_UNSET"));
     }
 
     #[test]

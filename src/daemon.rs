@@ -35,7 +35,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     after: channel.after,
                     batch_size: config.ingest.batch_size,
                 };
-                let (pipeline, token, name) = (pipeline.clone(), shutdown.child_token(), name.clone());
+                let (pipeline, token, name) =
+                    (pipeline.clone(), shutdown.child_token(), name.clone());
                 tasks.spawn(async move { (name, maildir.run(pipeline, token).await) });
             }
             // Fed by `mailroom ingest`, nothing to run.
@@ -65,7 +66,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(remaining = tasks.len(), "Tasks still running at the drain deadline; stopping anyway.");
+        tracing::warn!(
+            remaining = tasks.len(),
+            "Tasks still running at the drain deadline; stopping anyway."
+        );
     }
     store.close().await;
     tracing::info!("mailroom stopped.");

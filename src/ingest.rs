@@ -30,7 +30,12 @@ pub struct Summary {
 
 impl Summary {
     pub fn total(&self) -> u64 {
-        self.created + self.appended + self.duplicate + self.recorded + self.quarantined + self.failed
+        self.created
+            + self.appended
+            + self.duplicate
+            + self.recorded
+            + self.quarantined
+            + self.failed
     }
 
     fn add(&mut self, disposition: &Disposition) {
@@ -124,8 +129,13 @@ fn walk_one(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
             };
             entries.sort();
             for entry in entries {
-                let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if name.starts_with('.') || (!maildir && entry.is_file() && !looks_like_mail_file(&entry)) {
+                let name = entry
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if name.starts_with('.')
+                    || (!maildir && entry.is_file() && !looks_like_mail_file(&entry))
+                {
                     continue;
                 }
                 if !walk_one(&entry, emit) {
@@ -187,7 +197,10 @@ fn walk_one(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
 fn looks_like_mail_file(path: &Path) -> bool {
     match path.extension().and_then(|e| e.to_str()) {
         None => true,
-        Some(ext) => matches!(ext.to_ascii_lowercase().as_str(), "eml" | "mbox" | "mbx" | "msg" | "txt"),
+        Some(ext) => matches!(
+            ext.to_ascii_lowercase().as_str(),
+            "eml" | "mbox" | "mbx" | "msg" | "txt"
+        ),
     }
 }
 
@@ -219,8 +232,10 @@ pub async fn ingest_paths(
     let progress = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}",
+            )
+            .expect("valid template"),
         );
         bar
     } else {
@@ -251,7 +266,10 @@ pub async fn ingest_paths(
                     eprintln!("{}: {reason}", source.as_deref().unwrap_or("?"));
                 }),
                 Disposition::Quarantined { id, reason } => progress.suspend(|| {
-                    eprintln!("{}: quarantined as #{id}: {reason}", source.as_deref().unwrap_or("?"));
+                    eprintln!(
+                        "{}: quarantined as #{id}: {reason}",
+                        source.as_deref().unwrap_or("?")
+                    );
                 }),
                 Disposition::Applied(_) => {}
             }

@@ -13,7 +13,11 @@ use mailroom::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMe
 use mailroom::store::Store;
 
 #[derive(Parser)]
-#[command(name = "mailroom", version, about = "The email channel of a help desk.")]
+#[command(
+    name = "mailroom",
+    version,
+    about = "The email channel of a help desk."
+)]
 struct Cli {
     /// Config file [default: $MAILROOM_CONFIG or config/mailroom.toml]
     #[arg(long, global = true)]
@@ -118,14 +122,19 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("can start the tokio runtime");
-    ExitCode::from(runtime.block_on(dispatch(cli.command, config)))
+    let code = runtime.block_on(dispatch(cli.command, config));
+    // A runaway parse abandoned on a blocking thread must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(code)
 }
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILROOM_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -158,7 +167,10 @@ fn check(path: &std::path::Path) -> u8 {
     });
     match reached {
         Ok(()) => {
-            println!("ok: {} is valid; database reachable and migrated", path.display());
+            println!(
+                "ok: {} is valid; database reachable and migrated",
+                path.display()
+            );
             0
         }
         Err(e) => {
@@ -206,11 +218,21 @@ async fn dispatch(command: Command, config: Config) -> u8 {
             }
             Err(code) => code,
         },
-        Command::Ingest { channel, json, paths } => {
-            let channel = match channel.map(Ok).unwrap_or_else(|| config.default_pipe_channel().map(String::from)) {
+        Command::Ingest {
+            channel,
+            json,
+            paths,
+        } => {
+            let channel = match channel
+                .map(Ok)
+                .unwrap_or_else(|| config.default_pipe_channel().map(String::from))
+            {
                 Ok(c) if config.channels.contains_key(&c) => c,
                 Ok(c) => {
-                    eprintln!("mailroom ingest: unknown channel {c:?} (configured: {})", config.channel_names());
+                    eprintln!(
+                        "mailroom ingest: unknown channel {c:?} (configured: {})",
+                        config.channel_names()
+                    );
                     return EX_CONFIG;
                 }
                 Err(e) => {
@@ -267,109 +289,131 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                 }
             }
         }
-        Command::Ticket { command } => readout(&config, |store| async move {
-            match command {
-                TicketCommand::List { status, json } => {
-                    let tickets = store.ticket_list(status.as_deref()).await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&tickets)?);
-                    } else {
-                        println!("{:>7}  {:<20} {:<28} {:>4}  SUBJECT", "NUMBER", "STATUS", "CONTACT", "MSGS");
-                        for t in tickets {
-                            println!(
-                                "{:>7}  {:<20} {:<28} {:>4}  {}",
-                                t.number,
-                                t.status,
-                                t.contacts.first().map(String::as_str).unwrap_or("-"),
-                                t.message_count,
-                                t.subject
-                            );
-                        }
-                    }
-                    Ok(0)
-                }
-                TicketCommand::Show { number, json } => {
-                    let Some(ticket) = store.ticket_show(number).await? else {
-                        eprintln!("no ticket number {number}");
-                        return Ok(1);
-                    };
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&ticket)?);
-                    } else {
-                        let t = &ticket.ticket;
-                        println!("#{} {}\nstatus: {}  team: {}  contacts: {}", t.number, t.subject, t.status, t.team, t.contacts.join(", "));
-                        for m in &ticket.messages {
-                            println!("\n--- {} {} <{}> {}", m.direction, m.from, m.message_id, m.flags.join(","));
-                            if !m.attachments.is_empty() {
-                                println!("attachments: {}", m.attachments.join(", "));
-                            }
-                            println!("{}", m.body_text);
-                        }
-                    }
-                    Ok(0)
-                }
-            }
-        })
-        .await,
-        Command::Export { jsonl: _ } => readout(&config, |store| async move {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for ticket in store.export().await? {
-                serde_json::to_writer(&mut out, &ticket)?;
-                out.write_all(b"\n")?;
-            }
-            out.flush()?;
-            Ok(0)
-        })
-        .await,
-        Command::Quarantine { command } => match command {
-            QuarantineCommand::Retry { id } => retry(&config, id).await,
-            command => readout(&config, |store| async move {
+        Command::Ticket { command } => {
+            readout(&config, |store| async move {
                 match command {
-                    QuarantineCommand::List { json } => {
-                        let entries = store.quarantine_list().await?;
+                    TicketCommand::List { status, json } => {
+                        let tickets = store.ticket_list(status.as_deref()).await?;
                         if json {
-                            println!("{}", serde_json::to_string_pretty(&entries)?);
+                            println!("{}", serde_json::to_string_pretty(&tickets)?);
                         } else {
-                            for e in &entries {
+                            println!(
+                                "{:>7}  {:<20} {:<28} {:>4}  SUBJECT",
+                                "NUMBER", "STATUS", "CONTACT", "MSGS"
+                            );
+                            for t in tickets {
                                 println!(
-                                    "#{:<5} {:<10} {:>9} B  tries {}  {}  ({})",
-                                    e.id,
-                                    e.channel.as_deref().unwrap_or("-"),
-                                    e.size,
-                                    e.attempts,
-                                    e.reason,
-                                    e.source.as_deref().unwrap_or("-")
+                                    "{:>7}  {:<20} {:<28} {:>4}  {}",
+                                    t.number,
+                                    t.status,
+                                    t.contacts.first().map(String::as_str).unwrap_or("-"),
+                                    t.message_count,
+                                    t.subject
                                 );
                             }
-                            println!("{} quarantined", entries.len());
                         }
                         Ok(0)
                     }
-                    QuarantineCommand::Show { id, raw } => {
-                        let Some((entry, data)) = store.quarantine_get(id).await? else {
-                            eprintln!("no quarantine entry #{id}");
+                    TicketCommand::Show { number, json } => {
+                        let Some(ticket) = store.ticket_show(number).await? else {
+                            eprintln!("no ticket number {number}");
                             return Ok(1);
                         };
-                        if raw {
-                            std::io::stdout().write_all(&data)?;
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&ticket)?);
                         } else {
-                            println!("{}", serde_json::to_string_pretty(&entry)?);
+                            let t = &ticket.ticket;
+                            println!(
+                                "#{} {}\nstatus: {}  team: {}  contacts: {}",
+                                t.number,
+                                t.subject,
+                                t.status,
+                                t.team,
+                                t.contacts.join(", ")
+                            );
+                            for m in &ticket.messages {
+                                println!(
+                                    "\n--- {} {} <{}> {}",
+                                    m.direction,
+                                    m.from,
+                                    m.message_id,
+                                    m.flags.join(",")
+                                );
+                                if !m.attachments.is_empty() {
+                                    println!("attachments: {}", m.attachments.join(", "));
+                                }
+                                println!("{}", m.body_text);
+                            }
                         }
                         Ok(0)
                     }
-                    QuarantineCommand::Drop { id } => {
-                        if store.quarantine_drop(id).await? {
-                            println!("dropped #{id}");
-                            Ok(0)
-                        } else {
-                            eprintln!("no quarantine entry #{id}");
-                            Ok(1)
-                        }
-                    }
-                    QuarantineCommand::Retry { .. } => unreachable!(),
                 }
             })
-            .await,
+            .await
+        }
+        Command::Export { jsonl: _ } => {
+            readout(&config, |store| async move {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for ticket in store.export().await? {
+                    serde_json::to_writer(&mut out, &ticket)?;
+                    out.write_all(b"\n")?;
+                }
+                out.flush()?;
+                Ok(0)
+            })
+            .await
+        }
+        Command::Quarantine { command } => match command {
+            QuarantineCommand::Retry { id } => retry(&config, id).await,
+            command => {
+                readout(&config, |store| async move {
+                    match command {
+                        QuarantineCommand::List { json } => {
+                            let entries = store.quarantine_list().await?;
+                            if json {
+                                println!("{}", serde_json::to_string_pretty(&entries)?);
+                            } else {
+                                for e in &entries {
+                                    println!(
+                                        "#{:<5} {:<10} {:>9} B  tries {}  {}  ({})",
+                                        e.id,
+                                        e.channel.as_deref().unwrap_or("-"),
+                                        e.size,
+                                        e.attempts,
+                                        e.reason,
+                                        e.source.as_deref().unwrap_or("-")
+                                    );
+                                }
+                                println!("{} quarantined", entries.len());
+                            }
+                            Ok(0)
+                        }
+                        QuarantineCommand::Show { id, raw } => {
+                            let Some((entry, data)) = store.quarantine_get(id).await? else {
+                                eprintln!("no quarantine entry #{id}");
+                                return Ok(1);
+                            };
+                            if raw {
+                                std::io::stdout().write_all(&data)?;
+                            } else {
+                                println!("{}", serde_json::to_string_pretty(&entry)?);
+                            }
+                            Ok(0)
+                        }
+                        QuarantineCommand::Drop { id } => {
+                            if store.quarantine_drop(id).await? {
+                                println!("dropped #{id}");
+                                Ok(0)
+                            } else {
+                                eprintln!("no quarantine entry #{id}");
+                                Ok(1)
+                            }
+                        }
+                        QuarantineCommand::Retry { .. } => unreachable!(),
+                    }
+                })
+                .await
+            }
         },
     }
 }
@@ -433,7 +477,11 @@ async fn retry(config: &Config, id: i64) -> u8 {
                 if let Err(e) = store.quarantine_drop(id).await {
                     eprintln!("applied, but could not remove quarantine entry #{id}: {e}");
                 }
-                println!("#{id}: {} (ticket {:?})", outcome.name(), outcome.ticket_id());
+                println!(
+                    "#{id}: {} (ticket {:?})",
+                    outcome.name(),
+                    outcome.ticket_id()
+                );
                 0
             }
             Disposition::Quarantined { reason, .. } => {

@@ -31,8 +31,13 @@ impl MaildirChannel {
     /// Watches `new/` until `shutdown` is cancelled. A batch in progress is
     /// finished (committed and acknowledged) before returning.
     pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.prepare()
-            .map_err(|e| anyhow::anyhow!("channel {}: cannot prepare {}: {e}", self.name, self.path.display()))?;
+        self.prepare().map_err(|e| {
+            anyhow::anyhow!(
+                "channel {}: cannot prepare {}: {e}",
+                self.name,
+                self.path.display()
+            )
+        })?;
         tracing::info!(channel = %self.name, path = %self.path.display(), "Watching maildir.");
         let mut failures = 0u32;
         loop {
@@ -80,7 +85,9 @@ impl MaildirChannel {
                     taken.push(file);
                 }
                 // Renamed away by another reader, or not ours to read: skip it.
-                Err(e) => tracing::warn!(channel = %self.name, file = %file.display(), error = %e, "Cannot read file."),
+                Err(e) => {
+                    tracing::warn!(channel = %self.name, file = %file.display(), error = %e, "Cannot read file.")
+                }
             }
         }
         let count = taken.len();
@@ -112,7 +119,12 @@ impl MaildirChannel {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
             .map(|e| e.path())
-            .filter(|p| !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.'))
+            .filter(|p| {
+                !p.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(".")
+                    .starts_with('.')
+            })
             .collect();
         // Maildir names start with a timestamp: oldest first.
         files.sort();
@@ -124,7 +136,10 @@ impl MaildirChannel {
         match self.after {
             MaildirAfter::Delete => std::fs::remove_file(file),
             MaildirAfter::Move => {
-                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("message");
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("message");
                 let base = name.split(":2,").next().unwrap_or(name);
                 std::fs::rename(file, self.path.join("cur").join(format!("{base}:2,S")))
             }

@@ -57,7 +57,9 @@ impl Outcome {
     }
     pub fn ticket_id(&self) -> Option<i64> {
         match self {
-            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => Some(*ticket_id),
+            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => {
+                Some(*ticket_id)
+            }
             Outcome::Duplicate { ticket_id } => *ticket_id,
             Outcome::Recorded => None,
         }
@@ -72,7 +74,10 @@ struct TicketRow {
     status_changed_at: i64,
 }
 
-async fn load_ticket(conn: &mut AnyConnection, mut id: i64) -> Result<Option<TicketRow>, sqlx::Error> {
+async fn load_ticket(
+    conn: &mut AnyConnection,
+    mut id: i64,
+) -> Result<Option<TicketRow>, sqlx::Error> {
     // Merged tickets resolve to the surviving ticket; the hop limit guards
     // against a cycle written by hand.
     for _ in 0..16 {
@@ -113,7 +118,9 @@ async fn find_ticket(
 ) -> Result<Found, sqlx::Error> {
     let keys = thread_keys(message);
     if !keys.message_ids.is_empty() {
-        let placeholders: Vec<String> = (0..keys.message_ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let placeholders: Vec<String> = (0..keys.message_ids.len())
+            .map(|i| format!("${}", i + 2))
+            .collect();
         let sql = format!(
             "SELECT message_id, ticket_id, direction FROM messages
              WHERE team_id = $1 AND ticket_id IS NOT NULL AND message_id IN ({})",
@@ -191,7 +198,11 @@ enum Found {
 }
 
 /// Finds or creates the contact for an address; `None` for a message without sender.
-async fn contact_id(conn: &mut AnyConnection, message: &ParsedMessage, now: i64) -> Result<Option<i64>, sqlx::Error> {
+async fn contact_id(
+    conn: &mut AnyConnection,
+    message: &ParsedMessage,
+    now: i64,
+) -> Result<Option<i64>, sqlx::Error> {
     let Some(from) = &message.from else {
         return Ok(None);
     };
@@ -202,7 +213,11 @@ async fn contact_id(conn: &mut AnyConnection, message: &ParsedMessage, now: i64)
     {
         return Ok(Some(row.try_get(0)?));
     }
-    let domain = from.address.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+    let domain = from
+        .address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default();
     let company_id: Option<i64> = match sqlx::query("SELECT id FROM companies WHERE domain = $1")
         .bind(domain)
         .fetch_optional(&mut *conn)
@@ -261,10 +276,12 @@ async fn create_ticket(
     follow_up_of: Option<i64>,
     now: i64,
 ) -> Result<(i64, i64), sqlx::Error> {
-    let number: i64 = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'ticket_number' RETURNING value")
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+    let number: i64 = sqlx::query(
+        "UPDATE counters SET value = value + 1 WHERE name = 'ticket_number' RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
     let subject = if message.subject.is_empty() {
         "(no subject)".to_string()
     } else {
@@ -334,7 +351,8 @@ async fn insert_message(
 ) -> Result<i64, sqlx::Error> {
     let m = &inbound.parsed;
     put_blob(conn, &m.raw_sha256, &inbound.raw).await?;
-    let list = |v: &[super::parse::Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let list =
+        |v: &[super::parse::Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     let (from_addr, from_name) = match &m.from {
         Some(f) => (f.address.clone(), f.name.clone()),
         None => (String::new(), None),
@@ -427,11 +445,12 @@ pub async fn apply(
     let message = &inbound.parsed;
 
     // Exactly once: the same message (per team) is recorded only once.
-    if let Some(row) = sqlx::query("SELECT ticket_id FROM receipts WHERE team_id = $1 AND fingerprint = $2")
-        .bind(channel.team_id)
-        .bind(&message.fingerprint)
-        .fetch_optional(&mut *conn)
-        .await?
+    if let Some(row) =
+        sqlx::query("SELECT ticket_id FROM receipts WHERE team_id = $1 AND fingerprint = $2")
+            .bind(channel.team_id)
+            .bind(&message.fingerprint)
+            .fetch_optional(&mut *conn)
+            .await?
     {
         return Ok(Outcome::Duplicate {
             ticket_id: row.try_get(0)?,
@@ -457,7 +476,10 @@ pub async fn apply(
                 .values()
                 .find(|p| p.id == ticket.pipeline_id)
                 .unwrap_or(channel_pipeline);
-            let status_kind = dir.status(ticket.status_id).map(|s| s.kind).unwrap_or(StatusKind::Open);
+            let status_kind = dir
+                .status(ticket.status_id)
+                .map(|s| s.kind)
+                .unwrap_or(StatusKind::Open);
             let closed_days = (now - ticket.status_changed_at) / 86_400_000;
             let start_new = status_kind == StatusKind::Closed
                 && !automatic
@@ -466,11 +488,26 @@ pub async fn apply(
                     .new_ticket_after_days
                     .is_none_or(|days| closed_days >= i64::from(days));
             if start_new {
-                let (ticket_id, number) =
-                    create_ticket(conn, channel, pipeline, message, contact, Some(ticket.id), now).await?;
-                event(conn, ticket.id, "follow_up_created", json!({ "ticket_id": ticket_id, "number": number }), now)
-                    .await?;
-                let row = insert_message(conn, Some(ticket_id), channel, inbound, contact, now).await?;
+                let (ticket_id, number) = create_ticket(
+                    conn,
+                    channel,
+                    pipeline,
+                    message,
+                    contact,
+                    Some(ticket.id),
+                    now,
+                )
+                .await?;
+                event(
+                    conn,
+                    ticket.id,
+                    "follow_up_created",
+                    json!({ "ticket_id": ticket_id, "number": number }),
+                    now,
+                )
+                .await?;
+                let row =
+                    insert_message(conn, Some(ticket_id), channel, inbound, contact, now).await?;
                 (
                     Outcome::Created {
                         ticket_id,
@@ -480,7 +517,8 @@ pub async fn apply(
                     row,
                 )
             } else {
-                let row = insert_message(conn, Some(ticket.id), channel, inbound, contact, now).await?;
+                let row =
+                    insert_message(conn, Some(ticket.id), channel, inbound, contact, now).await?;
                 let reopened = status_kind != StatusKind::Open && !automatic;
                 if reopened {
                     sqlx::query(
@@ -527,7 +565,8 @@ pub async fn apply(
             }
         }
         Found::None if channel.create_tickets => {
-            let (ticket_id, number) = create_ticket(conn, channel, channel_pipeline, message, contact, None, now).await?;
+            let (ticket_id, number) =
+                create_ticket(conn, channel, channel_pipeline, message, contact, None, now).await?;
             let row = insert_message(conn, Some(ticket_id), channel, inbound, contact, now).await?;
             (
                 Outcome::Created {
@@ -563,7 +602,11 @@ pub async fn apply(
 }
 
 /// A bounce marks the outbound message it reports on as failed.
-async fn mark_bounced(conn: &mut AnyConnection, team_id: i64, ids: &[String]) -> Result<(), sqlx::Error> {
+async fn mark_bounced(
+    conn: &mut AnyConnection,
+    team_id: i64,
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
     let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
     let sql = format!(
         "UPDATE messages SET delivery_state = 'bounced'

@@ -77,14 +77,25 @@ pub fn classify(message: &Message<'_>) -> Flags {
     let subject = message.subject().unwrap_or_default().to_lowercase();
     // Exchange marks its out-of-office answers with this header and subject prefix.
     if message.header_raw("X-Auto-Response-Suppress").is_some()
-        && ["automatic reply:", "auto:", "out of office", "autoreply", "abwesenheitsnotiz"]
-            .iter()
-            .any(|p| subject.starts_with(p))
+        && [
+            "automatic reply:",
+            "auto:",
+            "out of office",
+            "autoreply",
+            "abwesenheitsnotiz",
+        ]
+        .iter()
+        .any(|p| subject.starts_with(p))
     {
         flags.auto_reply = true;
     }
-    if message.header_raw("X-MS-Exchange-Generated-Message-Source").is_some()
-        || message.header_raw("X-MS-Exchange-Inbox-Rules-Loop").is_some() && subject.starts_with("automatic reply")
+    if message
+        .header_raw("X-MS-Exchange-Generated-Message-Source")
+        .is_some()
+        || message
+            .header_raw("X-MS-Exchange-Inbox-Rules-Loop")
+            .is_some()
+            && subject.starts_with("automatic reply")
     {
         flags.auto_reply = true;
     }
@@ -92,7 +103,9 @@ pub fn classify(message: &Message<'_>) -> Flags {
     // Lists and bulk senders.
     if !matches!(message.list_id(), HeaderValue::Empty)
         || !matches!(message.list_unsubscribe(), HeaderValue::Empty)
-        || ["bulk", "list", "junk"].iter().any(|p| precedence.contains(p))
+        || ["bulk", "list", "junk"]
+            .iter()
+            .any(|p| precedence.contains(p))
     {
         flags.bulk = true;
     }
@@ -102,7 +115,9 @@ pub fn classify(message: &Message<'_>) -> Flags {
         .content_type()
         .map(|ct| {
             ct.ctype().eq_ignore_ascii_case("multipart")
-                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
                 && ct
                     .attribute("report-type")
                     .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"))
@@ -118,7 +133,10 @@ pub fn classify(message: &Message<'_>) -> Flags {
             local == "mailer-daemon" || local == "postmaster"
         })
         .unwrap_or(false);
-    if is_report || (from_daemon && (null_return_path || subject.contains("undeliver") || subject.contains("delivery"))) {
+    if is_report
+        || (from_daemon
+            && (null_return_path || subject.contains("undeliver") || subject.contains("delivery")))
+    {
         flags.bounce = true;
         flags.bounced_message_ids = bounced_ids(message);
     }
@@ -134,13 +152,12 @@ fn bounced_ids(message: &Message<'_>) -> Vec<String> {
             PartType::Message(inner) => inner.message_id().map(super::parse::clean_id),
             _ if part.is_content_type("text", "rfc822-headers") => {
                 let text = String::from_utf8_lossy(part.contents());
-                text.lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.trim()
-                            .eq_ignore_ascii_case("message-id")
-                            .then(|| super::parse::clean_id(value))
-                    })
+                text.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("message-id")
+                        .then(|| super::parse::clean_id(value))
+                })
             }
             _ => None,
         };
@@ -180,6 +197,9 @@ mod tests {
         let raw = "From: MAILER-DAEMON@mx.test\nSubject: Undelivered Mail\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\n\n--b\nContent-Type: text/plain\n\nfailed\n--b\nContent-Type: message/delivery-status\n\nStatus: 5.1.1\n--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <sent-1@example.com>\nSubject: hi\n--b--\n";
         let f = flags(raw);
         assert!(f.bounce);
-        assert_eq!(f.bounced_message_ids, vec!["sent-1@example.com".to_string()]);
+        assert_eq!(
+            f.bounced_message_ids,
+            vec!["sent-1@example.com".to_string()]
+        );
     }
 }

@@ -51,7 +51,10 @@ pub enum ParseFailure {
 impl ParseFailure {
     /// Input that is not usable mail, as opposed to mail that broke us.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, ParseFailure::Invalid(_) | ParseFailure::TooLarge { .. })
+        matches!(
+            self,
+            ParseFailure::Invalid(_) | ParseFailure::TooLarge { .. }
+        )
     }
 }
 
@@ -214,7 +217,11 @@ impl Pipeline {
                 Err(_) => {
                     let mut each = Vec::with_capacity(to_apply.len());
                     for item in &to_apply {
-                        each.push(self.apply_all(std::slice::from_ref(item)).await.map(|mut o| o.remove(0)));
+                        each.push(
+                            self.apply_all(std::slice::from_ref(item))
+                                .await
+                                .map(|mut o| o.remove(0)),
+                        );
                     }
                     each
                 }
@@ -234,7 +241,10 @@ impl Pipeline {
                 });
             }
         }
-        Ok(results.into_iter().map(|d| d.expect("every message has a disposition")).collect())
+        Ok(results
+            .into_iter()
+            .map(|d| d.expect("every message has a disposition"))
+            .collect())
     }
 
     /// Re-runs the failing apply once more to capture its error text for the
@@ -266,7 +276,10 @@ impl Pipeline {
 
     /// Applies messages in one transaction, retrying transient errors with
     /// backoff. Returns the class of the last error when it gives up.
-    async fn apply_all(&self, items: &[(usize, RawMessage, Inbound)]) -> Result<Vec<Outcome>, ErrorClass> {
+    async fn apply_all(
+        &self,
+        items: &[(usize, RawMessage, Inbound)],
+    ) -> Result<Vec<Outcome>, ErrorClass> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -308,10 +321,17 @@ impl Pipeline {
                 .await
             {
                 Ok(id) => return Ok(id),
-                Err(e) if attempt < self.config.max_attempts && classify_error(&e) != ErrorClass::Permanent => {
+                Err(e)
+                    if attempt < self.config.max_attempts
+                        && classify_error(&e) != ErrorClass::Permanent =>
+                {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) => return Err(PipelineError::Unavailable(format!("cannot write to the quarantine: {e}"))),
+                Err(e) => {
+                    return Err(PipelineError::Unavailable(format!(
+                        "cannot write to the quarantine: {e}"
+                    )))
+                }
             }
         }
     }

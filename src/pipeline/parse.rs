@@ -90,7 +90,10 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         .or_else(|| {
             message.return_address().and_then(|a| {
                 let address = normalize_address(a);
-                (!address.is_empty()).then_some(Mailbox { address, name: None })
+                (!address.is_empty()).then_some(Mailbox {
+                    address,
+                    name: None,
+                })
             })
         });
 
@@ -119,6 +122,11 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         .subject()
         .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
+
+    // PostgreSQL TEXT cannot hold NUL; broken mail sometimes carries it.
+    let body_text = strip_nul(body_text);
+    let body_html = body_html.map(strip_nul);
+    let subject = strip_nul(subject);
 
     Ok(ParsedMessage {
         message_id,
@@ -166,6 +174,14 @@ fn has_header_section(raw: &[u8]) -> bool {
     }
 }
 
+fn strip_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -203,7 +219,9 @@ pub fn clean_id(id: &str) -> String {
         .trim_start_matches('<')
         .trim_end_matches('>')
         .trim()
-        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
@@ -225,13 +243,19 @@ pub fn normalize_address(address: &str) -> String {
 }
 
 fn to_mailbox(addr: &mail_parser::Addr<'_>) -> Option<Mailbox> {
-    let address = normalize_address(addr.address()?);
+    let address = normalize_address(&addr.address()?.replace('\0', ""));
     if address.is_empty() {
         return None;
     }
     let name = addr
         .name()
-        .map(|n| n.trim().trim_matches('"').trim().to_string())
+        .map(|n| {
+            n.replace('\0', "")
+                .trim()
+                .trim_matches('"')
+                .trim()
+                .to_string()
+        })
         .filter(|n| !n.is_empty() && n.to_lowercase() != address);
     Some(Mailbox { address, name })
 }
@@ -263,7 +287,13 @@ fn attachment(index: usize, part: &mail_parser::MessagePart<'_>) -> Attachment {
         .to_lowercase();
     let filename = part
         .attachment_name()
-        .map(|n| n.trim().to_string())
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| default_filename(index, &content_type, part));
     let inline = part
@@ -282,12 +312,22 @@ fn attachment(index: usize, part: &mail_parser::MessagePart<'_>) -> Attachment {
     }
 }
 
-fn default_filename(index: usize, content_type: &str, part: &mail_parser::MessagePart<'_>) -> String {
+fn default_filename(
+    index: usize,
+    content_type: &str,
+    part: &mail_parser::MessagePart<'_>,
+) -> String {
     if let PartType::Message(inner) = &part.body {
         if let Some(subject) = inner.subject() {
             let safe: String = subject
                 .chars()
-                .map(|c| if c.is_alphanumeric() || c == ' ' || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_alphanumeric() || c == ' ' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .take(60)
                 .collect();
             return format!("{}.eml", safe.trim());
@@ -357,8 +397,14 @@ mod tests {
     fn garbage_is_refused_with_a_reason() {
         assert_eq!(parse(b"").unwrap_err(), ParseError::Empty);
         assert_eq!(parse(b"   \n").unwrap_err(), ParseError::Empty);
-        assert_eq!(parse(b"just some text\n").unwrap_err(), ParseError::NotAMessage);
-        assert_eq!(parse(&[0xff, 0x00, 0x12]).unwrap_err(), ParseError::NotAMessage);
+        assert_eq!(
+            parse(b"just some text\n").unwrap_err(),
+            ParseError::NotAMessage
+        );
+        assert_eq!(
+            parse(&[0xff, 0x00, 0x12]).unwrap_err(),
+            ParseError::NotAMessage
+        );
     }
 
     #[test]
@@ -379,10 +425,14 @@ mod tests {
             const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let mut out = String::new();
             for chunk in b.chunks(3) {
-                let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
                 for i in 0..4 {
                     if i <= chunk.len() {
-                        out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char).unwrap();
+                        out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char)
+                            .unwrap();
                     } else {
                         out.push('=');
                     }

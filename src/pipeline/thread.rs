@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn long_chains_are_bounded() {
         let refs: Vec<String> = (0..500).map(|i| format!("<r{i}@x>")).collect();
-        let raw = format!("Message-ID: <c@x>\nReferences: {}\nFrom: a@x.test\n\nbody\n", refs.join(" "));
+        let raw = format!(
+            "Message-ID: <c@x>\nReferences: {}\nFrom: a@x.test\n\nbody\n",
+            refs.join(" ")
+        );
         let keys = thread_keys(&parse(raw.as_bytes()).unwrap());
         assert_eq!(keys.message_ids.len(), MAX_REFERENCES);
         assert_eq!(keys.message_ids[1], "r499@x");

@@ -239,8 +239,10 @@ impl Store {
         }
 
         for (key, channel) in &config.channels {
-            let (Some(team), Some(pipeline)) = (dir.teams.get(&channel.team), dir.pipelines.get(&channel.pipeline))
-            else {
+            let (Some(team), Some(pipeline)) = (
+                dir.teams.get(&channel.team),
+                dir.pipelines.get(&channel.pipeline),
+            ) else {
                 continue; // validation reports it
             };
             let id: i64 = sqlx::query(

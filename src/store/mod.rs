@@ -63,11 +63,15 @@ pub fn classify_error(error: &sqlx::Error) -> ErrorClass {
             let code = db.code().unwrap_or_default();
             match code.as_ref() {
                 // SQLite BUSY, LOCKED and their extended codes.
-                c if c == "5" || c == "6" || c == "261" || c == "517" || c == "262" => ErrorClass::Transient,
+                c if c == "5" || c == "6" || c == "261" || c == "517" || c == "262" => {
+                    ErrorClass::Transient
+                }
                 // PostgreSQL serialization failure, deadlock.
                 "40001" | "40P01" => ErrorClass::Transient,
                 // PostgreSQL connection exceptions, shutdown, too many connections.
-                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => ErrorClass::Unavailable,
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                    ErrorClass::Unavailable
+                }
                 _ => ErrorClass::Permanent,
             }
         }
@@ -92,10 +96,19 @@ impl Store {
             .url
             .resolve()
             .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
-        Self::connect_url(&url, config.max_connections, Duration::from_secs(config.connect_timeout_secs)).await
+        Self::connect_url(
+            &url,
+            config.max_connections,
+            Duration::from_secs(config.connect_timeout_secs),
+        )
+        .await
     }
 
-    pub async fn connect_url(url: &str, max_connections: u32, timeout: Duration) -> anyhow::Result<Store> {
+    pub async fn connect_url(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -121,7 +134,9 @@ impl Store {
             })
             .connect_with(options)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to the database ({}): {e}", redact_url(&url)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot connect to the database ({}): {e}", redact_url(&url))
+            })?;
         Ok(Store {
             pool,
             backend,
@@ -199,7 +214,10 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
         if let Some(parent) = std::path::Path::new(path).parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    anyhow::anyhow!("cannot create the database folder {}: {e}", parent.display())
+                    anyhow::anyhow!(
+                        "cannot create the database folder {}: {e}",
+                        parent.display()
+                    )
                 })?;
             }
         }

@@ -81,11 +81,16 @@ impl Store {
     }
 
     /// The entry and its raw bytes.
-    pub async fn quarantine_get(&self, id: i64) -> Result<Option<(QuarantineEntry, Vec<u8>)>, sqlx::Error> {
-        let Some(row) = sqlx::query(&format!("SELECT {COLUMNS}, raw_sha256 FROM quarantine WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
+    pub async fn quarantine_get(
+        &self,
+        id: i64,
+    ) -> Result<Option<(QuarantineEntry, Vec<u8>)>, sqlx::Error> {
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {COLUMNS}, raw_sha256 FROM quarantine WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
         else {
             return Ok(None);
         };

@@ -46,7 +46,13 @@ pub struct TicketView {
     pub messages: Vec<MessageView>,
 }
 
-const SUMMARY: &str = "SELECT t.id, t.number, t.subject, s.name, s.kind, tm.key, t.follow_up_of, t.created_at,
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+const SUMMARY: &str =
+    "SELECT t.id, t.number, t.subject, s.name, s.kind, tm.key, t.follow_up_of, t.created_at,
        t.updated_at, (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id)
      FROM tickets t JOIN statuses s ON s.id = t.status_id JOIN teams tm ON tm.id = t.team_id";
 
@@ -54,17 +60,27 @@ fn addresses(json: &str) -> Vec<String> {
     serde_json::from_str::<Vec<serde_json::Value>>(json)
         .unwrap_or_default()
         .iter()
-        .filter_map(|v| v.get("address").and_then(|a| a.as_str()).map(str::to_string))
+        .filter_map(|v| {
+            v.get("address")
+                .and_then(|a| a.as_str())
+                .map(str::to_string)
+        })
         .collect()
 }
 
 impl Store {
-    async fn summaries(&self, filter: &str, bind: Option<String>) -> Result<Vec<TicketSummary>, sqlx::Error> {
+    async fn summaries(
+        &self,
+        filter: &str,
+        bind: Option<Bind>,
+    ) -> Result<Vec<TicketSummary>, sqlx::Error> {
         let sql = format!("{SUMMARY} WHERE t.deleted_at IS NULL {filter} ORDER BY t.number");
-        let mut query = sqlx::query(&sql);
-        if let Some(b) = bind {
-            query = query.bind(b);
-        }
+        let query = sqlx::query(&sql);
+        let query = match bind {
+            Some(Bind::Text(s)) => query.bind(s),
+            Some(Bind::Int(i)) => query.bind(i),
+            None => query,
+        };
         let rows = query.fetch_all(self.pool()).await?;
         let mut tickets = Vec::with_capacity(rows.len());
         for row in rows {
@@ -100,9 +116,18 @@ impl Store {
     }
 
     /// Tickets, optionally only those in a status (by name or by kind).
-    pub async fn ticket_list(&self, status: Option<&str>) -> Result<Vec<TicketSummary>, sqlx::Error> {
+    pub async fn ticket_list(
+        &self,
+        status: Option<&str>,
+    ) -> Result<Vec<TicketSummary>, sqlx::Error> {
         match status {
-            Some(s) => self.summaries("AND (s.name = $1 OR s.kind = $1)", Some(s.to_string())).await,
+            Some(s) => {
+                self.summaries(
+                    "AND (s.name = $1 OR s.kind = $1)",
+                    Some(Bind::Text(s.to_string())),
+                )
+                .await
+            }
             None => self.summaries("", None).await,
         }
     }
@@ -110,7 +135,7 @@ impl Store {
     /// A ticket by number (or id, which the CLI accepts as `#id`), with its messages.
     pub async fn ticket_show(&self, number: i64) -> Result<Option<TicketView>, sqlx::Error> {
         let Some(ticket) = self
-            .summaries("AND t.number = $1", Some(number.to_string()))
+            .summaries("AND t.number = $1", Some(Bind::Int(number)))
             .await
             .map(|mut v| v.pop())?
         else {
@@ -132,13 +157,14 @@ impl Store {
         let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get(0)?;
-            let attachments = sqlx::query("SELECT filename FROM attachments WHERE message_id = $1 ORDER BY id")
-                .bind(id)
-                .fetch_all(self.pool())
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<Vec<String>, _>>()?;
+            let attachments =
+                sqlx::query("SELECT filename FROM attachments WHERE message_id = $1 ORDER BY id")
+                    .bind(id)
+                    .fetch_all(self.pool())
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<Vec<String>, _>>()?;
             let flags: String = row.try_get(10)?;
             messages.push(MessageView {
                 id,
@@ -151,7 +177,11 @@ impl Store {
                 subject: row.try_get(7)?,
                 received_at: row.try_get(8)?,
                 sent_at: row.try_get(9)?,
-                flags: flags.split(',').filter(|f| !f.is_empty()).map(str::to_string).collect(),
+                flags: flags
+                    .split(',')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 body_text: row.try_get(11)?,
                 has_html: row.try_get::<Option<String>, _>(12)?.is_some(),
                 attachments,
@@ -196,4 +226,46 @@ pub struct Counts {
     pub contacts: i64,
     pub quarantined: i64,
     pub receipts: i64,
+}
+
+impl Store {
+    /// Moves a ticket to a status of its pipeline (by name) and records the
+    /// change. Returns false when the ticket or status does not exist.
+    pub async fn set_ticket_status(
+        &self,
+        number: i64,
+        status: &str,
+        actor: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let now = super::now_ms();
+        let mut w = self.begin_write().await?;
+        let Some(row) = sqlx::query(
+            "SELECT t.id, t.status_id, s.id FROM tickets t JOIN statuses s ON s.pipeline_id = t.pipeline_id
+             WHERE t.number = $1 AND s.name = $2",
+        )
+        .bind(number)
+        .bind(status)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let (ticket_id, from, to): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        sqlx::query("UPDATE tickets SET status_id = $1, status_changed_at = $2, updated_at = $2 WHERE id = $3")
+            .bind(to)
+            .bind(now)
+            .bind(ticket_id)
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query("INSERT INTO ticket_events (ticket_id, kind, data, actor, created_at) VALUES ($1, 'status_changed', $2, $3, $4)")
+            .bind(ticket_id)
+            .bind(serde_json::json!({ "from": from, "to": to }).to_string())
+            .bind(actor)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(true)
+    }
 }

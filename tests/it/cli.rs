@@ -1,0 +1,417 @@
+//! The `mailroom` binary as ops and MTAs use it: exit codes, backfill, read-outs,
+//! quarantine commands and the daemon with its spool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A working directory with the shipped config, its own SQLite file and spool.
+struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    fn new() -> Workdir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailroom.toml"),
+            dir.path().join("config/mailroom.toml"),
+        )
+        .unwrap();
+        Workdir { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("MAILROOM_CONFIG")
+            .env_remove("MAILROOM_DATABASE_URL");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn pipe(&self, args: &[&str], envs: &[(&str, &str)], input: &[u8]) -> Output {
+        let mut cmd = self.cmd(args);
+        cmd.envs(envs.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn mta_pipe_exit_codes_tell_the_mta_what_happened() {
+    let w = Workdir::new();
+    let message = mail("ann@c.test", "pipe1@c.test", "Pipe", "", "hello");
+
+    let first = w.pipe(&["ingest"], &[], &message);
+    assert_eq!(
+        code(&first),
+        0,
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = w.pipe(&["ingest"], &[], &message);
+    assert_eq!(
+        code(&again),
+        0,
+        "a re-delivery is accepted (and changes nothing)"
+    );
+    let garbage = w.pipe(&["ingest"], &[], b"this is not an email\n");
+    assert_eq!(code(&garbage), 65);
+    assert!(String::from_utf8_lossy(&garbage.stderr).contains("unusable message"));
+
+    let down = w.pipe(
+        &["ingest"],
+        &[
+            (
+                "MAILROOM_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/nowhere",
+            ),
+            ("MAILROOM_DATABASE__CONNECT_TIMEOUT_SECS", "1"),
+        ],
+        &message,
+    );
+    assert_eq!(
+        code(&down),
+        75,
+        "database down must be a temporary failure: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
+    let tickets = w.json(&["ticket", "list", "--json"]);
+    assert_eq!(tickets.as_array().unwrap().len(), 1);
+    assert_eq!(tickets[0]["message_count"], 1);
+}
+
+#[tokio::test]
+async fn database_url_comes_from_the_environment() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let w = Workdir::new();
+    let url = db.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let w2 = Workdir { dir: w.dir };
+        let out = w2.pipe(
+            &["ingest"],
+            &[("MAILROOM_DATABASE_URL", &url)],
+            &mail("ann@c.test", "env1@c.test", "Env", "", "x"),
+        );
+        (out, w2)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code(&out.0),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
+    let store = mailroom::store::Store::connect_url(&db.url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.counts().await.unwrap().tickets,
+        1,
+        "the message went to PostgreSQL"
+    );
+    assert!(
+        !out.1.path().join("data/mailroom.db").exists(),
+        "and not to the SQLite default"
+    );
+    store.close().await;
+}
+
+fn write_backfill_sources(root: &Path) -> Vec<PathBuf> {
+    let emls = root.join("emls");
+    std::fs::create_dir_all(&emls).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            emls.join(format!("{i}.eml")),
+            mail(
+                &format!("e{i}@c.test"),
+                &format!("eml{i}@c.test"),
+                "From eml",
+                "",
+                "x",
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(emls.join("notes.json"), "{}").unwrap(); // not mail: skipped
+    let mut mbox = Vec::new();
+    for i in 0..3 {
+        mbox.extend_from_slice(format!("From m{i}@c.test Thu Nov 26 10:00:00 2026\n").as_bytes());
+        let body = if i == 0 {
+            "Hello,\nFrom the start, a body line that mbox escapes\n".to_string()
+        } else {
+            "y\n".into()
+        };
+        let irt = if i > 0 {
+            "In-Reply-To: <mbox0@c.test>\n".to_string()
+        } else {
+            String::new()
+        };
+        mbox.extend_from_slice(
+            format!(
+                "From: m0@c.test\nSubject: mbox thread\nMessage-ID: <mbox{i}@c.test>\n{irt}\n{}\n",
+                body.replace("\nFrom ", "\n>From ")
+            )
+            .as_bytes(),
+        );
+    }
+    let mbox_path = root.join("archive.mbox");
+    std::fs::write(&mbox_path, mbox).unwrap();
+    let maildir = root.join("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        maildir.join("cur/1.host:2,S"),
+        mail("md@c.test", "md1@c.test", "Maildir", "", "x"),
+    )
+    .unwrap();
+    std::fs::write(
+        maildir.join("new/2.host"),
+        mail(
+            "md@c.test",
+            "md2@c.test",
+            "Re: Maildir",
+            "References: <md1@c.test>\r\n",
+            "y",
+        ),
+    )
+    .unwrap();
+    vec![emls, mbox_path, maildir]
+}
+
+#[test]
+fn backfill_from_eml_mbox_and_maildir_reports_a_summary_and_is_idempotent() {
+    let w = Workdir::new();
+    let sources = write_backfill_sources(w.path());
+    let mut args = vec!["ingest", "--json"];
+    let paths: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+
+    let first = w.run(&args);
+    assert_eq!(
+        code(&first),
+        0,
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(summary["created"], 3 + 1 + 1, "{summary}");
+    assert_eq!(summary["appended"], 2 + 1, "{summary}");
+    assert_eq!(summary["failed"], 0);
+
+    let second: serde_json::Value = serde_json::from_slice(&w.run(&args).stdout).unwrap();
+    assert_eq!(second["duplicate"], 8, "{second}");
+    assert_eq!(second["created"], 0);
+
+    // Export: one JSON object per ticket, messages in order.
+    let export = w.run(&["export", "--jsonl"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let mbox_ticket = lines
+        .iter()
+        .find(|t| t["subject"] == "mbox thread")
+        .unwrap();
+    let ids: Vec<&str> = mbox_ticket["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["mbox0@c.test", "mbox1@c.test", "mbox2@c.test"]);
+    assert!(mbox_ticket["messages"][0]["body_text"]
+        .as_str()
+        .unwrap()
+        .contains("From the start"));
+    for key in ["id", "number", "status", "team", "contacts"] {
+        assert!(mbox_ticket.get(key).is_some(), "export lacks {key}");
+    }
+    let shown = w.json(&[
+        "ticket",
+        "show",
+        &mbox_ticket["number"].to_string(),
+        "--json",
+    ]);
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn check_lists_every_problem_with_its_key() {
+    let w = Workdir::new();
+    let path = w.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[database]
+url = "mysql://x"
+[pipelines.p]
+statuses = [{ name = "open", kind = "open" }]
+[teams.t]
+addresses = [{ address = "nope" }]
+[channels.c]
+kind = "pipe"
+team = "t"
+pipeline = "missing"
+"#,
+    )
+    .unwrap();
+    let out = w.run(&["--config", path.to_str().unwrap(), "check"]);
+    assert_eq!(code(&out), 78);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "database.url",
+        "pipelines.p.statuses",
+        "teams.t.addresses[0].address",
+        "channels.c.pipeline",
+    ] {
+        assert!(text.contains(key), "missing {key} in:\n{text}");
+    }
+    let ok = w.run(&["check"]);
+    assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stdout));
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn drop_into_spool(root: &Path, name: &str, data: &[u8]) {
+    // Maildir delivery: write into tmp/, then rename into new/.
+    std::fs::create_dir_all(root.join("spool/tmp")).unwrap();
+    std::fs::create_dir_all(root.join("spool/new")).unwrap();
+    let tmp = root.join("spool/tmp").join(name);
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(tmp, root.join("spool/new").join(name)).unwrap();
+}
+
+#[test]
+fn daemon_takes_mail_from_the_spool_and_stops_gracefully() {
+    let w = Workdir::new();
+    let mut daemon = w
+        .cmd(&["run"])
+        .env("MAILROOM_INGEST__MAX_MESSAGE_BYTES", "2000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop_into_spool(
+        w.path(),
+        "1.a",
+        &mail("ann@c.test", "sp1@c.test", "Spool", "", "first"),
+    );
+    drop_into_spool(
+        w.path(),
+        "2.a",
+        &mail(
+            "ann@c.test",
+            "sp2@c.test",
+            "Re: Spool",
+            "In-Reply-To: <sp1@c.test>\r\n",
+            "second",
+        ),
+    );
+    let big = mail("big@c.test", "big@c.test", "Huge", "", &"x".repeat(5000));
+    drop_into_spool(w.path(), "3.a", &big);
+
+    let cur = w.path().join("spool/cur");
+    wait_for("three files acknowledged into cur/", || {
+        std::fs::read_dir(&cur)
+            .map(|d| d.count() == 3)
+            .unwrap_or(false)
+    });
+    assert_eq!(
+        std::fs::read_dir(w.path().join("spool/new"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(cur.join("1.a:2,S").exists());
+
+    let tickets = w.json(&["ticket", "list", "--json"]);
+    assert_eq!(tickets.as_array().unwrap().len(), 1);
+    assert_eq!(tickets[0]["message_count"], 2);
+
+    // The oversized message is kept in the quarantine, not lost.
+    let quarantined = w.json(&["quarantine", "list", "--json"]);
+    assert_eq!(quarantined.as_array().unwrap().len(), 1);
+    assert!(quarantined[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_message_bytes"));
+    let id = quarantined[0]["id"].to_string();
+    let raw = w.run(&["quarantine", "show", &id, "--raw"]);
+    assert_eq!(raw.stdout, big);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "daemon exit: {status:?}");
+
+    // With the limit raised, a retry applies it and clears the entry.
+    let retry = w.run(&["quarantine", "retry", &id]);
+    assert_eq!(
+        code(&retry),
+        0,
+        "{}{}",
+        String::from_utf8_lossy(&retry.stdout),
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert_eq!(
+        w.json(&["quarantine", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        w.json(&["ticket", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

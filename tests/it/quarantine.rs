@@ -1,0 +1,168 @@
+//! Poison messages are isolated and kept, never lost and never blocking.
+
+use std::sync::Arc;
+
+use crate::both_backends;
+use crate::harness::*;
+use mailroom::pipeline::parse::{parse, ParseError, ParsedMessage};
+use mailroom::pipeline::{Disposition, OnBadInput, Outcome, RawMessage};
+
+/// Fault injection: panics or runs away on marked messages, parses the rest.
+fn hostile_parser(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
+    let text = String::from_utf8_lossy(raw);
+    if text.contains("PANIC-ME") {
+        panic!("injected parser panic");
+    }
+    if text.contains("LOOP-ME") {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    parse(raw)
+}
+
+fn raw(data: Vec<u8>) -> RawMessage {
+    RawMessage {
+        channel: "pipe".into(),
+        source: Some("test".into()),
+        data: Arc::new(data),
+    }
+}
+
+both_backends!(
+    parser_panic_and_runaway_are_quarantined_and_do_not_block,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let pipeline = app.pipeline.clone().with_parser(hostile_parser);
+        let batch = vec![
+            raw(mail("a@c.test", "q1@c.test", "fine", "", "ok")),
+            raw(mail("b@c.test", "q2@c.test", "boom", "", "PANIC-ME")),
+            raw(mail("c@c.test", "q3@c.test", "slow", "", "LOOP-ME")),
+            raw(mail("d@c.test", "q4@c.test", "fine too", "", "ok")),
+        ];
+        let d = pipeline
+            .process(batch, OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        assert!(matches!(
+            d[0],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+        assert!(
+            matches!(&d[1], Disposition::Quarantined { reason, .. } if reason.contains("injected parser panic")),
+            "{:?}",
+            d[1]
+        );
+        assert!(
+            matches!(&d[2], Disposition::Quarantined { reason, .. } if reason.contains("longer than 500 ms")),
+            "{:?}",
+            d[2]
+        );
+        assert!(matches!(
+            d[3],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+
+        let entries = app.store().quarantine_list().await.unwrap();
+        assert_eq!(entries.len(), 2);
+        // Kept whole: the stored bytes are the original message.
+        let (_, stored) = app
+            .store()
+            .quarantine_get(entries[0].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored,
+            mail("b@c.test", "q2@c.test", "boom", "", "PANIC-ME")
+        );
+
+        // Once the cause is fixed (the normal parser), a retry applies it.
+        let retried = app
+            .pipeline
+            .process(vec![raw(stored)], OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        assert!(matches!(
+            retried[0],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+        assert!(app.store().quarantine_drop(entries[0].id).await.unwrap());
+        assert_eq!(app.store().quarantine_list().await.unwrap().len(), 1);
+    }
+);
+
+async fn install_poison_trigger(app: &TestApp) {
+    let statements: &[&str] = match app.db.backend {
+        Backend::Sqlite => &["CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.subject = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poison subject refused by trigger'); END"],
+        Backend::Postgres => &[
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN
+               IF NEW.subject = 'poison' THEN RAISE EXCEPTION 'poison subject refused by trigger'; END IF;
+               RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+    };
+    for s in statements {
+        sqlx::raw_sql(s).execute(app.store().pool()).await.unwrap();
+    }
+}
+
+both_backends!(
+    message_that_cannot_be_applied_is_quarantined_and_the_batch_goes_on,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        install_poison_trigger(&app).await;
+        let batch = vec![
+            raw(mail("a@c.test", "p1@c.test", "first", "", "ok")),
+            raw(mail("b@c.test", "p2@c.test", "poison", "", "bad")),
+            raw(mail("c@c.test", "p3@c.test", "third", "", "ok")),
+        ];
+        let d = app
+            .pipeline
+            .process(batch, OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        assert!(matches!(
+            d[0],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+        assert!(
+            matches!(&d[1], Disposition::Quarantined { reason, .. } if reason.contains("poison subject refused")),
+            "{:?}",
+            d[1]
+        );
+        assert!(matches!(
+            d[2],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+        let counts = app.store().counts().await.unwrap();
+        assert_eq!(
+            (counts.tickets, counts.messages, counts.quarantined),
+            (2, 2, 1)
+        );
+
+        // Feeding the poison again does not trip twice: same entry, one more attempt.
+        app.feed("pipe", &mail("b@c.test", "p2@c.test", "poison", "", "bad"))
+            .await;
+        let entries = app.store().quarantine_list().await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].attempts, 2);
+    }
+);
+
+both_backends!(
+    unusable_input_is_refused_or_quarantined_by_policy,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let refused = app
+            .pipeline
+            .process(vec![raw(b"not mail at all".to_vec())], OnBadInput::Refuse)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused[0], Disposition::Refused { reason } if reason.contains("header"))
+        );
+        assert_eq!(app.store().counts().await.unwrap().quarantined, 0);
+        let kept = app.feed("pipe", b"").await;
+        assert!(matches!(kept, Disposition::Quarantined { .. }));
+    }
+);

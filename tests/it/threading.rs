@@ -1,0 +1,588 @@
+//! Which ticket each message lands on, on both backends.
+
+use crate::both_backends;
+use crate::harness::*;
+use mailroom::pipeline::{Disposition, Outcome};
+
+both_backends!(
+    fixture_threads_land_on_the_right_tickets,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let t = |p: &str| format!("threads/{p}");
+
+        // Arrange / Act
+        let original = app.apply_file(t("01-original.eml")).await;
+        let reply = app.apply_file(t("02-reply-in-reply-to-only.eml")).await;
+        let colleague = app.apply_file(t("03-long-references-chain.eml")).await;
+        let redelivered = app.apply_file(t("04-duplicate-delivery-of-01.eml")).await;
+        let other_customer = app
+            .apply_file(t("05-same-subject-other-customer.eml"))
+            .await;
+        let stranger = app.apply_file(t("06-bare-re-from-stranger.eml")).await;
+        let outlook = app.apply_file(t("07-outlook-original.eml")).await;
+        let outlook_reply = app.apply_file(t("08-outlook-reply-thread-index.eml")).await;
+        let same_id_other_body = app
+            .apply_file(t("09-same-message-id-different-body.eml"))
+            .await;
+        let no_id = app.apply_file(t("10-no-message-id.eml")).await;
+        let no_id_again = app.apply_file(t("10-no-message-id.eml")).await;
+        let auto_reply = app.apply_file(t("11-auto-reply-to-01.eml")).await;
+
+        // Assert
+        let alice = ticket_of(&original);
+        assert!(matches!(original, Outcome::Created { .. }));
+        assert_eq!(
+            reply,
+            Outcome::Appended {
+                ticket_id: alice,
+                number: 1,
+                reopened: false
+            }
+        );
+        assert_eq!(ticket_of(&colleague), alice);
+        assert_eq!(
+            redelivered,
+            Outcome::Duplicate {
+                ticket_id: Some(alice)
+            }
+        );
+        assert!(matches!(other_customer, Outcome::Created { .. }));
+        assert_ne!(ticket_of(&other_customer), alice);
+        assert!(
+            matches!(stranger, Outcome::Created { .. }),
+            "a bare Re: from a stranger must not join: {stranger:?}"
+        );
+        assert!(matches!(outlook, Outcome::Created { .. }));
+        assert_eq!(ticket_of(&outlook_reply), ticket_of(&outlook));
+        assert!(matches!(outlook_reply, Outcome::Appended { .. }));
+        assert!(
+            matches!(same_id_other_body, Outcome::Appended { ticket_id, .. } if ticket_id == alice)
+        );
+        assert!(matches!(no_id, Outcome::Created { .. }));
+        assert_eq!(
+            no_id_again,
+            Outcome::Duplicate {
+                ticket_id: Some(ticket_of(&no_id))
+            }
+        );
+        assert!(matches!(auto_reply, Outcome::Appended { ticket_id, .. } if ticket_id == alice));
+
+        let view = app.store().ticket_show(1).await.unwrap().unwrap();
+        assert_eq!(
+            view.messages.len(),
+            5,
+            "01, 02, 03, 09, 11 on alice's ticket"
+        );
+        assert_eq!(
+            view.ticket.contacts,
+            vec!["alice@customer.test", "bob@customer.test"]
+        );
+        assert_eq!(view.messages[4].flags, vec!["auto_reply"]);
+        let counts = app.store().counts().await.unwrap();
+        assert_eq!(counts.tickets, 5, "alice, carol, mallory, dave, erin");
+    }
+);
+
+both_backends!(
+    two_customers_writing_help_get_two_tickets,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let a = app
+            .apply(
+                "pipe",
+                &mail("a@one.test", "h1@one.test", "Help", "", "Help me"),
+            )
+            .await;
+        let b = app
+            .apply(
+                "pipe",
+                &mail("b@two.test", "h2@two.test", "Help", "", "Help me too"),
+            )
+            .await;
+        let c = app
+            .apply(
+                "pipe",
+                &mail("c@three.test", "h3@three.test", "Re: Help", "", "me too"),
+            )
+            .await;
+        let tickets = [ticket_of(&a), ticket_of(&b), ticket_of(&c)];
+        assert!(tickets[0] != tickets[1] && tickets[1] != tickets[2] && tickets[0] != tickets[2]);
+    }
+);
+
+both_backends!(
+    subject_tag_threads_only_for_participants,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "s1@c.test", "Invoice", "", "wrong"),
+            )
+            .await;
+        let Outcome::Created { number, .. } = first else {
+            panic!()
+        };
+        let subject = format!("Re: [#{number}] Invoice");
+
+        let from_requester = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "s2@c.test", &subject, "", "any news?"),
+            )
+            .await;
+        let from_stranger = app
+            .apply(
+                "pipe",
+                &mail("eve@evil.test", "s3@evil.test", &subject, "", "let me in"),
+            )
+            .await;
+
+        assert_eq!(ticket_of(&from_requester), ticket_of(&first));
+        assert!(
+            matches!(from_stranger, Outcome::Created { .. }),
+            "{from_stranger:?}"
+        );
+    }
+);
+
+both_backends!(
+    references_win_over_a_changed_subject,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "r1@c.test", "Printer", "", "broken"),
+            )
+            .await;
+        let changed = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "r2@c.test",
+                    "Totally new topic",
+                    "In-Reply-To: <r1@c.test>\r\n",
+                    "x",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&changed), ticket_of(&first));
+    }
+);
+
+both_backends!(
+    same_message_to_two_teams_makes_one_ticket_per_team,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let raw = mail(
+            "ann@c.test",
+            "m1@c.test",
+            "Quote and support",
+            "Cc: sales@example.com\r\n",
+            "both",
+        );
+        let support = app.apply("pipe", &raw).await;
+        let sales = app.apply("sales", &raw).await;
+        let support_again = app.apply("pipe2", &raw).await;
+        assert!(matches!(support, Outcome::Created { .. }));
+        assert!(matches!(sales, Outcome::Created { .. }));
+        assert_ne!(ticket_of(&support), ticket_of(&sales));
+        assert_eq!(
+            support_again,
+            Outcome::Duplicate {
+                ticket_id: Some(ticket_of(&support))
+            }
+        );
+
+        // A reply threads within each team onto that team's ticket.
+        let reply = mail(
+            "ann@c.test",
+            "m2@c.test",
+            "Re: Quote",
+            "In-Reply-To: <m1@c.test>\r\n",
+            "more",
+        );
+        assert_eq!(
+            ticket_of(&app.apply("sales", &reply).await),
+            ticket_of(&sales)
+        );
+        assert_eq!(
+            ticket_of(&app.apply("pipe", &reply).await),
+            ticket_of(&support)
+        );
+    }
+);
+
+both_backends!(
+    customer_reply_reopens_but_auto_reply_does_not,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "w1@c.test", "Order", "", "where?"),
+            )
+            .await;
+        let Outcome::Created { number, .. } = first else {
+            panic!()
+        };
+        assert!(app
+            .store()
+            .set_ticket_status(number, "waiting on contact", "test")
+            .await
+            .unwrap());
+
+        let auto = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "w2@c.test",
+                    "Out of office",
+                    "Auto-Submitted: auto-replied\r\nIn-Reply-To: <w1@c.test>\r\n",
+                    "away",
+                ),
+            )
+            .await;
+        assert_eq!(
+            auto,
+            Outcome::Appended {
+                ticket_id: ticket_of(&first),
+                number,
+                reopened: false
+            }
+        );
+        assert_eq!(
+            app.store()
+                .ticket_list(Some("waiting"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let human = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "w3@c.test",
+                    "Re: Order",
+                    "In-Reply-To: <w1@c.test>\r\n",
+                    "hello?",
+                ),
+            )
+            .await;
+        assert_eq!(
+            human,
+            Outcome::Appended {
+                ticket_id: ticket_of(&first),
+                number,
+                reopened: true
+            }
+        );
+        assert_eq!(
+            app.store().ticket_list(Some("open")).await.unwrap()[0].number,
+            number
+        );
+    }
+);
+
+both_backends!(
+    reply_to_closed_ticket_reopens_by_default,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "c1@c.test", "Order", "", "where?"),
+            )
+            .await;
+        app.store()
+            .set_ticket_status(1, "closed", "test")
+            .await
+            .unwrap();
+        let reply = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "c2@c.test",
+                    "Re: Order",
+                    "References: <c1@c.test>\r\n",
+                    "again",
+                ),
+            )
+            .await;
+        assert_eq!(
+            reply,
+            Outcome::Appended {
+                ticket_id: ticket_of(&first),
+                number: 1,
+                reopened: true
+            }
+        );
+    }
+);
+
+both_backends!(
+    follow_up_policy_new_ticket_links_the_old_one,
+    |backend| async move {
+        let app = TestApp::with_config(backend, "").await;
+        let config = test_config(&app.db.url, "").clone();
+        let mut config = config;
+        config.pipelines.get_mut("support").unwrap().follow_up =
+            mailroom::config::FollowUp::NewTicket;
+        let pipeline = TestApp::pipeline_for(&config).await;
+        let app = TestApp {
+            pipeline,
+            config,
+            db: app.db,
+        };
+
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "f1@c.test", "Order", "", "where?"),
+            )
+            .await;
+        app.store()
+            .set_ticket_status(1, "closed", "test")
+            .await
+            .unwrap();
+        let reply = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "f2@c.test",
+                    "Re: Order",
+                    "In-Reply-To: <f1@c.test>\r\n",
+                    "again",
+                ),
+            )
+            .await;
+        let Outcome::Created {
+            follow_up_of,
+            number,
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(follow_up_of, Some(ticket_of(&first)));
+        assert_eq!(number, 2);
+        let second = app.store().ticket_show(2).await.unwrap().unwrap();
+        assert_eq!(second.ticket.follow_up_of, Some(ticket_of(&first)));
+        // The next reply in that conversation follows the new, open ticket.
+        let next = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "f3@c.test",
+                    "Re: Order",
+                    "In-Reply-To: <f2@c.test>\r\n",
+                    "hi",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&next), ticket_of(&reply));
+    }
+);
+
+both_backends!(
+    follow_up_after_days_reopens_recently_closed_tickets,
+    |backend| async move {
+        let db = TestDb::new(backend).await;
+        let mut config = test_config(&db.url, "");
+        let support = config.pipelines.get_mut("support").unwrap();
+        support.follow_up = mailroom::config::FollowUp::NewTicket;
+        support.new_ticket_after_days = Some(14);
+        let pipeline = TestApp::pipeline_for(&config).await;
+        let app = TestApp {
+            pipeline,
+            config,
+            db,
+        };
+
+        app.apply(
+            "pipe",
+            &mail("ann@c.test", "d1@c.test", "Order", "", "where?"),
+        )
+        .await;
+        app.store()
+            .set_ticket_status(1, "closed", "test")
+            .await
+            .unwrap();
+        let recent = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "d2@c.test",
+                    "Re: Order",
+                    "In-Reply-To: <d1@c.test>\r\n",
+                    "x",
+                ),
+            )
+            .await;
+        assert!(
+            matches!(recent, Outcome::Appended { reopened: true, .. }),
+            "{recent:?}"
+        );
+
+        app.store()
+            .set_ticket_status(1, "closed", "test")
+            .await
+            .unwrap();
+        let long_ago = mailroom::store::now_ms() - 15 * 86_400_000;
+        sqlx::query("UPDATE tickets SET status_changed_at = $1 WHERE number = 1")
+            .bind(long_ago)
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        let late = app
+            .apply(
+                "pipe",
+                &mail(
+                    "ann@c.test",
+                    "d3@c.test",
+                    "Re: Order",
+                    "In-Reply-To: <d2@c.test>\r\n",
+                    "y",
+                ),
+            )
+            .await;
+        assert!(
+            matches!(
+                late,
+                Outcome::Created {
+                    follow_up_of: Some(_),
+                    ..
+                }
+            ),
+            "{late:?}"
+        );
+    }
+);
+
+both_backends!(
+    channel_without_ticket_creation_only_appends,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply("pipe", &mail("ann@c.test", "x1@c.test", "Chat", "", "hi"))
+            .await;
+        let threaded = app
+            .apply(
+                "chat",
+                &mail(
+                    "ann@c.test",
+                    "x2@c.test",
+                    "Re: Chat",
+                    "In-Reply-To: <x1@c.test>\r\n",
+                    "via bot",
+                ),
+            )
+            .await;
+        let unthreaded = app
+            .apply(
+                "chat",
+                &mail("bob@c.test", "x3@c.test", "New chat", "", "hello bot"),
+            )
+            .await;
+        assert_eq!(ticket_of(&threaded), ticket_of(&first));
+        assert_eq!(unthreaded, Outcome::Recorded);
+        assert_eq!(app.store().counts().await.unwrap().tickets, 1);
+        assert_eq!(app.store().counts().await.unwrap().messages, 3);
+    }
+);
+
+both_backends!(
+    bounce_threads_onto_the_ticket_of_the_bounced_message,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "b1@c.test", "Order", "", "where?"),
+            )
+            .await;
+        let dsn = "From: MAILER-DAEMON@mx.test\r\nTo: support@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+        Message-ID: <dsn1@mx.test>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+        --b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nStatus: 5.1.1\r\n\
+        --b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <b1@c.test>\r\nSubject: Order\r\n--b--\r\n";
+        let bounce = app.apply("pipe", dsn.as_bytes()).await;
+        assert!(
+            matches!(
+                bounce,
+                Outcome::Appended {
+                    reopened: false,
+                    ..
+                }
+            ),
+            "{bounce:?}"
+        );
+        assert_eq!(ticket_of(&bounce), ticket_of(&first));
+        let view = app.store().ticket_show(1).await.unwrap().unwrap();
+        assert!(view.messages[1].flags.contains(&"bounce".to_string()));
+    }
+);
+
+both_backends!(
+    concurrent_instances_ingest_each_message_once,
+    |backend| async move {
+        // Two pipelines on one database stand in for two mailroom instances that
+        // both received the same mail (e.g. two MTAs delivering the same message).
+        let app = TestApp::new(backend).await;
+        let other = TestApp::pipeline_for(&app.config).await;
+        let messages: Vec<Vec<u8>> = (0..40)
+            .map(|i| {
+                let thread = i / 4; // 10 threads of 4 messages
+                let irt = if i % 4 == 0 {
+                    String::new()
+                } else {
+                    format!("In-Reply-To: <c{}@c.test>\r\n", i - 1)
+                };
+                mail(
+                    &format!("u{thread}@c.test"),
+                    &format!("c{i}@c.test"),
+                    &format!("Thread {thread}"),
+                    &irt,
+                    "body",
+                )
+            })
+            .collect();
+        let run = |pipeline: mailroom::pipeline::Pipeline, messages: Vec<Vec<u8>>| async move {
+            for m in messages {
+                let raw = mailroom::pipeline::RawMessage {
+                    channel: "pipe".into(),
+                    source: None,
+                    data: std::sync::Arc::new(m),
+                };
+                let d = pipeline
+                    .process(vec![raw], mailroom::pipeline::OnBadInput::Refuse)
+                    .await
+                    .unwrap();
+                assert!(matches!(d[0], Disposition::Applied(_)), "{d:?}");
+            }
+        };
+        let (a, b) = tokio::join!(
+            tokio::spawn(run(app.pipeline.clone(), messages.clone())),
+            tokio::spawn(run(other, messages.clone()))
+        );
+        a.unwrap();
+        b.unwrap();
+        let counts = app.store().counts().await.unwrap();
+        assert_eq!(counts.messages, 40);
+        assert_eq!(counts.tickets, 10);
+        assert_eq!(counts.quarantined, 0);
+        for t in app.store().ticket_list(None).await.unwrap() {
+            assert_eq!(t.message_count, 4, "{t:?}");
+        }
+    }
+);
