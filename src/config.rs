@@ -367,7 +367,8 @@ impl Config {
                 config::Environment::with_prefix("MAILROOM")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(nested_env_vars())),
             );
         if let Ok(url) = std::env::var("MAILROOM_DATABASE_URL") {
             builder = builder
@@ -563,6 +564,15 @@ impl Config {
     pub fn channel_names(&self) -> String {
         self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
     }
+}
+
+/// `MAILROOM_SECTION__KEY` variables only: every config key lives in a
+/// section, and this keeps `MAILROOM_CONFIG`, `MAILROOM_LOG` and the
+/// `MAILROOM_DATABASE_URL` shorthand from being read as keys.
+fn nested_env_vars() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("MAILROOM_") && k.contains("__"))
+        .collect()
 }
 
 fn looks_like_address(s: &str) -> bool {
