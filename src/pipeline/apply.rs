@@ -1,19 +1,27 @@
-//! The only pipeline step that writes: turns a parsed message into a ticket or
-//! a message on an existing ticket, inside the caller's transaction. Its
-//! receipt is written in the same transaction, so a message is either fully
-//! applied and recorded, or not at all.
+//! The only pipeline step that writes: turns parsed messages into tickets or
+//! messages on existing tickets, inside the caller's transaction. Receipts are
+//! written in the same transaction, so a message is either fully applied and
+//! recorded, or not at all.
+//!
+//! Messages are applied a batch at a time. Look-ups the batch needs
+//! (receipts, known Message-IDs, tickets, contacts) are fetched in one query
+//! each, decisions are made in order in memory (a reply later in the batch
+//! sees a ticket created earlier in it), and rows that nothing in the batch
+//! reads back (blobs, events, receipts, attachments, participants) are
+//! written with multi-row inserts at the end. A batch of one is the same code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use sqlx::any::AnyArguments;
+use sqlx::{AnyConnection, Arguments, Row};
 
-use super::parse::ParsedMessage;
+use super::parse::{Mailbox, ParsedMessage};
 use super::thread::thread_keys;
 use crate::config::{FollowUp, StatusKind};
-use crate::store::directory::{ChannelInfo, PipelineInfo};
-use crate::store::Directory;
+use crate::store::directory::ChannelInfo;
+use crate::store::{Backend, Directory};
 
 /// A message ready to apply, with the raw bytes kept as the original.
 #[derive(Debug, Clone)]
@@ -57,561 +65,753 @@ impl Outcome {
     }
     pub fn ticket_id(&self) -> Option<i64> {
         match self {
-            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => {
-                Some(*ticket_id)
-            }
+            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => Some(*ticket_id),
             Outcome::Duplicate { ticket_id } => *ticket_id,
             Outcome::Recorded => None,
         }
     }
 }
 
-struct TicketRow {
+/// Rows per multi-row statement and ids per `IN (…)` list: far below the
+/// parameter limits of both backends.
+const CHUNK: usize = 400;
+
+#[derive(Debug, Clone)]
+struct TicketState {
     id: i64,
     number: i64,
     pipeline_id: i64,
     status_id: i64,
     status_changed_at: i64,
+    merged_into: Option<i64>,
+    deleted: bool,
 }
 
-async fn load_ticket(
-    conn: &mut AnyConnection,
-    mut id: i64,
-) -> Result<Option<TicketRow>, sqlx::Error> {
-    // Merged tickets resolve to the surviving ticket; the hop limit guards
-    // against a cycle written by hand.
-    for _ in 0..16 {
-        let Some(row) = sqlx::query(
-            "SELECT id, number, pipeline_id, status_id, status_changed_at, merged_into, deleted_at
-             FROM tickets WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(None);
-        };
-        if let Some(target) = row.try_get::<Option<i64>, _>(5)? {
-            id = target;
-            continue;
-        }
-        if row.try_get::<Option<i64>, _>(6)?.is_some() {
-            return Ok(None);
-        }
-        return Ok(Some(TicketRow {
-            id: row.try_get(0)?,
-            number: row.try_get(1)?,
-            pipeline_id: row.try_get(2)?,
-            status_id: row.try_get(3)?,
-            status_changed_at: row.try_get(4)?,
-        }));
-    }
-    Ok(None)
+/// What the batch has learned and what it will write at the end.
+#[derive(Default)]
+struct Batch {
+    /// (team, fingerprint) → ticket of messages already taken in.
+    receipts: HashMap<(i64, String), Option<i64>>,
+    /// (team, Message-ID) → (ticket, direction) of stored messages.
+    known_ids: HashMap<(i64, String), (i64, String)>,
+    tickets: HashMap<i64, TicketState>,
+    contacts: HashMap<String, i64>,
+    /// Tickets whose status changed, and tickets merely touched.
+    status_changed: HashSet<i64>,
+    touched: HashSet<i64>,
+    /// Ticket numbers handed out in this batch: (next, last stored).
+    numbers: Option<(i64, i64)>,
+    blobs_written: HashSet<String>,
+    participants: Vec<(i64, i64, &'static str)>,
+    events: Vec<(i64, &'static str, String)>,
+    receipts_out: Vec<(i64, String, i64, Option<String>, &'static str, Option<i64>, Option<i64>)>,
 }
 
-/// Finds the ticket this message continues, per the rules in `thread.rs`.
-/// Returns `Err(Duplicate)` via `Ok(Found::Echo)` when the message is one we sent.
-async fn find_ticket(
+fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Multi-row insert: `rows` of `width` values each, bound by `bind`.
+async fn insert_rows<T>(
     conn: &mut AnyConnection,
-    team_id: i64,
-    message: &ParsedMessage,
-) -> Result<Found, sqlx::Error> {
-    let keys = thread_keys(message);
-    if !keys.message_ids.is_empty() {
-        let placeholders: Vec<String> = (0..keys.message_ids.len())
-            .map(|i| format!("${}", i + 2))
+    head: &str,
+    tail: &str,
+    width: usize,
+    rows: &[T],
+    bind: impl Fn(&mut AnyArguments<'_>, &T),
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| format!("({})", placeholders(r * width + 1, width)))
             .collect();
+        let sql = format!("{head} VALUES {} {tail}", values.join(", "));
+        let mut args = AnyArguments::default();
+        for row in chunk {
+            bind(&mut args, row);
+        }
+        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn add<'q, T>(args: &mut AnyArguments<'q>, value: T)
+where
+    T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    // Encoding into AnyArguments only fails for types Any cannot hold; ours all can.
+    args.add(value).expect("value can be encoded");
+}
+
+impl Batch {
+    async fn prefetch(&mut self, conn: &mut AnyConnection, items: &[(&ChannelInfo, &Inbound)]) -> Result<(), sqlx::Error> {
+        let fingerprints: Vec<&str> = items.iter().map(|(_, i)| i.parsed.fingerprint.as_str()).collect();
+        for chunk in fingerprints.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT team_id, fingerprint, ticket_id FROM receipts WHERE fingerprint IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for f in chunk {
+                query = query.bind(*f);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                self.receipts.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            }
+        }
+
+        let mut ids: Vec<String> = items.iter().flat_map(|(_, i)| thread_keys(&i.parsed).message_ids).collect();
+        ids.sort();
+        ids.dedup();
+        let mut ticket_ids = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT team_id, message_id, ticket_id, direction FROM messages
+                 WHERE ticket_id IS NOT NULL AND message_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let ticket: i64 = row.try_get(2)?;
+                ticket_ids.insert(ticket);
+                self.known_ids
+                    .entry((row.try_get(0)?, row.try_get(1)?))
+                    .or_insert((ticket, row.try_get(3)?));
+            }
+        }
+        let ticket_ids: Vec<i64> = ticket_ids.into_iter().collect();
+        for chunk in ticket_ids.chunks(CHUNK) {
+            self.load_tickets(conn, chunk).await?;
+        }
+
+        let mut emails: Vec<&str> = items
+            .iter()
+            .filter_map(|(_, i)| i.parsed.from.as_ref().map(|f| f.address.as_str()))
+            .collect();
+        emails.sort();
+        emails.dedup();
+        for chunk in emails.chunks(CHUNK) {
+            let sql = format!("SELECT email, id FROM contacts WHERE email IN ({})", placeholders(1, chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query.bind(*e);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                self.contacts.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_tickets(&mut self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "SELECT message_id, ticket_id, direction FROM messages
-             WHERE team_id = $1 AND ticket_id IS NOT NULL AND message_id IN ({})",
-            placeholders.join(", ")
+            "SELECT id, number, pipeline_id, status_id, status_changed_at, merged_into, deleted_at
+             FROM tickets WHERE id IN ({})",
+            placeholders(1, ids.len())
         );
-        let mut query = sqlx::query(&sql).bind(team_id);
-        for id in &keys.message_ids {
-            query = query.bind(id);
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
         }
-        let mut known: HashMap<String, (i64, String)> = HashMap::new();
         for row in query.fetch_all(&mut *conn).await? {
-            known
-                .entry(row.try_get(0)?)
-                .or_insert((row.try_get(1)?, row.try_get(2)?));
+            let id: i64 = row.try_get(0)?;
+            self.tickets.insert(
+                id,
+                TicketState {
+                    id,
+                    number: row.try_get(1)?,
+                    pipeline_id: row.try_get(2)?,
+                    status_id: row.try_get(3)?,
+                    status_changed_at: row.try_get(4)?,
+                    merged_into: row.try_get(5)?,
+                    deleted: row.try_get::<Option<i64>, _>(6)?.is_some(),
+                },
+            );
         }
-        if let Some((ticket_id, direction)) = known.get(&message.message_id) {
-            if direction == "outbound" && !message.synthetic_id {
-                return Ok(Found::Echo(*ticket_id));
+        Ok(())
+    }
+
+    /// The live ticket for an id: merged tickets resolve to the surviving one
+    /// (the hop limit guards against a cycle written by hand); deleted → none.
+    async fn live_ticket(&mut self, conn: &mut AnyConnection, mut id: i64) -> Result<Option<i64>, sqlx::Error> {
+        for _ in 0..16 {
+            if !self.tickets.contains_key(&id) {
+                self.load_tickets(conn, &[id]).await?;
+            }
+            match self.tickets.get(&id) {
+                None => return Ok(None),
+                Some(t) if t.deleted => return Ok(None),
+                Some(TicketState {
+                    merged_into: Some(target),
+                    ..
+                }) => id = *target,
+                Some(_) => return Ok(Some(id)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finds the ticket a message continues, per the rules in `thread.rs`.
+    async fn find_ticket(&mut self, conn: &mut AnyConnection, team_id: i64, message: &ParsedMessage) -> Result<Found, sqlx::Error> {
+        let keys = thread_keys(message);
+        if !message.synthetic_id {
+            if let Some((ticket, direction)) = self.known_ids.get(&(team_id, message.message_id.clone())) {
+                if direction == "outbound" {
+                    return Ok(Found::Echo(*ticket));
+                }
             }
         }
         for id in &keys.message_ids {
-            if let Some((ticket_id, _)) = known.get(id) {
-                if let Some(ticket) = load_ticket(conn, *ticket_id).await? {
+            if let Some((ticket, _)) = self.known_ids.get(&(team_id, id.clone())).cloned() {
+                if let Some(ticket) = self.live_ticket(conn, ticket).await? {
                     return Ok(Found::Ticket(ticket));
                 }
             }
         }
+        let Some(sender) = message.from.as_ref().map(|m| m.address.as_str()) else {
+            return Ok(Found::None);
+        };
+        if let Some(number) = keys.subject_tag {
+            let row = sqlx::query(
+                "SELECT t.id FROM tickets t
+                 JOIN ticket_contacts tc ON tc.ticket_id = t.id
+                 JOIN contacts c ON c.id = tc.contact_id
+                 WHERE t.number = $1 AND t.team_id = $2 AND c.email = $3",
+            )
+            .bind(number)
+            .bind(team_id)
+            .bind(sender)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                if let Some(ticket) = self.live_ticket(conn, row.try_get(0)?).await? {
+                    return Ok(Found::Ticket(ticket));
+                }
+            }
+        }
+        if let Some(root) = &keys.thread_index_root {
+            let row = sqlx::query(
+                "SELECT ticket_id FROM messages
+                 WHERE team_id = $1 AND thread_index_root = $2 AND from_addr = $3 AND ticket_id IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(team_id)
+            .bind(root)
+            .bind(sender)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                if let Some(ticket) = self.live_ticket(conn, row.try_get(0)?).await? {
+                    return Ok(Found::Ticket(ticket));
+                }
+            }
+        }
+        Ok(Found::None)
     }
-    let Some(sender) = message.from.as_ref().map(|m| m.address.as_str()) else {
-        return Ok(Found::None);
-    };
-    if let Some(number) = keys.subject_tag {
-        let row = sqlx::query(
-            "SELECT t.id FROM tickets t
-             JOIN ticket_contacts tc ON tc.ticket_id = t.id
-             JOIN contacts c ON c.id = tc.contact_id
-             WHERE t.number = $1 AND t.team_id = $2 AND c.email = $3",
+
+    /// Finds or creates the contact for the sender; `None` for a message without one.
+    async fn contact(&mut self, conn: &mut AnyConnection, from: Option<&Mailbox>, now: i64) -> Result<Option<i64>, sqlx::Error> {
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        if let Some(id) = self.contacts.get(&from.address) {
+            return Ok(Some(*id));
+        }
+        let domain = from.address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let inserted = sqlx::query(
+            "INSERT INTO contacts (email, name, company_id, created_at)
+             VALUES ($1, $2, (SELECT id FROM companies WHERE domain = $3), $4)
+             ON CONFLICT (email) DO NOTHING RETURNING id",
+        )
+        .bind(&from.address)
+        .bind(from.name.clone())
+        .bind(domain)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let id: i64 = match inserted {
+            Some(row) => row.try_get(0)?,
+            // Another instance created it since the prefetch.
+            None => sqlx::query("SELECT id FROM contacts WHERE email = $1")
+                .bind(&from.address)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?,
+        };
+        self.contacts.insert(from.address.clone(), id);
+        Ok(Some(id))
+    }
+
+    async fn next_number(&mut self, conn: &mut AnyConnection, backend: Backend) -> Result<i64, sqlx::Error> {
+        let (next, stored) = match self.numbers {
+            Some(n) => n,
+            None => {
+                // Locks the counter row until commit on PostgreSQL, so instances
+                // hand out disjoint numbers; SQLite has one writer anyway.
+                let sql = match backend {
+                    Backend::Postgres => "SELECT value FROM counters WHERE name = 'ticket_number' FOR UPDATE",
+                    Backend::Sqlite => "SELECT value FROM counters WHERE name = 'ticket_number'",
+                };
+                let value: i64 = sqlx::query(sql).fetch_one(&mut *conn).await?.try_get(0)?;
+                (value + 1, value)
+            }
+        };
+        self.numbers = Some((next + 1, stored));
+        Ok(next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_ticket(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        channel: &ChannelInfo,
+        pipeline_id: i64,
+        status_id: i64,
+        message: &ParsedMessage,
+        contact: Option<i64>,
+        follow_up_of: Option<i64>,
+        now: i64,
+    ) -> Result<TicketState, sqlx::Error> {
+        let number = self.next_number(conn, backend).await?;
+        let subject = if message.subject.is_empty() {
+            "(no subject)"
+        } else {
+            message.subject.as_str()
+        };
+        let id: i64 = sqlx::query(
+            "INSERT INTO tickets (number, subject, team_id, pipeline_id, status_id, channel_id, company_id,
+               follow_up_of, reply_token, created_at, updated_at, status_changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, (SELECT company_id FROM contacts WHERE id = $7), $8, $9, $10, $10, $10)
+             RETURNING id",
         )
         .bind(number)
-        .bind(team_id)
-        .bind(sender)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            if let Some(ticket) = load_ticket(conn, row.try_get(0)?).await? {
-                return Ok(Found::Ticket(ticket));
+        .bind(subject)
+        .bind(channel.team_id)
+        .bind(pipeline_id)
+        .bind(status_id)
+        .bind(channel.id)
+        .bind(contact)
+        .bind(follow_up_of)
+        .bind(hex::encode(rand::random::<[u8; 16]>()))
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        if let Some(contact) = contact {
+            self.participants.push((id, contact, "requester"));
+        }
+        let ticket = TicketState {
+            id,
+            number,
+            pipeline_id,
+            status_id,
+            status_changed_at: now,
+            merged_into: None,
+            deleted: false,
+        };
+        self.tickets.insert(id, ticket.clone());
+        Ok(ticket)
+    }
+
+    /// Writes the raw originals and attachment contents of every message that
+    /// is not a known duplicate, a few statements for the whole batch.
+    async fn prewrite_blobs(&mut self, conn: &mut AnyConnection, items: &[(&ChannelInfo, &Inbound)]) -> Result<(), sqlx::Error> {
+        const MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
+        let mut rows: Vec<(&str, &[u8])> = Vec::new();
+        let mut fresh = HashSet::new();
+        for (channel, inbound) in items {
+            let m = &inbound.parsed;
+            let key = (channel.team_id, m.fingerprint.clone());
+            if self.receipts.contains_key(&key) || !fresh.insert(key) {
+                continue;
+            }
+            if self.blobs_written.insert(m.raw_sha256.clone()) {
+                rows.push((&m.raw_sha256, &inbound.raw));
+            }
+            for a in &m.attachments {
+                if self.blobs_written.insert(a.sha256.clone()) {
+                    rows.push((&a.sha256, &a.data));
+                }
             }
         }
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len() && end - start < CHUNK && (end == start || bytes + rows[end].1.len() <= MAX_STATEMENT_BYTES) {
+                bytes += rows[end].1.len();
+                end += 1;
+            }
+            insert_rows(
+                conn,
+                "INSERT INTO blobs (sha256, size, data)",
+                "ON CONFLICT (sha256) DO NOTHING",
+                3,
+                &rows[start..end],
+                |args, (sha, data)| {
+                    add(args, sha.to_string());
+                    add(args, data.len() as i64);
+                    add(args, data.to_vec());
+                },
+            )
+            .await?;
+            start = end;
+        }
+        Ok(())
     }
-    if let Some(root) = &keys.thread_index_root {
-        let row = sqlx::query(
-            "SELECT ticket_id FROM messages
-             WHERE team_id = $1 AND thread_index_root = $2 AND from_addr = $3 AND ticket_id IS NOT NULL
-             ORDER BY id DESC LIMIT 1",
+
+    async fn put_blob(&mut self, conn: &mut AnyConnection, sha256: &str, data: &[u8]) -> Result<(), sqlx::Error> {
+        if self.blobs_written.insert(sha256.to_string()) {
+            sqlx::query("INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
+                .bind(sha256)
+                .bind(data.len() as i64)
+                .bind(data.to_vec())
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_message(
+        &mut self,
+        conn: &mut AnyConnection,
+        ticket_id: Option<i64>,
+        channel: &ChannelInfo,
+        inbound: &Inbound,
+        contact: Option<i64>,
+        now: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let m = &inbound.parsed;
+        self.put_blob(conn, &m.raw_sha256, &inbound.raw).await?;
+        for attachment in &m.attachments {
+            self.put_blob(conn, &attachment.sha256, &attachment.data).await?;
+        }
+        let list = |v: &[Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+        let (from_addr, from_name) = match &m.from {
+            Some(f) => (f.address.as_str(), f.name.clone()),
+            None => ("", None),
+        };
+        let id: i64 = sqlx::query(
+            "INSERT INTO messages (ticket_id, team_id, channel_id, direction, author_contact_id, message_id,
+               synthetic_id, in_reply_to, refs, from_addr, from_name, to_addrs, cc_addrs, reply_to, subject,
+               body_text, body_html, flags, thread_index_root, fingerprint, raw_sha256, sent_at, received_at)
+             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+               $19, $20, $21, $22)
+             RETURNING id",
         )
-        .bind(team_id)
-        .bind(root)
-        .bind(sender)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            if let Some(ticket) = load_ticket(conn, row.try_get(0)?).await? {
-                return Ok(Found::Ticket(ticket));
+        .bind(ticket_id)
+        .bind(channel.team_id)
+        .bind(channel.id)
+        .bind(contact)
+        .bind(&m.message_id)
+        .bind(m.synthetic_id as i64)
+        .bind(serde_json::to_string(&m.in_reply_to).unwrap_or_default())
+        .bind(serde_json::to_string(&m.references).unwrap_or_default())
+        .bind(from_addr)
+        .bind(from_name)
+        .bind(list(&m.to))
+        .bind(list(&m.cc))
+        .bind(m.reply_to.as_ref().map(|r| r.address.clone()))
+        .bind(&m.subject)
+        .bind(&m.body_text)
+        .bind(m.body_html.as_deref())
+        .bind(m.flags.to_db())
+        .bind(m.thread_index_root.as_deref())
+        .bind(&m.fingerprint)
+        .bind(&m.raw_sha256)
+        .bind(m.date)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        if !m.attachments.is_empty() {
+            insert_rows(
+                conn,
+                "INSERT INTO attachments (message_id, sha256, filename, content_type, size, content_id, inline)",
+                "",
+                7,
+                &m.attachments,
+                |args, a| {
+                    add(args, id);
+                    add(args, a.sha256.clone());
+                    add(args, a.filename.clone());
+                    add(args, a.content_type.clone());
+                    add(args, a.data.len() as i64);
+                    add(args, a.content_id.clone());
+                    add(args, a.inline as i64);
+                },
+            )
+            .await?;
+        }
+        if let Some(ticket_id) = ticket_id {
+            self.known_ids
+                .insert((channel.team_id, m.message_id.clone()), (ticket_id, "inbound".into()));
+        }
+        Ok(id)
+    }
+
+    fn event(&mut self, ticket_id: i64, kind: &'static str, data: serde_json::Value) {
+        self.events.push((ticket_id, kind, data.to_string()));
+    }
+
+    fn receipt(&mut self, channel: &ChannelInfo, inbound: &Inbound, outcome: &Outcome, message_row: Option<i64>) {
+        let fingerprint = inbound.parsed.fingerprint.clone();
+        self.receipts.insert((channel.team_id, fingerprint.clone()), outcome.ticket_id());
+        self.receipts_out.push((
+            channel.team_id,
+            fingerprint,
+            channel.id,
+            inbound.source.clone(),
+            outcome.name(),
+            outcome.ticket_id(),
+            message_row,
+        ));
+    }
+
+    async fn apply_one(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        dir: &Directory,
+        channel: &ChannelInfo,
+        inbound: &Inbound,
+        now: i64,
+    ) -> Result<Outcome, sqlx::Error> {
+        let message = &inbound.parsed;
+        // Exactly once: the same message (per team) is recorded only once.
+        if let Some(ticket_id) = self.receipts.get(&(channel.team_id, message.fingerprint.clone())) {
+            return Ok(Outcome::Duplicate { ticket_id: *ticket_id });
+        }
+        let found = self.find_ticket(conn, channel.team_id, message).await?;
+        if let Found::Echo(ticket_id) = found {
+            let outcome = Outcome::Duplicate {
+                ticket_id: Some(ticket_id),
+            };
+            self.receipt(channel, inbound, &outcome, None);
+            return Ok(outcome);
+        }
+        let contact = self.contact(conn, message.from.as_ref(), now).await?;
+        let automatic = message.flags.is_automatic();
+        let channel_pipeline = dir.pipeline_of(channel);
+
+        let (outcome, message_row) = match found {
+            Found::Ticket(ticket_id) => {
+                let ticket = self.tickets[&ticket_id].clone();
+                let pipeline = dir
+                    .pipelines
+                    .values()
+                    .find(|p| p.id == ticket.pipeline_id)
+                    .unwrap_or(channel_pipeline);
+                let status_kind = dir.status(ticket.status_id).map(|s| s.kind).unwrap_or(StatusKind::Open);
+                let closed_days = (now - ticket.status_changed_at) / 86_400_000;
+                let start_new = status_kind == StatusKind::Closed
+                    && !automatic
+                    && pipeline.follow_up == FollowUp::NewTicket
+                    && pipeline
+                        .new_ticket_after_days
+                        .is_none_or(|days| closed_days >= i64::from(days));
+                if start_new {
+                    let new = self
+                        .create_ticket(conn, backend, channel, pipeline.id, pipeline.default_status, message, contact, Some(ticket.id), now)
+                        .await?;
+                    let row = self.insert_message(conn, Some(new.id), channel, inbound, contact, now).await?;
+                    self.event(ticket.id, "follow_up_created", json!({ "ticket_id": new.id, "number": new.number }));
+                    self.event(new.id, "created", json!({ "channel": channel.key, "message": row, "follow_up_of": ticket.id }));
+                    let outcome = Outcome::Created {
+                        ticket_id: new.id,
+                        number: new.number,
+                        follow_up_of: Some(ticket.id),
+                    };
+                    (outcome, row)
+                } else {
+                    let row = self.insert_message(conn, Some(ticket.id), channel, inbound, contact, now).await?;
+                    // A person writing to a waiting or closed ticket reopens it;
+                    // auto-replies, bounces and list mail never do.
+                    let reopened = status_kind != StatusKind::Open && !automatic;
+                    if reopened {
+                        let state = self.tickets.get_mut(&ticket.id).expect("loaded");
+                        state.status_id = pipeline.reopen_status;
+                        state.status_changed_at = now;
+                        self.status_changed.insert(ticket.id);
+                        self.event(
+                            ticket.id,
+                            "status_changed",
+                            json!({ "from": ticket.status_id, "to": pipeline.reopen_status, "reason": "customer_reply" }),
+                        );
+                    }
+                    self.touched.insert(ticket.id);
+                    if let Some(contact) = contact {
+                        self.participants.push((ticket.id, contact, "participant"));
+                    }
+                    self.event(
+                        ticket.id,
+                        "message_received",
+                        json!({ "message": row, "channel": channel.key, "flags": message.flags.names() }),
+                    );
+                    let outcome = Outcome::Appended {
+                        ticket_id: ticket.id,
+                        number: ticket.number,
+                        reopened,
+                    };
+                    (outcome, row)
+                }
+            }
+            Found::None if channel.create_tickets => {
+                let new = self
+                    .create_ticket(
+                        conn,
+                        backend,
+                        channel,
+                        channel_pipeline.id,
+                        channel_pipeline.default_status,
+                        message,
+                        contact,
+                        None,
+                        now,
+                    )
+                    .await?;
+                let row = self.insert_message(conn, Some(new.id), channel, inbound, contact, now).await?;
+                self.event(
+                    new.id,
+                    "created",
+                    json!({ "channel": channel.key, "message": row, "flags": message.flags.names() }),
+                );
+                let outcome = Outcome::Created {
+                    ticket_id: new.id,
+                    number: new.number,
+                    follow_up_of: None,
+                };
+                (outcome, row)
+            }
+            Found::None => {
+                let row = self.insert_message(conn, None, channel, inbound, contact, now).await?;
+                (Outcome::Recorded, row)
+            }
+            Found::Echo(_) => unreachable!("handled above"),
+        };
+        if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
+            mark_bounced(conn, channel.team_id, &message.flags.bounced_message_ids).await?;
+        }
+        self.receipt(channel, inbound, &outcome, Some(message_row));
+        Ok(outcome)
+    }
+
+    /// Writes everything deferred to the end of the batch.
+    async fn flush(&mut self, conn: &mut AnyConnection, now: i64) -> Result<(), sqlx::Error> {
+        if let Some((next, stored)) = self.numbers {
+            if next - 1 != stored {
+                sqlx::query("UPDATE counters SET value = $1 WHERE name = 'ticket_number'")
+                    .bind(next - 1)
+                    .execute(&mut *conn)
+                    .await?;
             }
         }
+        for id in &self.status_changed {
+            let t = &self.tickets[id];
+            sqlx::query("UPDATE tickets SET status_id = $1, status_changed_at = $2, updated_at = $3 WHERE id = $4")
+                .bind(t.status_id)
+                .bind(t.status_changed_at)
+                .bind(now)
+                .bind(t.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let touched: Vec<i64> = self.touched.difference(&self.status_changed).copied().collect();
+        for chunk in touched.chunks(CHUNK) {
+            let sql = format!("UPDATE tickets SET updated_at = $1 WHERE id IN ({})", placeholders(2, chunk.len()));
+            let mut query = sqlx::query(&sql).bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        let mut seen = HashSet::new();
+        self.participants.retain(|(t, c, _)| seen.insert((*t, *c)));
+        insert_rows(
+            conn,
+            "INSERT INTO ticket_contacts (ticket_id, contact_id, role)",
+            "ON CONFLICT (ticket_id, contact_id) DO NOTHING",
+            3,
+            &self.participants,
+            |args, (t, c, role)| {
+                add(args, *t);
+                add(args, *c);
+                add(args, *role);
+            },
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "INSERT INTO ticket_events (ticket_id, kind, data, actor, created_at)",
+            "",
+            5,
+            &self.events,
+            |args, (t, kind, data)| {
+                add(args, *t);
+                add(args, *kind);
+                add(args, data.clone());
+                add(args, "mailroom");
+                add(args, now);
+            },
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "INSERT INTO receipts (team_id, fingerprint, channel_id, source, outcome, ticket_id, message_id, created_at)",
+            "",
+            8,
+            &self.receipts_out,
+            |args, (team, fp, channel, source, outcome, ticket, message)| {
+                add(args, *team);
+                add(args, fp.clone());
+                add(args, *channel);
+                add(args, source.clone());
+                add(args, *outcome);
+                add(args, *ticket);
+                add(args, *message);
+                add(args, now);
+            },
+        )
+        .await
     }
-    Ok(Found::None)
 }
 
 enum Found {
-    Ticket(TicketRow),
+    Ticket(i64),
     /// Our own outbound message came back in (a Bcc to the team mailbox).
     Echo(i64),
     None,
 }
 
-/// Finds or creates the contact for an address; `None` for a message without sender.
-async fn contact_id(
+/// Applies a batch of messages in order. The caller owns the transaction and
+/// commits it; an error means none of the batch may be acknowledged.
+pub async fn apply_batch(
     conn: &mut AnyConnection,
-    message: &ParsedMessage,
-    now: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    let Some(from) = &message.from else {
-        return Ok(None);
-    };
-    if let Some(row) = sqlx::query("SELECT id FROM contacts WHERE email = $1")
-        .bind(&from.address)
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        return Ok(Some(row.try_get(0)?));
-    }
-    let domain = from
-        .address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_string())
-        .unwrap_or_default();
-    let company_id: Option<i64> = match sqlx::query("SELECT id FROM companies WHERE domain = $1")
-        .bind(domain)
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        Some(row) => Some(row.try_get(0)?),
-        None => None,
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO contacts (email, name, company_id, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (email) DO NOTHING RETURNING id",
-    )
-    .bind(&from.address)
-    .bind(from.name.clone())
-    .bind(company_id)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match inserted {
-        Some(row) => Ok(Some(row.try_get(0)?)),
-        // Another writer created it between our look-up and insert.
-        None => Ok(Some(
-            sqlx::query("SELECT id FROM contacts WHERE email = $1")
-                .bind(&from.address)
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get(0)?,
-        )),
-    }
-}
-
-async fn event(
-    conn: &mut AnyConnection,
-    ticket_id: i64,
-    kind: &str,
-    data: serde_json::Value,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO ticket_events (ticket_id, kind, data, actor, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(ticket_id)
-        .bind(kind)
-        .bind(data.to_string())
-        .bind("mailroom")
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn create_ticket(
-    conn: &mut AnyConnection,
-    channel: &ChannelInfo,
-    pipeline: &PipelineInfo,
-    message: &ParsedMessage,
-    contact: Option<i64>,
-    follow_up_of: Option<i64>,
-    now: i64,
-) -> Result<(i64, i64), sqlx::Error> {
-    let number: i64 = sqlx::query(
-        "UPDATE counters SET value = value + 1 WHERE name = 'ticket_number' RETURNING value",
-    )
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    let subject = if message.subject.is_empty() {
-        "(no subject)".to_string()
-    } else {
-        message.subject.clone()
-    };
-    let company_id: Option<i64> = match contact {
-        Some(contact) => sqlx::query("SELECT company_id FROM contacts WHERE id = $1")
-            .bind(contact)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get(0)?,
-        None => None,
-    };
-    let ticket_id: i64 = sqlx::query(
-        "INSERT INTO tickets (number, subject, team_id, pipeline_id, status_id, channel_id, company_id,
-           follow_up_of, reply_token, created_at, updated_at, status_changed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10) RETURNING id",
-    )
-    .bind(number)
-    .bind(subject)
-    .bind(channel.team_id)
-    .bind(pipeline.id)
-    .bind(pipeline.default_status)
-    .bind(channel.id)
-    .bind(company_id)
-    .bind(follow_up_of)
-    .bind(hex::encode(rand::random::<[u8; 16]>()))
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    if let Some(contact) = contact {
-        sqlx::query("INSERT INTO ticket_contacts (ticket_id, contact_id, role) VALUES ($1, $2, 'requester')")
-            .bind(ticket_id)
-            .bind(contact)
-            .execute(&mut *conn)
-            .await?;
-    }
-    event(
-        conn,
-        ticket_id,
-        "created",
-        json!({ "channel": channel.key, "follow_up_of": follow_up_of }),
-        now,
-    )
-    .await?;
-    Ok((ticket_id, number))
-}
-
-async fn put_blob(conn: &mut AnyConnection, sha256: &str, data: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-        .bind(sha256)
-        .bind(data.len() as i64)
-        .bind(data.to_vec())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn insert_message(
-    conn: &mut AnyConnection,
-    ticket_id: Option<i64>,
-    channel: &ChannelInfo,
-    inbound: &Inbound,
-    contact: Option<i64>,
-    now: i64,
-) -> Result<i64, sqlx::Error> {
-    let m = &inbound.parsed;
-    put_blob(conn, &m.raw_sha256, &inbound.raw).await?;
-    let list =
-        |v: &[super::parse::Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    let (from_addr, from_name) = match &m.from {
-        Some(f) => (f.address.clone(), f.name.clone()),
-        None => (String::new(), None),
-    };
-    let id: i64 = sqlx::query(
-        "INSERT INTO messages (ticket_id, team_id, channel_id, direction, author_contact_id, message_id,
-           synthetic_id, in_reply_to, refs, from_addr, from_name, to_addrs, cc_addrs, reply_to, subject,
-           body_text, body_html, flags, thread_index_root, fingerprint, raw_sha256, sent_at, received_at)
-         VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-           $19, $20, $21, $22)
-         RETURNING id",
-    )
-    .bind(ticket_id)
-    .bind(channel.team_id)
-    .bind(channel.id)
-    .bind(contact)
-    .bind(&m.message_id)
-    .bind(m.synthetic_id as i64)
-    .bind(serde_json::to_string(&m.in_reply_to).unwrap_or_default())
-    .bind(serde_json::to_string(&m.references).unwrap_or_default())
-    .bind(from_addr)
-    .bind(from_name)
-    .bind(list(&m.to))
-    .bind(list(&m.cc))
-    .bind(m.reply_to.as_ref().map(|r| r.address.clone()))
-    .bind(&m.subject)
-    .bind(&m.body_text)
-    .bind(m.body_html.clone())
-    .bind(m.flags.to_db())
-    .bind(m.thread_index_root.clone())
-    .bind(&m.fingerprint)
-    .bind(&m.raw_sha256)
-    .bind(m.date)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    for attachment in &m.attachments {
-        put_blob(conn, &attachment.sha256, &attachment.data).await?;
-        sqlx::query(
-            "INSERT INTO attachments (message_id, sha256, filename, content_type, size, content_id, inline)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(&attachment.sha256)
-        .bind(&attachment.filename)
-        .bind(&attachment.content_type)
-        .bind(attachment.data.len() as i64)
-        .bind(attachment.content_id.clone())
-        .bind(attachment.inline as i64)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(id)
-}
-
-async fn write_receipt(
-    conn: &mut AnyConnection,
-    channel: &ChannelInfo,
-    inbound: &Inbound,
-    outcome: &Outcome,
-    message_row: Option<i64>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO receipts (team_id, fingerprint, channel_id, source, outcome, ticket_id, message_id, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(channel.team_id)
-    .bind(&inbound.parsed.fingerprint)
-    .bind(channel.id)
-    .bind(inbound.source.clone())
-    .bind(outcome.name())
-    .bind(outcome.ticket_id())
-    .bind(message_row)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Applies one message. The caller owns the transaction and commits it.
-pub async fn apply(
-    conn: &mut AnyConnection,
+    backend: Backend,
     dir: &Directory,
-    channel: &ChannelInfo,
-    inbound: &Inbound,
+    items: &[(&ChannelInfo, &Inbound)],
     now: i64,
-) -> Result<Outcome, sqlx::Error> {
-    let message = &inbound.parsed;
-
-    // Exactly once: the same message (per team) is recorded only once.
-    if let Some(row) =
-        sqlx::query("SELECT ticket_id FROM receipts WHERE team_id = $1 AND fingerprint = $2")
-            .bind(channel.team_id)
-            .bind(&message.fingerprint)
-            .fetch_optional(&mut *conn)
-            .await?
-    {
-        return Ok(Outcome::Duplicate {
-            ticket_id: row.try_get(0)?,
-        });
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut batch = Batch::default();
+    batch.prefetch(conn, items).await?;
+    batch.prewrite_blobs(conn, items).await?;
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (channel, inbound) in items {
+        outcomes.push(batch.apply_one(conn, backend, dir, channel, inbound, now).await?);
     }
-
-    let found = find_ticket(conn, channel.team_id, message).await?;
-    if let Found::Echo(ticket_id) = found {
-        let outcome = Outcome::Duplicate {
-            ticket_id: Some(ticket_id),
-        };
-        write_receipt(conn, channel, inbound, &outcome, None, now).await?;
-        return Ok(outcome);
-    }
-    let contact = contact_id(conn, message, now).await?;
-    let automatic = message.flags.is_automatic();
-    let channel_pipeline = dir.pipeline_of(channel);
-
-    let (outcome, message_row) = match found {
-        Found::Ticket(ticket) => {
-            let pipeline = dir
-                .pipelines
-                .values()
-                .find(|p| p.id == ticket.pipeline_id)
-                .unwrap_or(channel_pipeline);
-            let status_kind = dir
-                .status(ticket.status_id)
-                .map(|s| s.kind)
-                .unwrap_or(StatusKind::Open);
-            let closed_days = (now - ticket.status_changed_at) / 86_400_000;
-            let start_new = status_kind == StatusKind::Closed
-                && !automatic
-                && pipeline.follow_up == FollowUp::NewTicket
-                && pipeline
-                    .new_ticket_after_days
-                    .is_none_or(|days| closed_days >= i64::from(days));
-            if start_new {
-                let (ticket_id, number) = create_ticket(
-                    conn,
-                    channel,
-                    pipeline,
-                    message,
-                    contact,
-                    Some(ticket.id),
-                    now,
-                )
-                .await?;
-                event(
-                    conn,
-                    ticket.id,
-                    "follow_up_created",
-                    json!({ "ticket_id": ticket_id, "number": number }),
-                    now,
-                )
-                .await?;
-                let row =
-                    insert_message(conn, Some(ticket_id), channel, inbound, contact, now).await?;
-                (
-                    Outcome::Created {
-                        ticket_id,
-                        number,
-                        follow_up_of: Some(ticket.id),
-                    },
-                    row,
-                )
-            } else {
-                let row =
-                    insert_message(conn, Some(ticket.id), channel, inbound, contact, now).await?;
-                let reopened = status_kind != StatusKind::Open && !automatic;
-                if reopened {
-                    sqlx::query(
-                        "UPDATE tickets SET status_id = $1, status_changed_at = $2, updated_at = $2 WHERE id = $3",
-                    )
-                    .bind(pipeline.reopen_status)
-                    .bind(now)
-                    .bind(ticket.id)
-                    .execute(&mut *conn)
-                    .await?;
-                    event(
-                        conn,
-                        ticket.id,
-                        "status_changed",
-                        json!({ "from": ticket.status_id, "to": pipeline.reopen_status, "reason": "customer_reply" }),
-                        now,
-                    )
-                    .await?;
-                } else {
-                    sqlx::query("UPDATE tickets SET updated_at = $1 WHERE id = $2")
-                        .bind(now)
-                        .bind(ticket.id)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                if let Some(contact) = contact {
-                    sqlx::query(
-                        "INSERT INTO ticket_contacts (ticket_id, contact_id, role) VALUES ($1, $2, 'participant')
-                         ON CONFLICT (ticket_id, contact_id) DO NOTHING",
-                    )
-                    .bind(ticket.id)
-                    .bind(contact)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                (
-                    Outcome::Appended {
-                        ticket_id: ticket.id,
-                        number: ticket.number,
-                        reopened,
-                    },
-                    row,
-                )
-            }
-        }
-        Found::None if channel.create_tickets => {
-            let (ticket_id, number) =
-                create_ticket(conn, channel, channel_pipeline, message, contact, None, now).await?;
-            let row = insert_message(conn, Some(ticket_id), channel, inbound, contact, now).await?;
-            (
-                Outcome::Created {
-                    ticket_id,
-                    number,
-                    follow_up_of: None,
-                },
-                row,
-            )
-        }
-        Found::None => {
-            let row = insert_message(conn, None, channel, inbound, contact, now).await?;
-            (Outcome::Recorded, row)
-        }
-        Found::Echo(_) => unreachable!("handled above"),
-    };
-
-    if let Some(ticket_id) = outcome.ticket_id() {
-        event(
-            conn,
-            ticket_id,
-            "message_received",
-            json!({ "message": message_row, "channel": channel.key, "flags": message.flags.names() }),
-            now,
-        )
-        .await?;
-    }
-    if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
-        mark_bounced(conn, channel.team_id, &message.flags.bounced_message_ids).await?;
-    }
-    write_receipt(conn, channel, inbound, &outcome, Some(message_row), now).await?;
-    Ok(outcome)
+    batch.flush(conn, now).await?;
+    Ok(outcomes)
 }
 
-/// A bounce marks the outbound message it reports on as failed.
-async fn mark_bounced(
-    conn: &mut AnyConnection,
-    team_id: i64,
-    ids: &[String],
-) -> Result<(), sqlx::Error> {
-    let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+/// A bounce marks the outbound message it reports on as bounced.
+async fn mark_bounced(conn: &mut AnyConnection, team_id: i64, ids: &[String]) -> Result<(), sqlx::Error> {
     let sql = format!(
         "UPDATE messages SET delivery_state = 'bounced'
          WHERE team_id = $1 AND direction = 'outbound' AND message_id IN ({})",
-        placeholders.join(", ")
+        placeholders(2, ids.len())
     );
     let mut query = sqlx::query(&sql).bind(team_id);
     for id in ids {

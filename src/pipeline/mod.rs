@@ -263,7 +263,7 @@ impl Pipeline {
         };
         let result = async {
             let mut w = self.store.begin_write().await?;
-            let r = apply::apply(&mut w.tx, &self.dir, channel, &inbound, now_ms()).await;
+            let r = apply::apply_batch(&mut w.tx, self.store.backend(), &self.dir, &[(channel, &inbound)], now_ms()).await;
             w.tx.rollback().await?;
             r
         }
@@ -285,12 +285,11 @@ impl Pipeline {
             attempt += 1;
             let result: Result<Vec<Outcome>, sqlx::Error> = async {
                 let mut w = self.store.begin_write().await?;
-                let now = now_ms();
-                let mut outcomes = Vec::with_capacity(items.len());
-                for (_, raw, inbound) in items {
-                    let channel = self.dir.channel(&raw.channel).expect("checked in process");
-                    outcomes.push(apply::apply(&mut w.tx, &self.dir, channel, inbound, now).await?);
-                }
+                let batch: Vec<(&ChannelInfo, &Inbound)> = items
+                    .iter()
+                    .map(|(_, raw, inbound)| (self.dir.channel(&raw.channel).expect("checked in process"), inbound))
+                    .collect();
+                let outcomes = apply::apply_batch(&mut w.tx, self.store.backend(), &self.dir, &batch, now_ms()).await?;
                 w.commit().await?;
                 Ok(outcomes)
             }
