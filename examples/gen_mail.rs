@@ -11,9 +11,36 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const WORDS: &[&str] = &[
-    "order", "invoice", "printer", "login", "password", "refund", "delivery", "account", "error", "update",
-    "please", "help", "thanks", "urgent", "broken", "since", "yesterday", "again", "customer", "ticket",
-    "cannot", "install", "version", "server", "email", "attached", "screenshot", "Grüße", "naïve", "café",
+    "order",
+    "invoice",
+    "printer",
+    "login",
+    "password",
+    "refund",
+    "delivery",
+    "account",
+    "error",
+    "update",
+    "please",
+    "help",
+    "thanks",
+    "urgent",
+    "broken",
+    "since",
+    "yesterday",
+    "again",
+    "customer",
+    "ticket",
+    "cannot",
+    "install",
+    "version",
+    "server",
+    "email",
+    "attached",
+    "screenshot",
+    "Grüße",
+    "naïve",
+    "café",
 ];
 
 fn sentence(rng: &mut StdRng, words: usize) -> String {
@@ -47,7 +74,10 @@ struct Thread {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let count: usize = args.next().and_then(|a| a.parse().ok()).expect("usage: gen_mail COUNT OUT_DIR");
+    let count: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("usage: gen_mail COUNT OUT_DIR");
     let out = PathBuf::from(args.next().expect("usage: gen_mail COUNT OUT_DIR"));
     std::fs::create_dir_all(&out).unwrap();
     let mut rng = StdRng::seed_from_u64(42);
@@ -57,9 +87,16 @@ fn main() {
         let mut b64 = String::new();
         const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         for (i, chunk) in bytes.chunks(3).enumerate() {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (j, &x)| n | (x as u32) << (16 - 8 * j));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (j, &x)| n | (x as u32) << (16 - 8 * j));
             for k in 0..4 {
-                b64.push(if k <= chunk.len() { T[(n >> (18 - 6 * k) & 63) as usize] as char } else { '=' });
+                b64.push(if k <= chunk.len() {
+                    T[(n >> (18 - 6 * k) & 63) as usize] as char
+                } else {
+                    '='
+                });
             }
             if i % 19 == 18 {
                 b64.push_str("\r\n");
@@ -71,11 +108,19 @@ fn main() {
     for n in 0..count {
         let new_thread = threads.is_empty() || rng.gen_bool(0.35);
         let (from, subject, headers) = if new_thread {
-            let customer = format!("customer{}@company{}.test", rng.gen_range(0..3000), rng.gen_range(0..400));
+            let customer = format!(
+                "customer{}@company{}.test",
+                rng.gen_range(0..3000),
+                rng.gen_range(0..400)
+            );
             let words = rng.gen_range(2..6);
             let subject = sentence(&mut rng, words);
             let id = format!("{n}.{}@company.test", rng.gen::<u32>());
-            threads.push(Thread { subject: subject.clone(), customer: customer.clone(), ids: vec![id.clone()] });
+            threads.push(Thread {
+                subject: subject.clone(),
+                customer: customer.clone(),
+                ids: vec![id.clone()],
+            });
             (customer, subject, format!("Message-ID: <{id}>\r\n"))
         } else {
             // Replies favour recent threads, as real traffic does.
@@ -84,7 +129,12 @@ fn main() {
             let thread = &mut threads[index];
             let id = format!("{n}.{}@company.test", rng.gen::<u32>());
             let parent = thread.ids.last().unwrap().clone();
-            let refs = thread.ids.iter().map(|i| format!("<{i}>")).collect::<Vec<_>>().join("\r\n ");
+            let refs = thread
+                .ids
+                .iter()
+                .map(|i| format!("<{i}>"))
+                .collect::<Vec<_>>()
+                .join("\r\n ");
             thread.ids.push(id.clone());
             (
                 thread.customer.clone(),
@@ -114,7 +164,10 @@ fn main() {
             msg.push_str("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
             msg.push_str(&text);
         } else if kind < 0.95 {
-            let html = format!("<html><body><p>{}</p></body></html>", text.replace("\r\n", "<br>\r\n"));
+            let html = format!(
+                "<html><body><p>{}</p></body></html>",
+                text.replace("\r\n", "<br>\r\n")
+            );
             write!(
                 msg,
                 "Content-Type: multipart/alternative; boundary=\"alt{n}\"\r\n\r\n--alt{n}\r\n\
@@ -134,5 +187,9 @@ fn main() {
         }
         std::fs::write(out.join(format!("{n:06}.eml")), msg).unwrap();
     }
-    eprintln!("wrote {count} messages ({} threads) to {}", threads.len(), out.display());
+    eprintln!(
+        "wrote {count} messages ({} threads) to {}",
+        threads.len(),
+        out.display()
+    );
 }

@@ -242,24 +242,47 @@ pub async fn ingest_paths(
         indicatif::ProgressBar::hidden()
     };
 
-    let mut summary = Summary::default();
-    while let Some(batch) = rx.recv().await {
-        let mut raws = Vec::with_capacity(batch.len());
-        for found in batch {
-            match found.data {
-                Ok(data) => raws.push(RawMessage {
-                    channel: channel.to_string(),
-                    source: Some(found.source),
-                    data: Arc::new(data),
-                }),
-                Err(reason) => {
-                    progress.suspend(|| eprintln!("{}: {reason}", found.source));
-                    summary.failed += 1;
+    // Parsing the next batch overlaps with committing this one.
+    let (prepared_tx, mut prepared_rx) = tokio::sync::mpsc::channel(1);
+    let preparer = {
+        let pipeline = pipeline.clone();
+        let channel = channel.to_string();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let mut raws = Vec::with_capacity(batch.len());
+                let mut unreadable = Vec::new();
+                for found in batch {
+                    match found.data {
+                        Ok(data) => raws.push(RawMessage {
+                            channel: channel.clone(),
+                            source: Some(found.source),
+                            data: Arc::new(data),
+                        }),
+                        Err(reason) => unreadable.push(format!("{}: {reason}", found.source)),
+                    }
+                }
+                let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
+                let prepared = pipeline.prepare(raws, OnBadInput::Refuse).await;
+                let stop = prepared.is_err();
+                if prepared_tx
+                    .send((unreadable, sources, prepared))
+                    .await
+                    .is_err()
+                    || stop
+                {
+                    break;
                 }
             }
+        })
+    };
+
+    let mut summary = Summary::default();
+    while let Some((unreadable, sources, prepared)) = prepared_rx.recv().await {
+        for line in unreadable {
+            progress.suspend(|| eprintln!("{line}"));
+            summary.failed += 1;
         }
-        let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
-        let dispositions = pipeline.process(raws, OnBadInput::Refuse).await?;
+        let dispositions = pipeline.commit(prepared?).await?;
         for (source, disposition) in sources.iter().zip(&dispositions) {
             match disposition {
                 Disposition::Refused { reason } => progress.suspend(|| {
@@ -281,6 +304,7 @@ pub async fn ingest_paths(
             summary.created, summary.appended, summary.duplicate
         ));
     }
+    let _ = preparer.await;
     progress.finish_and_clear();
     let _ = reader.await;
     Ok(summary)

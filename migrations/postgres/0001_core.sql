@@ -147,7 +147,7 @@ CREATE TABLE messages (
     delivery_state     TEXT
 );
 CREATE INDEX messages_ticket ON messages (ticket_id, id);
-CREATE INDEX messages_team_message_id ON messages (team_id, message_id);
+CREATE INDEX messages_message_id ON messages (message_id);
 CREATE INDEX messages_team_thread_index ON messages (team_id, thread_index_root);
 
 CREATE TABLE attachments (
@@ -174,7 +174,7 @@ CREATE TABLE receipts (
     ticket_id    BIGINT REFERENCES tickets(id),
     message_id   BIGINT REFERENCES messages(id),
     created_at   BIGINT NOT NULL,
-    UNIQUE (team_id, fingerprint)
+    UNIQUE (fingerprint, team_id)
 );
 
 CREATE TABLE ticket_events (

@@ -65,7 +65,9 @@ impl Outcome {
     }
     pub fn ticket_id(&self) -> Option<i64> {
         match self {
-            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => Some(*ticket_id),
+            Outcome::Created { ticket_id, .. } | Outcome::Appended { ticket_id, .. } => {
+                Some(*ticket_id)
+            }
             Outcome::Duplicate { ticket_id } => *ticket_id,
             Outcome::Recorded => None,
         }
@@ -75,6 +77,9 @@ impl Outcome {
 /// Rows per multi-row statement and ids per `IN (…)` list: far below the
 /// parameter limits of both backends.
 const CHUNK: usize = 400;
+
+/// Thread keys per message looked up ahead for the whole batch.
+const PREFETCH_KEYS: usize = 8;
 
 #[derive(Debug, Clone)]
 struct TicketState {
@@ -88,8 +93,8 @@ struct TicketState {
 }
 
 /// What the batch has learned and what it will write at the end.
-#[derive(Default)]
 struct Batch {
+    backend: Backend,
     /// (team, fingerprint) → ticket of messages already taken in.
     receipts: HashMap<(i64, String), Option<i64>>,
     /// (team, Message-ID) → (ticket, direction) of stored messages.
@@ -104,16 +109,34 @@ struct Batch {
     blobs_written: HashSet<String>,
     participants: Vec<(i64, i64, &'static str)>,
     events: Vec<(i64, &'static str, String)>,
-    receipts_out: Vec<(i64, String, i64, Option<String>, &'static str, Option<i64>, Option<i64>)>,
+    receipts_out: Vec<(
+        i64,
+        String,
+        i64,
+        Option<String>,
+        &'static str,
+        Option<i64>,
+        Option<i64>,
+    )>,
 }
 
-fn placeholders(start: usize, count: usize) -> String {
-    (start..start + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+/// Bind placeholders for generated statements. SQLite gets anonymous `?`:
+/// sqlx looks up every named parameter by name, which is quadratic in the
+/// number of parameters. Such statements must not also use `$N`.
+fn placeholders(backend: Backend, start: usize, count: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; count].join(", "),
+        Backend::Postgres => (start..start + count)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Multi-row insert: `rows` of `width` values each, bound by `bind`.
 async fn insert_rows<T>(
     conn: &mut AnyConnection,
+    backend: Backend,
     head: &str,
     tail: &str,
     width: usize,
@@ -122,7 +145,7 @@ async fn insert_rows<T>(
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(CHUNK) {
         let values: Vec<String> = (0..chunk.len())
-            .map(|r| format!("({})", placeholders(r * width + 1, width)))
+            .map(|r| format!("({})", placeholders(backend, r * width + 1, width)))
             .collect();
         let sql = format!("{head} VALUES {} {tail}", values.join(", "));
         let mut args = AnyArguments::default();
@@ -143,31 +166,82 @@ where
 }
 
 impl Batch {
-    async fn prefetch(&mut self, conn: &mut AnyConnection, items: &[(&ChannelInfo, &Inbound)]) -> Result<(), sqlx::Error> {
-        let fingerprints: Vec<&str> = items.iter().map(|(_, i)| i.parsed.fingerprint.as_str()).collect();
+    async fn prefetch(
+        &mut self,
+        conn: &mut AnyConnection,
+        items: &[(&ChannelInfo, &Inbound)],
+    ) -> Result<(), sqlx::Error> {
+        let fingerprints: Vec<&str> = items
+            .iter()
+            .map(|(_, i)| i.parsed.fingerprint.as_str())
+            .collect();
         for chunk in fingerprints.chunks(CHUNK) {
             let sql = format!(
                 "SELECT team_id, fingerprint, ticket_id FROM receipts WHERE fingerprint IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(self.backend, 1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for f in chunk {
                 query = query.bind(*f);
             }
             for row in query.fetch_all(&mut *conn).await? {
-                self.receipts.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+                self.receipts
+                    .insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
             }
         }
 
-        let mut ids: Vec<String> = items.iter().flat_map(|(_, i)| thread_keys(&i.parsed).message_ids).collect();
+        // The nearest parents decide almost always; the rest of a long
+        // References chain is looked up only when none of them is known.
+        let mut ids: Vec<String> = items
+            .iter()
+            .flat_map(|(_, i)| {
+                thread_keys(&i.parsed)
+                    .message_ids
+                    .into_iter()
+                    .take(PREFETCH_KEYS)
+            })
+            .collect();
         ids.sort();
         ids.dedup();
+        let ticket_ids = self.lookup_ids(conn, &ids).await?;
+        for chunk in ticket_ids.chunks(CHUNK) {
+            self.load_tickets(conn, chunk).await?;
+        }
+
+        let mut emails: Vec<&str> = items
+            .iter()
+            .filter_map(|(_, i)| i.parsed.from.as_ref().map(|f| f.address.as_str()))
+            .collect();
+        emails.sort();
+        emails.dedup();
+        for chunk in emails.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT email, id FROM contacts WHERE email IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query.bind(*e);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                self.contacts.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records which stored messages carry these Message-IDs; returns their tickets.
+    async fn lookup_ids(
+        &mut self,
+        conn: &mut AnyConnection,
+        ids: &[String],
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let mut ticket_ids = HashSet::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
                 "SELECT team_id, message_id, ticket_id, direction FROM messages
                  WHERE ticket_id IS NOT NULL AND message_id IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(self.backend, 1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -181,35 +255,18 @@ impl Batch {
                     .or_insert((ticket, row.try_get(3)?));
             }
         }
-        let ticket_ids: Vec<i64> = ticket_ids.into_iter().collect();
-        for chunk in ticket_ids.chunks(CHUNK) {
-            self.load_tickets(conn, chunk).await?;
-        }
-
-        let mut emails: Vec<&str> = items
-            .iter()
-            .filter_map(|(_, i)| i.parsed.from.as_ref().map(|f| f.address.as_str()))
-            .collect();
-        emails.sort();
-        emails.dedup();
-        for chunk in emails.chunks(CHUNK) {
-            let sql = format!("SELECT email, id FROM contacts WHERE email IN ({})", placeholders(1, chunk.len()));
-            let mut query = sqlx::query(&sql);
-            for e in chunk {
-                query = query.bind(*e);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                self.contacts.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-        }
-        Ok(())
+        Ok(ticket_ids.into_iter().collect())
     }
 
-    async fn load_tickets(&mut self, conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    async fn load_tickets(
+        &mut self,
+        conn: &mut AnyConnection,
+        ids: &[i64],
+    ) -> Result<(), sqlx::Error> {
         let sql = format!(
             "SELECT id, number, pipeline_id, status_id, status_changed_at, merged_into, deleted_at
              FROM tickets WHERE id IN ({})",
-            placeholders(1, ids.len())
+            placeholders(self.backend, 1, ids.len())
         );
         let mut query = sqlx::query(&sql);
         for id in ids {
@@ -235,7 +292,11 @@ impl Batch {
 
     /// The live ticket for an id: merged tickets resolve to the surviving one
     /// (the hop limit guards against a cycle written by hand); deleted → none.
-    async fn live_ticket(&mut self, conn: &mut AnyConnection, mut id: i64) -> Result<Option<i64>, sqlx::Error> {
+    async fn live_ticket(
+        &mut self,
+        conn: &mut AnyConnection,
+        mut id: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
         for _ in 0..16 {
             if !self.tickets.contains_key(&id) {
                 self.load_tickets(conn, &[id]).await?;
@@ -254,20 +315,35 @@ impl Batch {
     }
 
     /// Finds the ticket a message continues, per the rules in `thread.rs`.
-    async fn find_ticket(&mut self, conn: &mut AnyConnection, team_id: i64, message: &ParsedMessage) -> Result<Found, sqlx::Error> {
+    async fn find_ticket(
+        &mut self,
+        conn: &mut AnyConnection,
+        team_id: i64,
+        message: &ParsedMessage,
+    ) -> Result<Found, sqlx::Error> {
         let keys = thread_keys(message);
         if !message.synthetic_id {
-            if let Some((ticket, direction)) = self.known_ids.get(&(team_id, message.message_id.clone())) {
+            if let Some((ticket, direction)) =
+                self.known_ids.get(&(team_id, message.message_id.clone()))
+            {
                 if direction == "outbound" {
                     return Ok(Found::Echo(*ticket));
                 }
             }
         }
-        for id in &keys.message_ids {
-            if let Some((ticket, _)) = self.known_ids.get(&(team_id, id.clone())).cloned() {
-                if let Some(ticket) = self.live_ticket(conn, ticket).await? {
-                    return Ok(Found::Ticket(ticket));
+        for pass in 0..2 {
+            for id in &keys.message_ids {
+                if let Some((ticket, _)) = self.known_ids.get(&(team_id, id.clone())).cloned() {
+                    if let Some(ticket) = self.live_ticket(conn, ticket).await? {
+                        return Ok(Found::Ticket(ticket));
+                    }
                 }
+            }
+            if pass == 0 && keys.message_ids.len() > PREFETCH_KEYS {
+                self.lookup_ids(conn, &keys.message_ids[PREFETCH_KEYS..])
+                    .await?;
+            } else {
+                break;
             }
         }
         let Some(sender) = message.from.as_ref().map(|m| m.address.as_str()) else {
@@ -312,14 +388,23 @@ impl Batch {
     }
 
     /// Finds or creates the contact for the sender; `None` for a message without one.
-    async fn contact(&mut self, conn: &mut AnyConnection, from: Option<&Mailbox>, now: i64) -> Result<Option<i64>, sqlx::Error> {
+    async fn contact(
+        &mut self,
+        conn: &mut AnyConnection,
+        from: Option<&Mailbox>,
+        now: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
         let Some(from) = from else {
             return Ok(None);
         };
         if let Some(id) = self.contacts.get(&from.address) {
             return Ok(Some(*id));
         }
-        let domain = from.address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        let domain = from
+            .address
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or_default();
         let inserted = sqlx::query(
             "INSERT INTO contacts (email, name, company_id, created_at)
              VALUES ($1, $2, (SELECT id FROM companies WHERE domain = $3), $4)
@@ -344,14 +429,20 @@ impl Batch {
         Ok(Some(id))
     }
 
-    async fn next_number(&mut self, conn: &mut AnyConnection, backend: Backend) -> Result<i64, sqlx::Error> {
+    async fn next_number(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+    ) -> Result<i64, sqlx::Error> {
         let (next, stored) = match self.numbers {
             Some(n) => n,
             None => {
                 // Locks the counter row until commit on PostgreSQL, so instances
                 // hand out disjoint numbers; SQLite has one writer anyway.
                 let sql = match backend {
-                    Backend::Postgres => "SELECT value FROM counters WHERE name = 'ticket_number' FOR UPDATE",
+                    Backend::Postgres => {
+                        "SELECT value FROM counters WHERE name = 'ticket_number' FOR UPDATE"
+                    }
                     Backend::Sqlite => "SELECT value FROM counters WHERE name = 'ticket_number'",
                 };
                 let value: i64 = sqlx::query(sql).fetch_one(&mut *conn).await?.try_get(0)?;
@@ -418,7 +509,11 @@ impl Batch {
 
     /// Writes the raw originals and attachment contents of every message that
     /// is not a known duplicate, a few statements for the whole batch.
-    async fn prewrite_blobs(&mut self, conn: &mut AnyConnection, items: &[(&ChannelInfo, &Inbound)]) -> Result<(), sqlx::Error> {
+    async fn prewrite_blobs(
+        &mut self,
+        conn: &mut AnyConnection,
+        items: &[(&ChannelInfo, &Inbound)],
+    ) -> Result<(), sqlx::Error> {
         const MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
         let mut rows: Vec<(&str, &[u8])> = Vec::new();
         let mut fresh = HashSet::new();
@@ -441,12 +536,16 @@ impl Batch {
         while start < rows.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < rows.len() && end - start < CHUNK && (end == start || bytes + rows[end].1.len() <= MAX_STATEMENT_BYTES) {
+            while end < rows.len()
+                && end - start < CHUNK
+                && (end == start || bytes + rows[end].1.len() <= MAX_STATEMENT_BYTES)
+            {
                 bytes += rows[end].1.len();
                 end += 1;
             }
             insert_rows(
                 conn,
+                self.backend,
                 "INSERT INTO blobs (sha256, size, data)",
                 "ON CONFLICT (sha256) DO NOTHING",
                 3,
@@ -463,7 +562,12 @@ impl Batch {
         Ok(())
     }
 
-    async fn put_blob(&mut self, conn: &mut AnyConnection, sha256: &str, data: &[u8]) -> Result<(), sqlx::Error> {
+    async fn put_blob(
+        &mut self,
+        conn: &mut AnyConnection,
+        sha256: &str,
+        data: &[u8],
+    ) -> Result<(), sqlx::Error> {
         if self.blobs_written.insert(sha256.to_string()) {
             sqlx::query("INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
                 .bind(sha256)
@@ -487,7 +591,8 @@ impl Batch {
         let m = &inbound.parsed;
         self.put_blob(conn, &m.raw_sha256, &inbound.raw).await?;
         for attachment in &m.attachments {
-            self.put_blob(conn, &attachment.sha256, &attachment.data).await?;
+            self.put_blob(conn, &attachment.sha256, &attachment.data)
+                .await?;
         }
         let list = |v: &[Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
         let (from_addr, from_name) = match &m.from {
@@ -530,6 +635,7 @@ impl Batch {
         if !m.attachments.is_empty() {
             insert_rows(
                 conn,
+                self.backend,
                 "INSERT INTO attachments (message_id, sha256, filename, content_type, size, content_id, inline)",
                 "",
                 7,
@@ -547,8 +653,10 @@ impl Batch {
             .await?;
         }
         if let Some(ticket_id) = ticket_id {
-            self.known_ids
-                .insert((channel.team_id, m.message_id.clone()), (ticket_id, "inbound".into()));
+            self.known_ids.insert(
+                (channel.team_id, m.message_id.clone()),
+                (ticket_id, "inbound".into()),
+            );
         }
         Ok(id)
     }
@@ -557,9 +665,16 @@ impl Batch {
         self.events.push((ticket_id, kind, data.to_string()));
     }
 
-    fn receipt(&mut self, channel: &ChannelInfo, inbound: &Inbound, outcome: &Outcome, message_row: Option<i64>) {
+    fn receipt(
+        &mut self,
+        channel: &ChannelInfo,
+        inbound: &Inbound,
+        outcome: &Outcome,
+        message_row: Option<i64>,
+    ) {
         let fingerprint = inbound.parsed.fingerprint.clone();
-        self.receipts.insert((channel.team_id, fingerprint.clone()), outcome.ticket_id());
+        self.receipts
+            .insert((channel.team_id, fingerprint.clone()), outcome.ticket_id());
         self.receipts_out.push((
             channel.team_id,
             fingerprint,
@@ -582,8 +697,13 @@ impl Batch {
     ) -> Result<Outcome, sqlx::Error> {
         let message = &inbound.parsed;
         // Exactly once: the same message (per team) is recorded only once.
-        if let Some(ticket_id) = self.receipts.get(&(channel.team_id, message.fingerprint.clone())) {
-            return Ok(Outcome::Duplicate { ticket_id: *ticket_id });
+        if let Some(ticket_id) = self
+            .receipts
+            .get(&(channel.team_id, message.fingerprint.clone()))
+        {
+            return Ok(Outcome::Duplicate {
+                ticket_id: *ticket_id,
+            });
         }
         let found = self.find_ticket(conn, channel.team_id, message).await?;
         if let Found::Echo(ticket_id) = found {
@@ -605,7 +725,10 @@ impl Batch {
                     .values()
                     .find(|p| p.id == ticket.pipeline_id)
                     .unwrap_or(channel_pipeline);
-                let status_kind = dir.status(ticket.status_id).map(|s| s.kind).unwrap_or(StatusKind::Open);
+                let status_kind = dir
+                    .status(ticket.status_id)
+                    .map(|s| s.kind)
+                    .unwrap_or(StatusKind::Open);
                 let closed_days = (now - ticket.status_changed_at) / 86_400_000;
                 let start_new = status_kind == StatusKind::Closed
                     && !automatic
@@ -615,10 +738,26 @@ impl Batch {
                         .is_none_or(|days| closed_days >= i64::from(days));
                 if start_new {
                     let new = self
-                        .create_ticket(conn, backend, channel, pipeline.id, pipeline.default_status, message, contact, Some(ticket.id), now)
+                        .create_ticket(
+                            conn,
+                            backend,
+                            channel,
+                            pipeline.id,
+                            pipeline.default_status,
+                            message,
+                            contact,
+                            Some(ticket.id),
+                            now,
+                        )
                         .await?;
-                    let row = self.insert_message(conn, Some(new.id), channel, inbound, contact, now).await?;
-                    self.event(ticket.id, "follow_up_created", json!({ "ticket_id": new.id, "number": new.number }));
+                    let row = self
+                        .insert_message(conn, Some(new.id), channel, inbound, contact, now)
+                        .await?;
+                    self.event(
+                        ticket.id,
+                        "follow_up_created",
+                        json!({ "ticket_id": new.id, "number": new.number }),
+                    );
                     self.event(new.id, "created", json!({ "channel": channel.key, "message": row, "follow_up_of": ticket.id }));
                     let outcome = Outcome::Created {
                         ticket_id: new.id,
@@ -627,7 +766,9 @@ impl Batch {
                     };
                     (outcome, row)
                 } else {
-                    let row = self.insert_message(conn, Some(ticket.id), channel, inbound, contact, now).await?;
+                    let row = self
+                        .insert_message(conn, Some(ticket.id), channel, inbound, contact, now)
+                        .await?;
                     // A person writing to a waiting or closed ticket reopens it;
                     // auto-replies, bounces and list mail never do.
                     let reopened = status_kind != StatusKind::Open && !automatic;
@@ -673,7 +814,9 @@ impl Batch {
                         now,
                     )
                     .await?;
-                let row = self.insert_message(conn, Some(new.id), channel, inbound, contact, now).await?;
+                let row = self
+                    .insert_message(conn, Some(new.id), channel, inbound, contact, now)
+                    .await?;
                 self.event(
                     new.id,
                     "created",
@@ -687,13 +830,21 @@ impl Batch {
                 (outcome, row)
             }
             Found::None => {
-                let row = self.insert_message(conn, None, channel, inbound, contact, now).await?;
+                let row = self
+                    .insert_message(conn, None, channel, inbound, contact, now)
+                    .await?;
                 (Outcome::Recorded, row)
             }
             Found::Echo(_) => unreachable!("handled above"),
         };
         if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
-            mark_bounced(conn, channel.team_id, &message.flags.bounced_message_ids).await?;
+            mark_bounced(
+                conn,
+                backend,
+                channel.team_id,
+                &message.flags.bounced_message_ids,
+            )
+            .await?;
         }
         self.receipt(channel, inbound, &outcome, Some(message_row));
         Ok(outcome)
@@ -719,9 +870,17 @@ impl Batch {
                 .execute(&mut *conn)
                 .await?;
         }
-        let touched: Vec<i64> = self.touched.difference(&self.status_changed).copied().collect();
+        let touched: Vec<i64> = self
+            .touched
+            .difference(&self.status_changed)
+            .copied()
+            .collect();
         for chunk in touched.chunks(CHUNK) {
-            let sql = format!("UPDATE tickets SET updated_at = $1 WHERE id IN ({})", placeholders(2, chunk.len()));
+            let sql = format!(
+                "UPDATE tickets SET updated_at = {} WHERE id IN ({})",
+                placeholders(self.backend, 1, 1),
+                placeholders(self.backend, 2, chunk.len())
+            );
             let mut query = sqlx::query(&sql).bind(now);
             for id in chunk {
                 query = query.bind(*id);
@@ -732,6 +891,7 @@ impl Batch {
         self.participants.retain(|(t, c, _)| seen.insert((*t, *c)));
         insert_rows(
             conn,
+            self.backend,
             "INSERT INTO ticket_contacts (ticket_id, contact_id, role)",
             "ON CONFLICT (ticket_id, contact_id) DO NOTHING",
             3,
@@ -745,6 +905,7 @@ impl Batch {
         .await?;
         insert_rows(
             conn,
+            self.backend,
             "INSERT INTO ticket_events (ticket_id, kind, data, actor, created_at)",
             "",
             5,
@@ -760,6 +921,7 @@ impl Batch {
         .await?;
         insert_rows(
             conn,
+            self.backend,
             "INSERT INTO receipts (team_id, fingerprint, channel_id, source, outcome, ticket_id, message_id, created_at)",
             "",
             8,
@@ -795,23 +957,46 @@ pub async fn apply_batch(
     items: &[(&ChannelInfo, &Inbound)],
     now: i64,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut batch = Batch::default();
+    let mut batch = Batch {
+        backend,
+        receipts: HashMap::new(),
+        known_ids: HashMap::new(),
+        tickets: HashMap::new(),
+        contacts: HashMap::new(),
+        status_changed: HashSet::new(),
+        touched: HashSet::new(),
+        numbers: None,
+        blobs_written: HashSet::new(),
+        participants: Vec::new(),
+        events: Vec::new(),
+        receipts_out: Vec::new(),
+    };
     batch.prefetch(conn, items).await?;
     batch.prewrite_blobs(conn, items).await?;
     let mut outcomes = Vec::with_capacity(items.len());
     for (channel, inbound) in items {
-        outcomes.push(batch.apply_one(conn, backend, dir, channel, inbound, now).await?);
+        outcomes.push(
+            batch
+                .apply_one(conn, backend, dir, channel, inbound, now)
+                .await?,
+        );
     }
     batch.flush(conn, now).await?;
     Ok(outcomes)
 }
 
 /// A bounce marks the outbound message it reports on as bounced.
-async fn mark_bounced(conn: &mut AnyConnection, team_id: i64, ids: &[String]) -> Result<(), sqlx::Error> {
+async fn mark_bounced(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    team_id: i64,
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
     let sql = format!(
         "UPDATE messages SET delivery_state = 'bounced'
-         WHERE team_id = $1 AND direction = 'outbound' AND message_id IN ({})",
-        placeholders(2, ids.len())
+         WHERE team_id = {} AND direction = 'outbound' AND message_id IN ({})",
+        placeholders(backend, 1, 1),
+        placeholders(backend, 2, ids.len())
     );
     let mut query = sqlx::query(&sql).bind(team_id);
     for id in ids {

@@ -84,6 +84,12 @@ pub enum PipelineError {
     UnknownChannel(String),
 }
 
+/// A parsed batch waiting to be committed.
+pub struct Prepared {
+    results: Vec<Option<Disposition>>,
+    to_apply: Vec<(usize, RawMessage, Inbound)>,
+}
+
 /// The parse function; replaceable in tests to inject panics and runaways.
 pub type Parser = fn(&[u8]) -> Result<ParsedMessage, ParseError>;
 
@@ -166,6 +172,19 @@ impl Pipeline {
         batch: Vec<RawMessage>,
         on_bad_input: OnBadInput,
     ) -> Result<Vec<Disposition>, PipelineError> {
+        let prepared = self.prepare(batch, on_bad_input).await?;
+        self.commit(prepared).await
+    }
+
+    /// The first half of [`process`](Self::process): parse (in parallel) and
+    /// quarantine or refuse what cannot be parsed. A caller may prepare the
+    /// next batch while the previous one commits.
+    pub async fn prepare(
+        &self,
+        batch: Vec<RawMessage>,
+        on_bad_input: OnBadInput,
+    ) -> Result<Prepared, PipelineError> {
+        let started = std::time::Instant::now();
         for raw in &batch {
             self.channel(&raw.channel)?;
         }
@@ -179,8 +198,10 @@ impl Pipeline {
             .collect()
             .await;
 
-        let mut results: Vec<Option<Disposition>> = vec![None; parsed.len()];
-        let mut to_apply: Vec<(usize, RawMessage, Inbound)> = Vec::new();
+        let mut prepared = Prepared {
+            results: vec![None; parsed.len()],
+            to_apply: Vec::new(),
+        };
         for (index, (raw, result)) in parsed.into_iter().enumerate() {
             match result {
                 Ok(message) => {
@@ -189,24 +210,34 @@ impl Pipeline {
                         raw: raw.data.clone(),
                         source: raw.source.clone(),
                     };
-                    to_apply.push((index, raw, inbound));
+                    prepared.to_apply.push((index, raw, inbound));
                 }
                 Err(failure) if failure.is_bad_input() && on_bad_input == OnBadInput::Refuse => {
-                    results[index] = Some(Disposition::Refused {
+                    prepared.results[index] = Some(Disposition::Refused {
                         reason: failure.to_string(),
                     });
                 }
                 Err(failure) => {
                     tracing::warn!(channel = %raw.channel, source = ?raw.source, reason = %failure, "Message quarantined.");
                     let id = self.quarantine(&raw, &failure.to_string()).await?;
-                    results[index] = Some(Disposition::Quarantined {
+                    prepared.results[index] = Some(Disposition::Quarantined {
                         id,
                         reason: failure.to_string(),
                     });
                 }
             }
         }
+        tracing::debug!(messages = prepared.results.len(), elapsed = ?started.elapsed(), "Batch parsed.");
+        Ok(prepared)
+    }
 
+    /// The second half of [`process`](Self::process): apply and commit.
+    pub async fn commit(&self, prepared: Prepared) -> Result<Vec<Disposition>, PipelineError> {
+        let Prepared {
+            mut results,
+            to_apply,
+        } = prepared;
+        let started = std::time::Instant::now();
         if !to_apply.is_empty() {
             let applied = match self.apply_all(&to_apply).await {
                 Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -241,6 +272,7 @@ impl Pipeline {
                 });
             }
         }
+        tracing::debug!(messages = results.len(), elapsed = ?started.elapsed(), "Batch committed.");
         Ok(results
             .into_iter()
             .map(|d| d.expect("every message has a disposition"))
@@ -263,7 +295,14 @@ impl Pipeline {
         };
         let result = async {
             let mut w = self.store.begin_write().await?;
-            let r = apply::apply_batch(&mut w.tx, self.store.backend(), &self.dir, &[(channel, &inbound)], now_ms()).await;
+            let r = apply::apply_batch(
+                &mut w.tx,
+                self.store.backend(),
+                &self.dir,
+                &[(channel, &inbound)],
+                now_ms(),
+            )
+            .await;
             w.tx.rollback().await?;
             r
         }
@@ -287,9 +326,21 @@ impl Pipeline {
                 let mut w = self.store.begin_write().await?;
                 let batch: Vec<(&ChannelInfo, &Inbound)> = items
                     .iter()
-                    .map(|(_, raw, inbound)| (self.dir.channel(&raw.channel).expect("checked in process"), inbound))
+                    .map(|(_, raw, inbound)| {
+                        (
+                            self.dir.channel(&raw.channel).expect("checked in process"),
+                            inbound,
+                        )
+                    })
                     .collect();
-                let outcomes = apply::apply_batch(&mut w.tx, self.store.backend(), &self.dir, &batch, now_ms()).await?;
+                let outcomes = apply::apply_batch(
+                    &mut w.tx,
+                    self.store.backend(),
+                    &self.dir,
+                    &batch,
+                    now_ms(),
+                )
+                .await?;
                 w.commit().await?;
                 Ok(outcomes)
             }
