@@ -10,14 +10,14 @@
 //! reads back (blobs, events, receipts, attachments, participants) are
 //! written with multi-row inserts at the end. A batch of one is the same code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 use serde_json::json;
 use sqlx::any::AnyArguments;
 use sqlx::{AnyConnection, Arguments, Row};
 
-use super::parse::{Mailbox, ParsedMessage};
+use super::parse::{Attachment, Mailbox, ParsedMessage};
 use super::thread::thread_keys;
 use crate::config::{FollowUp, StatusKind};
 use crate::store::directory::ChannelInfo;
@@ -92,13 +92,37 @@ struct TicketState {
     deleted: bool,
 }
 
+/// A ticket created in this batch, written at the end.
+struct NewTicket {
+    id: i64,
+    number: i64,
+    subject: String,
+    team_id: i64,
+    pipeline_id: i64,
+    status_id: i64,
+    channel_id: i64,
+    contact: Option<i64>,
+    follow_up_of: Option<i64>,
+}
+
+/// A message applied in this batch, written at the end.
+struct NewMessage<'a> {
+    id: i64,
+    ticket_id: Option<i64>,
+    channel: &'a ChannelInfo,
+    inbound: &'a Inbound,
+    contact: Option<i64>,
+}
+
 /// What the batch has learned and what it will write at the end.
-struct Batch {
+struct Batch<'a> {
     backend: Backend,
     /// (team, fingerprint) → ticket of messages already taken in.
     receipts: HashMap<(i64, String), Option<i64>>,
     /// (team, Message-ID) → (ticket, direction) of stored messages.
     known_ids: HashMap<(i64, String), (i64, String)>,
+    /// (team, Thread-Index root, sender) → ticket, for messages of this batch.
+    thread_roots: HashMap<(i64, String, String), i64>,
     tickets: HashMap<i64, TicketState>,
     contacts: HashMap<String, i64>,
     /// Tickets whose status changed, and tickets merely touched.
@@ -106,18 +130,24 @@ struct Batch {
     touched: HashSet<i64>,
     /// Ticket numbers handed out in this batch: (next, last stored).
     numbers: Option<(i64, i64)>,
-    blobs_written: HashSet<String>,
+    /// Row ids reserved for this batch, per table, and the last one reserved.
+    reserved_ids: HashMap<&'static str, VecDeque<i64>>,
+    last_reserved: HashMap<&'static str, i64>,
+    new_tickets: Vec<NewTicket>,
+    new_messages: Vec<NewMessage<'a>>,
     participants: Vec<(i64, i64, &'static str)>,
     events: Vec<(i64, &'static str, String)>,
-    receipts_out: Vec<(
-        i64,
-        String,
-        i64,
-        Option<String>,
-        &'static str,
-        Option<i64>,
-        Option<i64>,
-    )>,
+    receipts_out: Vec<Receipt>,
+}
+
+struct Receipt {
+    team_id: i64,
+    fingerprint: String,
+    channel_id: i64,
+    source: Option<String>,
+    outcome: &'static str,
+    ticket_id: Option<i64>,
+    message_id: Option<i64>,
 }
 
 /// Bind placeholders for generated statements. SQLite gets anonymous `?`:
@@ -133,7 +163,10 @@ fn placeholders(backend: Backend, start: usize, count: usize) -> String {
     }
 }
 
-/// Multi-row insert: `rows` of `width` values each, bound by `bind`.
+/// Multi-row insert: `rows` of `width` values each, bound by `bind`, in
+/// statements of at most `CHUNK` rows and about `MAX_STATEMENT_BYTES` of data
+/// (as `size` estimates it).
+#[allow(clippy::too_many_arguments)]
 async fn insert_rows<T>(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -141,9 +174,22 @@ async fn insert_rows<T>(
     tail: &str,
     width: usize,
     rows: &[T],
+    size: impl Fn(&T) -> usize,
     bind: impl Fn(&mut AnyArguments<'_>, &T),
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(CHUNK) {
+    const MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len()
+            && end - start < CHUNK
+            && (end == start || bytes + size(&rows[end]) <= MAX_STATEMENT_BYTES)
+        {
+            bytes += size(&rows[end]);
+            end += 1;
+        }
+        let chunk = &rows[start..end];
         let values: Vec<String> = (0..chunk.len())
             .map(|r| format!("({})", placeholders(backend, r * width + 1, width)))
             .collect();
@@ -153,6 +199,7 @@ async fn insert_rows<T>(
             bind(&mut args, row);
         }
         sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        start = end;
     }
     Ok(())
 }
@@ -165,7 +212,7 @@ where
     args.add(value).expect("value can be encoded");
 }
 
-impl Batch {
+impl<'a> Batch<'a> {
     async fn prefetch(
         &mut self,
         conn: &mut AnyConnection,
@@ -320,6 +367,7 @@ impl Batch {
         conn: &mut AnyConnection,
         team_id: i64,
         message: &ParsedMessage,
+        contact: Option<i64>,
     ) -> Result<Found, sqlx::Error> {
         let keys = thread_keys(message);
         if !message.synthetic_id {
@@ -349,7 +397,21 @@ impl Batch {
         let Some(sender) = message.from.as_ref().map(|m| m.address.as_str()) else {
             return Ok(Found::None);
         };
-        if let Some(number) = keys.subject_tag {
+        if let (Some(number), Some(contact)) = (keys.subject_tag, contact) {
+            // A ticket created earlier in this batch is not in the database yet.
+            let pending = self
+                .new_tickets
+                .iter()
+                .find(|t| t.number == number && t.team_id == team_id)
+                .map(|t| t.id)
+                .filter(|id| {
+                    self.participants
+                        .iter()
+                        .any(|(t, c, _)| t == id && *c == contact)
+                });
+            if let Some(id) = pending {
+                return Ok(Found::Ticket(id));
+            }
             let row = sqlx::query(
                 "SELECT t.id FROM tickets t
                  JOIN ticket_contacts tc ON tc.ticket_id = t.id
@@ -368,6 +430,13 @@ impl Batch {
             }
         }
         if let Some(root) = &keys.thread_index_root {
+            if let Some(ticket) = self
+                .thread_roots
+                .get(&(team_id, root.clone(), sender.to_string()))
+                .copied()
+            {
+                return Ok(Found::Ticket(ticket));
+            }
             let row = sqlx::query(
                 "SELECT ticket_id FROM messages
                  WHERE team_id = $1 AND thread_index_root = $2 AND from_addr = $3 AND ticket_id IS NOT NULL
@@ -387,59 +456,60 @@ impl Batch {
         Ok(Found::None)
     }
 
-    /// Finds or creates the contact for the sender; `None` for a message without one.
-    async fn contact(
+    /// Reserves a row id in `table` for a row written at the end of the batch.
+    /// SQLite: the transaction holds the write lock, so MAX(id) + 1 onwards
+    /// is ours. PostgreSQL: ids come from the table's identity sequence.
+    async fn reserve_id(
         &mut self,
         conn: &mut AnyConnection,
-        from: Option<&Mailbox>,
-        now: i64,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let Some(from) = from else {
-            return Ok(None);
-        };
-        if let Some(id) = self.contacts.get(&from.address) {
-            return Ok(Some(*id));
+        table: &'static str,
+        want: usize,
+    ) -> Result<i64, sqlx::Error> {
+        let empty = self.reserved_ids.get(table).is_none_or(|q| q.is_empty());
+        if empty {
+            let ids: Vec<i64> = match self.backend {
+                Backend::Sqlite => {
+                    let max: i64 = match self.reserved_ids.get(table) {
+                        // Already counting from MAX(id): continue.
+                        Some(_) => self.last_reserved[table],
+                        None => sqlx::query(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"))
+                            .fetch_one(&mut *conn)
+                            .await?
+                            .try_get(0)?,
+                    };
+                    (max + 1..=max + want as i64).collect()
+                }
+                Backend::Postgres => {
+                    let rows = sqlx::query(&format!(
+                        "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, $1)"
+                    ))
+                    .bind(want as i64)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    rows.iter()
+                        .map(|r| r.try_get(0))
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            if let Some(last) = ids.last() {
+                self.last_reserved.insert(table, *last);
+            }
+            self.reserved_ids.entry(table).or_default().extend(ids);
         }
-        let domain = from
-            .address
-            .rsplit_once('@')
-            .map(|(_, d)| d)
-            .unwrap_or_default();
-        let inserted = sqlx::query(
-            "INSERT INTO contacts (email, name, company_id, created_at)
-             VALUES ($1, $2, (SELECT id FROM companies WHERE domain = $3), $4)
-             ON CONFLICT (email) DO NOTHING RETURNING id",
-        )
-        .bind(&from.address)
-        .bind(from.name.clone())
-        .bind(domain)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let id: i64 = match inserted {
-            Some(row) => row.try_get(0)?,
-            // Another instance created it since the prefetch.
-            None => sqlx::query("SELECT id FROM contacts WHERE email = $1")
-                .bind(&from.address)
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get(0)?,
-        };
-        self.contacts.insert(from.address.clone(), id);
-        Ok(Some(id))
+        Ok(self
+            .reserved_ids
+            .get_mut(table)
+            .and_then(|q| q.pop_front())
+            .expect("ids were reserved"))
     }
 
-    async fn next_number(
-        &mut self,
-        conn: &mut AnyConnection,
-        backend: Backend,
-    ) -> Result<i64, sqlx::Error> {
+    async fn next_number(&mut self, conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
         let (next, stored) = match self.numbers {
             Some(n) => n,
             None => {
                 // Locks the counter row until commit on PostgreSQL, so instances
                 // hand out disjoint numbers; SQLite has one writer anyway.
-                let sql = match backend {
+                let sql = match self.backend {
                     Backend::Postgres => {
                         "SELECT value FROM counters WHERE name = 'ticket_number' FOR UPDATE"
                     }
@@ -457,7 +527,6 @@ impl Batch {
     async fn create_ticket(
         &mut self,
         conn: &mut AnyConnection,
-        backend: Backend,
         channel: &ChannelInfo,
         pipeline_id: i64,
         status_id: i64,
@@ -465,32 +534,26 @@ impl Batch {
         contact: Option<i64>,
         follow_up_of: Option<i64>,
         now: i64,
+        remaining: usize,
     ) -> Result<TicketState, sqlx::Error> {
-        let number = self.next_number(conn, backend).await?;
+        let number = self.next_number(conn).await?;
+        let id = self.reserve_id(conn, "tickets", remaining.min(64)).await?;
         let subject = if message.subject.is_empty() {
-            "(no subject)"
+            "(no subject)".to_string()
         } else {
-            message.subject.as_str()
+            message.subject.clone()
         };
-        let id: i64 = sqlx::query(
-            "INSERT INTO tickets (number, subject, team_id, pipeline_id, status_id, channel_id, company_id,
-               follow_up_of, reply_token, created_at, updated_at, status_changed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, (SELECT company_id FROM contacts WHERE id = $7), $8, $9, $10, $10, $10)
-             RETURNING id",
-        )
-        .bind(number)
-        .bind(subject)
-        .bind(channel.team_id)
-        .bind(pipeline_id)
-        .bind(status_id)
-        .bind(channel.id)
-        .bind(contact)
-        .bind(follow_up_of)
-        .bind(hex::encode(rand::random::<[u8; 16]>()))
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
+        self.new_tickets.push(NewTicket {
+            id,
+            number,
+            subject,
+            team_id: channel.team_id,
+            pipeline_id,
+            status_id,
+            channel_id: channel.id,
+            contact,
+            follow_up_of,
+        });
         if let Some(contact) = contact {
             self.participants.push((id, contact, "requester"));
         }
@@ -507,157 +570,152 @@ impl Batch {
         Ok(ticket)
     }
 
-    /// Writes the raw originals and attachment contents of every message that
-    /// is not a known duplicate, a few statements for the whole batch.
-    async fn prewrite_blobs(
+    /// Writes, for every message that is not a known duplicate, its raw
+    /// original and attachment contents (blobs) and its sender (contact):
+    /// a few statements for the whole batch, before anything refers to them.
+    async fn prewrite(
         &mut self,
         conn: &mut AnyConnection,
         items: &[(&ChannelInfo, &Inbound)],
+        now: i64,
     ) -> Result<(), sqlx::Error> {
-        const MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
-        let mut rows: Vec<(&str, &[u8])> = Vec::new();
+        let mut blobs: Vec<(&str, &[u8])> = Vec::new();
+        let mut blob_seen = HashSet::new();
+        let mut senders: Vec<&Mailbox> = Vec::new();
         let mut fresh = HashSet::new();
         for (channel, inbound) in items {
             let m = &inbound.parsed;
-            let key = (channel.team_id, m.fingerprint.clone());
-            if self.receipts.contains_key(&key) || !fresh.insert(key) {
+            let key = (channel.team_id, m.fingerprint.as_str());
+            if self
+                .receipts
+                .contains_key(&(channel.team_id, m.fingerprint.clone()))
+                || !fresh.insert(key)
+            {
                 continue;
             }
-            if self.blobs_written.insert(m.raw_sha256.clone()) {
-                rows.push((&m.raw_sha256, &inbound.raw));
+            if blob_seen.insert(m.raw_sha256.as_str()) {
+                blobs.push((&m.raw_sha256, &inbound.raw));
             }
             for a in &m.attachments {
-                if self.blobs_written.insert(a.sha256.clone()) {
-                    rows.push((&a.sha256, &a.data));
+                if blob_seen.insert(a.sha256.as_str()) {
+                    blobs.push((&a.sha256, &a.data));
+                }
+            }
+            if let Some(from) = &m.from {
+                if !self.contacts.contains_key(&from.address)
+                    && !senders.iter().any(|s| s.address == from.address)
+                {
+                    senders.push(from);
                 }
             }
         }
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < rows.len()
-                && end - start < CHUNK
-                && (end == start || bytes + rows[end].1.len() <= MAX_STATEMENT_BYTES)
-            {
-                bytes += rows[end].1.len();
-                end += 1;
+        insert_rows(
+            conn,
+            self.backend,
+            "INSERT INTO blobs (sha256, size, data)",
+            "ON CONFLICT (sha256) DO NOTHING",
+            3,
+            &blobs,
+            |(_, data)| data.len(),
+            |args, (sha, data)| {
+                add(args, sha.to_string());
+                add(args, data.len() as i64);
+                add(args, data.to_vec());
+            },
+        )
+        .await?;
+        if senders.is_empty() {
+            return Ok(());
+        }
+        // A new contact joins the company that owns their domain, if any.
+        let mut companies: HashMap<String, i64> = HashMap::new();
+        let domains: Vec<&str> = senders
+            .iter()
+            .filter_map(|s| s.address.rsplit_once('@').map(|(_, d)| d))
+            .collect();
+        for chunk in domains.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT domain, id FROM companies WHERE domain IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for d in chunk {
+                query = query.bind(*d);
             }
-            insert_rows(
-                conn,
-                self.backend,
-                "INSERT INTO blobs (sha256, size, data)",
-                "ON CONFLICT (sha256) DO NOTHING",
-                3,
-                &rows[start..end],
-                |args, (sha, data)| {
-                    add(args, sha.to_string());
-                    add(args, data.len() as i64);
-                    add(args, data.to_vec());
-                },
-            )
-            .await?;
-            start = end;
+            for row in query.fetch_all(&mut *conn).await? {
+                companies.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        // ON CONFLICT: another instance may have created the contact meanwhile.
+        insert_rows(
+            conn,
+            self.backend,
+            "INSERT INTO contacts (email, name, company_id, created_at)",
+            "ON CONFLICT (email) DO NOTHING",
+            4,
+            &senders,
+            |s| s.address.len(),
+            |args, s| {
+                add(args, s.address.clone());
+                add(args, s.name.clone());
+                add(
+                    args,
+                    s.address
+                        .rsplit_once('@')
+                        .and_then(|(_, d)| companies.get(d).copied()),
+                );
+                add(args, now);
+            },
+        )
+        .await?;
+        for chunk in senders.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT email, id FROM contacts WHERE email IN ({})",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for s in chunk {
+                query = query.bind(s.address.as_str());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                self.contacts.insert(row.try_get(0)?, row.try_get(1)?);
+            }
         }
         Ok(())
     }
 
-    async fn put_blob(
-        &mut self,
-        conn: &mut AnyConnection,
-        sha256: &str,
-        data: &[u8],
-    ) -> Result<(), sqlx::Error> {
-        if self.blobs_written.insert(sha256.to_string()) {
-            sqlx::query("INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-                .bind(sha256)
-                .bind(data.len() as i64)
-                .bind(data.to_vec())
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn insert_message(
+    async fn add_message(
         &mut self,
         conn: &mut AnyConnection,
         ticket_id: Option<i64>,
-        channel: &ChannelInfo,
-        inbound: &Inbound,
+        channel: &'a ChannelInfo,
+        inbound: &'a Inbound,
         contact: Option<i64>,
-        now: i64,
+        remaining: usize,
     ) -> Result<i64, sqlx::Error> {
-        let m = &inbound.parsed;
-        self.put_blob(conn, &m.raw_sha256, &inbound.raw).await?;
-        for attachment in &m.attachments {
-            self.put_blob(conn, &attachment.sha256, &attachment.data)
-                .await?;
-        }
-        let list = |v: &[Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        let (from_addr, from_name) = match &m.from {
-            Some(f) => (f.address.as_str(), f.name.clone()),
-            None => ("", None),
-        };
-        let id: i64 = sqlx::query(
-            "INSERT INTO messages (ticket_id, team_id, channel_id, direction, author_contact_id, message_id,
-               synthetic_id, in_reply_to, refs, from_addr, from_name, to_addrs, cc_addrs, reply_to, subject,
-               body_text, body_html, flags, thread_index_root, fingerprint, raw_sha256, sent_at, received_at)
-             VALUES ($1, $2, $3, 'inbound', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-               $19, $20, $21, $22)
-             RETURNING id",
-        )
-        .bind(ticket_id)
-        .bind(channel.team_id)
-        .bind(channel.id)
-        .bind(contact)
-        .bind(&m.message_id)
-        .bind(m.synthetic_id as i64)
-        .bind(serde_json::to_string(&m.in_reply_to).unwrap_or_default())
-        .bind(serde_json::to_string(&m.references).unwrap_or_default())
-        .bind(from_addr)
-        .bind(from_name)
-        .bind(list(&m.to))
-        .bind(list(&m.cc))
-        .bind(m.reply_to.as_ref().map(|r| r.address.clone()))
-        .bind(&m.subject)
-        .bind(&m.body_text)
-        .bind(m.body_html.as_deref())
-        .bind(m.flags.to_db())
-        .bind(m.thread_index_root.as_deref())
-        .bind(&m.fingerprint)
-        .bind(&m.raw_sha256)
-        .bind(m.date)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-        if !m.attachments.is_empty() {
-            insert_rows(
-                conn,
-                self.backend,
-                "INSERT INTO attachments (message_id, sha256, filename, content_type, size, content_id, inline)",
-                "",
-                7,
-                &m.attachments,
-                |args, a| {
-                    add(args, id);
-                    add(args, a.sha256.clone());
-                    add(args, a.filename.clone());
-                    add(args, a.content_type.clone());
-                    add(args, a.data.len() as i64);
-                    add(args, a.content_id.clone());
-                    add(args, a.inline as i64);
-                },
-            )
+        let id = self
+            .reserve_id(conn, "messages", remaining.min(256))
             .await?;
-        }
+        let m = &inbound.parsed;
         if let Some(ticket_id) = ticket_id {
             self.known_ids.insert(
                 (channel.team_id, m.message_id.clone()),
                 (ticket_id, "inbound".into()),
             );
+            if let (Some(root), Some(from)) = (&m.thread_index_root, &m.from) {
+                self.thread_roots.insert(
+                    (channel.team_id, root.clone(), from.address.clone()),
+                    ticket_id,
+                );
+            }
         }
+        self.new_messages.push(NewMessage {
+            id,
+            ticket_id,
+            channel,
+            inbound,
+            contact,
+        });
         Ok(id)
     }
 
@@ -675,25 +733,25 @@ impl Batch {
         let fingerprint = inbound.parsed.fingerprint.clone();
         self.receipts
             .insert((channel.team_id, fingerprint.clone()), outcome.ticket_id());
-        self.receipts_out.push((
-            channel.team_id,
+        self.receipts_out.push(Receipt {
+            team_id: channel.team_id,
             fingerprint,
-            channel.id,
-            inbound.source.clone(),
-            outcome.name(),
-            outcome.ticket_id(),
-            message_row,
-        ));
+            channel_id: channel.id,
+            source: inbound.source.clone(),
+            outcome: outcome.name(),
+            ticket_id: outcome.ticket_id(),
+            message_id: message_row,
+        });
     }
 
     async fn apply_one(
         &mut self,
         conn: &mut AnyConnection,
-        backend: Backend,
         dir: &Directory,
-        channel: &ChannelInfo,
-        inbound: &Inbound,
+        channel: &'a ChannelInfo,
+        inbound: &'a Inbound,
         now: i64,
+        remaining: usize,
     ) -> Result<Outcome, sqlx::Error> {
         let message = &inbound.parsed;
         // Exactly once: the same message (per team) is recorded only once.
@@ -705,7 +763,13 @@ impl Batch {
                 ticket_id: *ticket_id,
             });
         }
-        let found = self.find_ticket(conn, channel.team_id, message).await?;
+        let contact = message
+            .from
+            .as_ref()
+            .and_then(|f| self.contacts.get(&f.address).copied());
+        let found = self
+            .find_ticket(conn, channel.team_id, message, contact)
+            .await?;
         if let Found::Echo(ticket_id) = found {
             let outcome = Outcome::Duplicate {
                 ticket_id: Some(ticket_id),
@@ -713,7 +777,6 @@ impl Batch {
             self.receipt(channel, inbound, &outcome, None);
             return Ok(outcome);
         }
-        let contact = self.contact(conn, message.from.as_ref(), now).await?;
         let automatic = message.flags.is_automatic();
         let channel_pipeline = dir.pipeline_of(channel);
 
@@ -740,7 +803,6 @@ impl Batch {
                     let new = self
                         .create_ticket(
                             conn,
-                            backend,
                             channel,
                             pipeline.id,
                             pipeline.default_status,
@@ -748,10 +810,11 @@ impl Batch {
                             contact,
                             Some(ticket.id),
                             now,
+                            remaining,
                         )
                         .await?;
                     let row = self
-                        .insert_message(conn, Some(new.id), channel, inbound, contact, now)
+                        .add_message(conn, Some(new.id), channel, inbound, contact, remaining)
                         .await?;
                     self.event(
                         ticket.id,
@@ -759,6 +822,7 @@ impl Batch {
                         json!({ "ticket_id": new.id, "number": new.number }),
                     );
                     self.event(new.id, "created", json!({ "channel": channel.key, "message": row, "follow_up_of": ticket.id }));
+                    self.touched.insert(ticket.id);
                     let outcome = Outcome::Created {
                         ticket_id: new.id,
                         number: new.number,
@@ -767,7 +831,7 @@ impl Batch {
                     (outcome, row)
                 } else {
                     let row = self
-                        .insert_message(conn, Some(ticket.id), channel, inbound, contact, now)
+                        .add_message(conn, Some(ticket.id), channel, inbound, contact, remaining)
                         .await?;
                     // A person writing to a waiting or closed ticket reopens it;
                     // auto-replies, bounces and list mail never do.
@@ -804,7 +868,6 @@ impl Batch {
                 let new = self
                     .create_ticket(
                         conn,
-                        backend,
                         channel,
                         channel_pipeline.id,
                         channel_pipeline.default_status,
@@ -812,10 +875,11 @@ impl Batch {
                         contact,
                         None,
                         now,
+                        remaining,
                     )
                     .await?;
                 let row = self
-                    .insert_message(conn, Some(new.id), channel, inbound, contact, now)
+                    .add_message(conn, Some(new.id), channel, inbound, contact, remaining)
                     .await?;
                 self.event(
                     new.id,
@@ -831,7 +895,7 @@ impl Batch {
             }
             Found::None => {
                 let row = self
-                    .insert_message(conn, None, channel, inbound, contact, now)
+                    .add_message(conn, None, channel, inbound, contact, remaining)
                     .await?;
                 (Outcome::Recorded, row)
             }
@@ -840,7 +904,7 @@ impl Batch {
         if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
             mark_bounced(
                 conn,
-                backend,
+                self.backend,
                 channel.team_id,
                 &message.flags.bounced_message_ids,
             )
@@ -850,7 +914,7 @@ impl Batch {
         Ok(outcome)
     }
 
-    /// Writes everything deferred to the end of the batch.
+    /// Writes everything deferred to the end of the batch, parents first.
     async fn flush(&mut self, conn: &mut AnyConnection, now: i64) -> Result<(), sqlx::Error> {
         if let Some((next, stored)) = self.numbers {
             if next - 1 != stored {
@@ -860,6 +924,97 @@ impl Batch {
                     .await?;
             }
         }
+        insert_rows(
+            conn,
+            self.backend,
+            "INSERT INTO tickets (id, number, subject, team_id, pipeline_id, status_id, channel_id, company_id,
+               follow_up_of, reply_token, created_at, updated_at, status_changed_at)",
+            "",
+            13,
+            &self.new_tickets,
+            |t| t.subject.len(),
+            |args, t| {
+                add(args, t.id);
+                add(args, t.number);
+                add(args, t.subject.clone());
+                add(args, t.team_id);
+                add(args, t.pipeline_id);
+                add(args, t.status_id);
+                add(args, t.channel_id);
+                // Filled from the contact just below: see the UPDATE.
+                add(args, None::<i64>);
+                add(args, t.follow_up_of);
+                add(args, hex::encode(rand::random::<[u8; 16]>()));
+                add(args, now);
+                add(args, now);
+                add(args, now);
+            },
+        )
+        .await?;
+        let list = |v: &[Mailbox]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+        insert_rows(
+            conn,
+            self.backend,
+            "INSERT INTO messages (id, ticket_id, team_id, channel_id, direction, author_contact_id, message_id,
+               synthetic_id, in_reply_to, refs, from_addr, from_name, to_addrs, cc_addrs, reply_to, subject,
+               body_text, body_html, flags, thread_index_root, fingerprint, raw_sha256, sent_at, received_at)",
+            "",
+            24,
+            &self.new_messages,
+            |n| n.inbound.parsed.body_text.len() + n.inbound.parsed.body_html.as_ref().map_or(0, String::len) + 512,
+            |args, n| {
+                let m = &n.inbound.parsed;
+                add(args, n.id);
+                add(args, n.ticket_id);
+                add(args, n.channel.team_id);
+                add(args, n.channel.id);
+                add(args, "inbound");
+                add(args, n.contact);
+                add(args, m.message_id.clone());
+                add(args, m.synthetic_id as i64);
+                add(args, serde_json::to_string(&m.in_reply_to).unwrap_or_default());
+                add(args, serde_json::to_string(&m.references).unwrap_or_default());
+                add(args, m.from.as_ref().map(|f| f.address.clone()).unwrap_or_default());
+                add(args, m.from.as_ref().and_then(|f| f.name.clone()));
+                add(args, list(&m.to));
+                add(args, list(&m.cc));
+                add(args, m.reply_to.as_ref().map(|r| r.address.clone()));
+                add(args, m.subject.clone());
+                add(args, m.body_text.clone());
+                add(args, m.body_html.clone());
+                add(args, m.flags.to_db());
+                add(args, m.thread_index_root.clone());
+                add(args, m.fingerprint.clone());
+                add(args, m.raw_sha256.clone());
+                add(args, m.date);
+                add(args, now);
+            },
+        )
+        .await?;
+        let attachments: Vec<(i64, &Attachment)> = self
+            .new_messages
+            .iter()
+            .flat_map(|n| n.inbound.parsed.attachments.iter().map(move |a| (n.id, a)))
+            .collect();
+        insert_rows(
+            conn,
+            self.backend,
+            "INSERT INTO attachments (message_id, sha256, filename, content_type, size, content_id, inline)",
+            "",
+            7,
+            &attachments,
+            |(_, a)| a.filename.len(),
+            |args, (id, a)| {
+                add(args, *id);
+                add(args, a.sha256.clone());
+                add(args, a.filename.clone());
+                add(args, a.content_type.clone());
+                add(args, a.data.len() as i64);
+                add(args, a.content_id.clone());
+                add(args, a.inline as i64);
+            },
+        )
+        .await?;
         for id in &self.status_changed {
             let t = &self.tickets[id];
             sqlx::query("UPDATE tickets SET status_id = $1, status_changed_at = $2, updated_at = $3 WHERE id = $4")
@@ -896,6 +1051,7 @@ impl Batch {
             "ON CONFLICT (ticket_id, contact_id) DO NOTHING",
             3,
             &self.participants,
+            |_| 16,
             |args, (t, c, role)| {
                 add(args, *t);
                 add(args, *c);
@@ -903,6 +1059,27 @@ impl Batch {
             },
         )
         .await?;
+        let new_ids: Vec<i64> = self
+            .new_tickets
+            .iter()
+            .filter(|t| t.contact.is_some())
+            .map(|t| t.id)
+            .collect();
+        for chunk in new_ids.chunks(CHUNK) {
+            // A ticket belongs to its requester's company, if they have one.
+            let sql = format!(
+                "UPDATE tickets SET company_id = (SELECT c.company_id FROM ticket_contacts tc
+                   JOIN contacts c ON c.id = tc.contact_id WHERE tc.ticket_id = tickets.id AND tc.role = 'requester')
+                 WHERE id IN ({}) AND EXISTS (SELECT 1 FROM ticket_contacts tc JOIN contacts c ON c.id = tc.contact_id
+                   WHERE tc.ticket_id = tickets.id AND c.company_id IS NOT NULL)",
+                placeholders(self.backend, 1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *conn).await?;
+        }
         insert_rows(
             conn,
             self.backend,
@@ -910,6 +1087,7 @@ impl Batch {
             "",
             5,
             &self.events,
+            |(_, _, data)| data.len(),
             |args, (t, kind, data)| {
                 add(args, *t);
                 add(args, *kind);
@@ -926,14 +1104,15 @@ impl Batch {
             "",
             8,
             &self.receipts_out,
-            |args, (team, fp, channel, source, outcome, ticket, message)| {
-                add(args, *team);
-                add(args, fp.clone());
-                add(args, *channel);
-                add(args, source.clone());
-                add(args, *outcome);
-                add(args, *ticket);
-                add(args, *message);
+            |r| r.source.as_ref().map_or(0, String::len),
+            |args, r| {
+                add(args, r.team_id);
+                add(args, r.fingerprint.clone());
+                add(args, r.channel_id);
+                add(args, r.source.clone());
+                add(args, r.outcome);
+                add(args, r.ticket_id);
+                add(args, r.message_id);
                 add(args, now);
             },
         )
@@ -961,23 +1140,27 @@ pub async fn apply_batch(
         backend,
         receipts: HashMap::new(),
         known_ids: HashMap::new(),
+        thread_roots: HashMap::new(),
         tickets: HashMap::new(),
         contacts: HashMap::new(),
         status_changed: HashSet::new(),
         touched: HashSet::new(),
         numbers: None,
-        blobs_written: HashSet::new(),
+        reserved_ids: HashMap::new(),
+        last_reserved: HashMap::new(),
+        new_tickets: Vec::new(),
+        new_messages: Vec::new(),
         participants: Vec::new(),
         events: Vec::new(),
         receipts_out: Vec::new(),
     };
     batch.prefetch(conn, items).await?;
-    batch.prewrite_blobs(conn, items).await?;
+    batch.prewrite(conn, items, now).await?;
     let mut outcomes = Vec::with_capacity(items.len());
-    for (channel, inbound) in items {
+    for (i, (channel, inbound)) in items.iter().enumerate() {
         outcomes.push(
             batch
-                .apply_one(conn, backend, dir, channel, inbound, now)
+                .apply_one(conn, dir, channel, inbound, now, items.len() - i)
                 .await?,
         );
     }

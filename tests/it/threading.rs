@@ -586,3 +586,38 @@ both_backends!(
         }
     }
 );
+
+both_backends!(
+    new_contacts_join_the_company_owning_their_domain,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        sqlx::query("INSERT INTO companies (name, domain) VALUES ('Acme', 'acme.test')")
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        let acme = app
+            .apply(
+                "pipe",
+                &mail("ann@acme.test", "co1@acme.test", "Hi", "", "x"),
+            )
+            .await;
+        let other = app
+            .apply(
+                "pipe",
+                &mail("bob@else.test", "co2@else.test", "Hi", "", "y"),
+            )
+            .await;
+        let company_of = |ticket: i64| {
+            let pool = app.store().pool().clone();
+            async move {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT company_id FROM tickets WHERE id = $1")
+                    .bind(ticket)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(company_of(ticket_of(&acme)).await.is_some());
+        assert_eq!(company_of(ticket_of(&other)).await, None);
+    }
+);
