@@ -35,6 +35,12 @@ if ! pg_ok; then
   pg_ok || { log "PostgreSQL is still not reachable at $PG_URL"; exit 1; }
 fi
 
+# Dovecot: the IMAP tests start their own throwaway instances.
+if ! command -v dovecot >/dev/null 2>&1 || [ ! -e /usr/share/dovecot/dh.pem ]; then
+  log "installing Dovecot"
+  apt_install dovecot-imapd
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -232,16 +232,72 @@ pub struct ChannelConfig {
     pub create_tickets: bool,
     /// Maildir channel: the folder whose `new/` is watched.
     pub path: Option<PathBuf>,
-    /// Maildir channel: how often `new/` is scanned.
-    #[serde(default = "default_poll_ms")]
-    pub poll_interval_ms: u64,
-    /// Maildir channel: what happens to a file after its message is committed.
+    /// How often to look for new mail: `new/` for a maildir (default 250 ms),
+    /// the mailbox for IMAP without IDLE (default 30 s).
+    pub poll_interval_ms: Option<u64>,
+    /// What happens to a message at its source once it is committed.
+    /// Maildir: `move` (into cur/, the default) or `delete`. IMAP:
+    /// `mark_seen` (the default), `move` (to `move_to`), `delete` or `keep`.
+    pub after: Option<After>,
+
+    /// IMAP: server host name (also the name its certificate must carry).
+    pub host: Option<String>,
+    /// IMAP: port; 993 for implicit TLS, 143 otherwise.
+    pub port: Option<u16>,
+    /// IMAP: `implicit` (the default), `starttls`, or `none` (plaintext; check warns).
     #[serde(default)]
-    pub after: MaildirAfter,
+    pub tls: TlsMode,
+    /// IMAP: extra CA certificates (PEM) to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// IMAP: `login` (the default) or `plain` (AUTHENTICATE PLAIN).
+    #[serde(default)]
+    pub auth: ImapAuth,
+    /// IMAP: the folder to take mail from.
+    #[serde(default = "default_folder")]
+    pub folder: String,
+    /// IMAP: destination folder for `after = "move"`.
+    pub move_to: Option<String>,
+    /// IMAP: where to move messages over `ingest.max_message_bytes`; they are
+    /// left in place and reported when unset.
+    pub oversize_folder: Option<String>,
+    /// IMAP: use IDLE when the server offers it.
+    #[serde(default = "yes")]
+    pub idle: bool,
+    /// IMAP: messages fetched per round trip.
+    #[serde(default = "default_fetch_batch")]
+    pub fetch_batch: usize,
+    /// IMAP: the longest any command may take (a FETCH gets more per megabyte).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_secs: u64,
 }
 
-fn default_poll_ms() -> u64 {
-    250
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_fetch_batch() -> usize {
+    200
+}
+fn default_command_timeout() -> u64 {
+    60
+}
+
+impl ChannelConfig {
+    pub fn poll_interval(&self) -> std::time::Duration {
+        let default = match self.kind {
+            ChannelKind::Imap => 30_000,
+            _ => 250,
+        };
+        std::time::Duration::from_millis(self.poll_interval_ms.unwrap_or(default))
+    }
+
+    pub fn after_action(&self) -> After {
+        self.after.unwrap_or(match self.kind {
+            ChannelKind::Imap => After::MarkSeen,
+            _ => After::Move,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -251,6 +307,8 @@ pub enum ChannelKind {
     Pipe,
     /// A watched Maildir folder (the laptop default: `./spool`).
     Maildir,
+    /// An IMAP mailbox, with IDLE where the server offers it.
+    Imap,
 }
 
 impl ChannelKind {
@@ -258,17 +316,37 @@ impl ChannelKind {
         match self {
             ChannelKind::Pipe => "pipe",
             ChannelKind::Maildir => "maildir",
+            ChannelKind::Imap => "imap",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// What happens at the source once a message is committed.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum MaildirAfter {
-    /// Move the file into `cur/` (kept, flagged seen).
-    #[default]
+pub enum After {
+    MarkSeen,
     Move,
     Delete,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Implicit,
+    Starttls,
+    /// Plaintext: only for a server on the same host or a trusted network.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImapAuth {
+    #[default]
+    Login,
+    Plain,
 }
 
 /// A secret value: inline, from an environment variable, or from a file.
@@ -524,19 +602,78 @@ impl Config {
                     format!("unknown pipeline {:?}", channel.pipeline),
                 );
             }
-            match channel.kind {
-                ChannelKind::Maildir if channel.path.is_none() => problem(
-                    format!("{at}.path"),
-                    "a maildir channel needs a path".into(),
-                ),
-                ChannelKind::Maildir if channel.poll_interval_ms == 0 => problem(
+            if channel.poll_interval_ms == Some(0) {
+                problem(
                     format!("{at}.poll_interval_ms"),
                     "must be at least 1".into(),
-                ),
-                _ => {}
+                );
+            }
+            match channel.kind {
+                ChannelKind::Maildir => {
+                    if channel.path.is_none() {
+                        problem(
+                            format!("{at}.path"),
+                            "a maildir channel needs a path".into(),
+                        );
+                    }
+                    if !matches!(channel.after_action(), After::Move | After::Delete) {
+                        problem(
+                            format!("{at}.after"),
+                            "a maildir channel can only \"move\" (to cur/) or \"delete\"".into(),
+                        );
+                    }
+                }
+                ChannelKind::Imap => {
+                    for (field, missing) in [
+                        ("host", channel.host.is_none()),
+                        ("username", channel.username.is_none()),
+                        ("password", channel.password.is_none()),
+                    ] {
+                        if missing {
+                            problem(
+                                format!("{at}.{field}"),
+                                format!("an imap channel needs a {field}"),
+                            );
+                        }
+                    }
+                    if let Some(Err(e)) = channel.password.as_ref().map(Secret::resolve) {
+                        problem(format!("{at}.password"), e);
+                    }
+                    if channel.after_action() == After::Move && channel.move_to.is_none() {
+                        problem(
+                            format!("{at}.move_to"),
+                            "after = \"move\" needs a move_to folder".into(),
+                        );
+                    }
+                    if let Some(ca) = &channel.ca_file {
+                        if !ca.is_file() {
+                            problem(
+                                format!("{at}.ca_file"),
+                                format!("{} does not exist", ca.display()),
+                            );
+                        }
+                    }
+                    if channel.fetch_batch == 0 {
+                        problem(format!("{at}.fetch_batch"), "must be at least 1".into());
+                    }
+                }
+                ChannelKind::Pipe => {}
             }
         }
         problems
+    }
+
+    /// Settings that work but deserve a second look; `mailroom check` prints them.
+    pub fn warnings(&self) -> Vec<Problem> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.kind == ChannelKind::Imap && c.tls == TlsMode::None)
+            .map(|(key, _)| Problem {
+                key: format!("channels.{key}.tls"),
+                message: "plaintext IMAP: the password and all mail cross the network unencrypted"
+                    .into(),
+            })
+            .collect()
     }
 
     /// The channel `mailroom ingest` uses when `--channel` is not given: the

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::channel::imap::ImapChannel;
 use crate::channel::maildir::MaildirChannel;
 use crate::config::{ChannelKind, Config};
 use crate::pipeline::Pipeline;
@@ -31,13 +32,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let maildir = MaildirChannel {
                     name: name.clone(),
                     path: channel.path.clone().expect("validated: maildir has a path"),
-                    poll_interval: Duration::from_millis(channel.poll_interval_ms),
-                    after: channel.after,
+                    poll_interval: channel.poll_interval(),
+                    after: channel.after_action(),
                     batch_size: config.ingest.batch_size,
                 };
                 let (pipeline, token, name) =
                     (pipeline.clone(), shutdown.child_token(), name.clone());
                 tasks.spawn(async move { (name, maildir.run(pipeline, token).await) });
+            }
+            ChannelKind::Imap => {
+                let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?;
+                let (pipeline, token, name) =
+                    (pipeline.clone(), shutdown.child_token(), name.clone());
+                tasks.spawn(async move { (name, mailbox.run(pipeline, token).await) });
             }
             // Fed by `mailroom ingest`, nothing to run.
             ChannelKind::Pipe => {}

@@ -34,6 +34,11 @@ enum Command {
     Migrate,
     /// Validate the config (and reach the database); list every problem.
     Check,
+    /// Each channel's state: connected, last success, last error, backlog.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Ingest one message from stdin (MTA pipe), or backfill .eml/mbox/Maildir paths.
     Ingest {
         /// Channel to ingest into [default: the only pipe channel].
@@ -154,6 +159,9 @@ fn check(path: &std::path::Path) -> u8 {
     for problem in &problems {
         println!("problem: {problem}");
     }
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
     if !problems.is_empty() {
         println!("{}: {} problem(s)", path.display(), problems.len());
         return EX_CONFIG;
@@ -211,6 +219,40 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                 EX_SOFTWARE
             }
         },
+        Command::Status { json } => {
+            let channels = config.channels.clone();
+            readout(&config, |store| async move {
+                let mut all = serde_json::Map::new();
+                for (name, channel) in &channels {
+                    let state: serde_json::Value = store.channel_state(name).await?;
+                    all.insert(
+                        name.clone(),
+                        serde_json::json!({ "kind": channel.kind.as_str(), "state": state }),
+                    );
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                } else {
+                    for (name, value) in &all {
+                        let state = &value["state"];
+                        let field = |k: &str| match &state[k] {
+                            serde_json::Value::Null => "-".to_string(),
+                            v => v.to_string(),
+                        };
+                        println!(
+                        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}",
+                        value["kind"].as_str().unwrap_or("?"),
+                        field("connected"),
+                        field("backlog"),
+                        field("last_success"),
+                        field("last_error")
+                    );
+                    }
+                }
+                Ok(0)
+            })
+            .await
+        }
         Command::Migrate => match open(&config).await {
             Ok(_) => {
                 println!("migrations applied");

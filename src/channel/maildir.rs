@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MaildirAfter;
+use crate::config::After;
 use crate::pipeline::{backoff, Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
 
 pub struct MaildirChannel {
     pub name: String,
     pub path: PathBuf,
     pub poll_interval: Duration,
-    pub after: MaildirAfter,
+    pub after: After,
     pub batch_size: usize,
 }
 
@@ -134,8 +134,9 @@ impl MaildirChannel {
 
     fn acknowledge(&self, file: &Path) -> std::io::Result<()> {
         match self.after {
-            MaildirAfter::Delete => std::fs::remove_file(file),
-            MaildirAfter::Move => {
+            After::Delete => std::fs::remove_file(file),
+            // Validation allows only move and delete for a maildir.
+            _ => {
                 let name = file
                     .file_name()
                     .and_then(|n| n.to_str())

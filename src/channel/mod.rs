@@ -2,4 +2,5 @@
 //! [`Pipeline`](crate::pipeline::Pipeline) and acknowledges them to its
 //! source only after the pipeline has committed them (or quarantined them).
 
+pub mod imap;
 pub mod maildir;

@@ -2,7 +2,9 @@
 //! SQLite and on the real PostgreSQL server.
 
 mod cli;
+mod dovecot;
 mod fixtures;
 mod harness;
+mod imap;
 mod quarantine;
 mod threading;

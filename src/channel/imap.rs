@@ -1,0 +1,767 @@
+//! An IMAP mailbox channel: one supervised task per mailbox.
+//!
+//! New mail is found by UID (above the highest committed UID of the current
+//! UIDVALIDITY), sized with RFC822.SIZE, fetched with BODY.PEEK[] (so fetching
+//! never sets \Seen), committed through the pipeline, and only then given the
+//! mailbox's after-action. IDLE waits for new mail where the server offers it;
+//! otherwise the mailbox is polled. Every command has a timeout, failures back
+//! off exponentially with jitter, and an authentication failure waits longer
+//! so a bad password is not hammered.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_imap::types::Fetch;
+use async_imap::{Client, Session};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{After, ChannelConfig, ImapAuth, TlsMode};
+use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::store::{now_ms, Store};
+
+/// The transport under the IMAP session: plain TCP or TLS over it.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a session ended; decides how long to wait before the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Other(String),
+    /// The database is unreachable: nothing was acknowledged; retry later.
+    #[error("database unavailable: {0}")]
+    Database(String),
+}
+
+fn other(context: &str) -> impl Fn(async_imap::error::Error) -> Failure + '_ {
+    move |e| Failure::Other(format!("{context}: {e}"))
+}
+
+/// Runs `fut` with a deadline, naming the step that timed out.
+async fn deadline<T>(
+    limit: Duration,
+    step: &str,
+    fut: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    timeout(limit, fut)
+        .await
+        .map_err(|_| Failure::Other(format!("{step} timed out after {} s", limit.as_secs())))?
+}
+
+/// A message left on the server because it is too large.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Oversized {
+    pub uid: u32,
+    pub size: u32,
+    pub moved_to: Option<String>,
+}
+
+/// Per-mailbox state, kept in `channels.state` and shown by `mailroom status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImapState {
+    pub uidvalidity: Option<u32>,
+    /// Highest UID whose message is committed and acknowledged.
+    pub last_uid: u32,
+    pub connected: bool,
+    pub idle: bool,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    /// Messages waiting on the server at the last look.
+    pub backlog: usize,
+    #[serde(default)]
+    pub oversized: Vec<Oversized>,
+}
+
+impl Store {
+    pub async fn channel_state<T: for<'de> Deserialize<'de> + Default>(
+        &self,
+        key: &str,
+    ) -> Result<T, sqlx::Error> {
+        let text: Option<String> = sqlx::query_scalar("SELECT state FROM channels WHERE key = $1")
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    pub async fn set_channel_state<T: Serialize>(
+        &self,
+        key: &str,
+        state: &T,
+    ) -> Result<(), sqlx::Error> {
+        let mut w = self.begin_write().await?;
+        sqlx::query("UPDATE channels SET state = $1, updated_at = $2 WHERE key = $3")
+            .bind(serde_json::to_string(state).unwrap_or_else(|_| "{}".into()))
+            .bind(now_ms())
+            .bind(key)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+}
+
+/// Builds the TLS client config: system roots plus an optional CA file.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| anyhow::anyhow!("bad certificate in {}: {e}", path.display()))?;
+            roots.add(cert)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+struct PlainAuth<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+impl async_imap::Authenticator for PlainAuth<'_> {
+    type Response = Vec<u8>;
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        format!("\0{}\0{}", self.username, self.password).into_bytes()
+    }
+}
+
+/// One IMAP mailbox.
+pub struct ImapChannel {
+    pub name: String,
+    pub config: ChannelConfig,
+    pub max_message_bytes: u64,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+type ImapSession = Session<Conn>;
+
+impl ImapChannel {
+    pub fn new(
+        name: &str,
+        config: &ChannelConfig,
+        max_message_bytes: u64,
+    ) -> anyhow::Result<ImapChannel> {
+        Ok(ImapChannel {
+            name: name.to_string(),
+            tls: tls_config(config.ca_file.as_deref())?,
+            config: config.clone(),
+            max_message_bytes,
+        })
+    }
+
+    fn host(&self) -> &str {
+        self.config.host.as_deref().unwrap_or("localhost")
+    }
+
+    fn port(&self) -> u16 {
+        self.config.port.unwrap_or(match self.config.tls {
+            TlsMode::Implicit => 993,
+            _ => 143,
+        })
+    }
+
+    fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.command_timeout_secs)
+    }
+
+    async fn tls_wrap(&self, tcp: TcpStream) -> Result<Conn, Failure> {
+        let server_name = rustls::pki_types::ServerName::try_from(self.host().to_string())
+            .map_err(|e| Failure::Other(format!("bad host name {}: {e}", self.host())))?;
+        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| {
+                Failure::Other(format!("TLS handshake with {} failed: {e}", self.host()))
+            })?;
+        Ok(Conn::Tls(Box::new(stream)))
+    }
+
+    /// Connects, secures and logs in.
+    pub async fn connect(&self) -> Result<ImapSession, Failure> {
+        let limit = self.command_timeout();
+        let address = format!("{}:{}", self.host(), self.port());
+        let tcp = deadline(limit, "connect", async {
+            TcpStream::connect(&address)
+                .await
+                .map_err(|e| Failure::Other(format!("cannot connect to {address}: {e}")))
+        })
+        .await?;
+        let _ = tcp.set_nodelay(true);
+        let client = deadline(limit, "greeting", async {
+            let conn = match self.config.tls {
+                TlsMode::Implicit => self.tls_wrap(tcp).await?,
+                _ => Conn::Plain(tcp),
+            };
+            let mut client = Client::new(conn);
+            client
+                .read_response()
+                .await
+                .map_err(|e| Failure::Other(format!("no greeting from {address}: {e}")))?
+                .ok_or_else(|| {
+                    Failure::Other(format!(
+                        "{address} closed the connection before its greeting"
+                    ))
+                })?;
+            if self.config.tls == TlsMode::Starttls {
+                client
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(other("STARTTLS"))?;
+                let Conn::Plain(tcp) = client.into_inner() else {
+                    unreachable!("STARTTLS starts on a plain connection")
+                };
+                client = Client::new(self.tls_wrap(tcp).await?);
+            }
+            Ok(client)
+        })
+        .await?;
+        let username = self.config.username.clone().unwrap_or_default();
+        let password = self
+            .config
+            .password
+            .as_ref()
+            .map(|p| p.resolve())
+            .transpose()
+            .map_err(Failure::Auth)?
+            .unwrap_or_default();
+        deadline(limit, "login", async {
+            let result = match self.config.auth {
+                ImapAuth::Login => client.login(&username, &password).await,
+                ImapAuth::Plain => {
+                    client
+                        .authenticate(
+                            "PLAIN",
+                            PlainAuth {
+                                username: &username,
+                                password: &password,
+                            },
+                        )
+                        .await
+                }
+            };
+            result.map_err(|(e, _)| match e {
+                async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+                    Failure::Auth(format!("{username}@{}: {text}", self.host()))
+                }
+                e => Failure::Other(format!("login: {e}")),
+            })
+        })
+        .await
+    }
+
+    /// Runs the mailbox until `shutdown`, reconnecting with backoff.
+    pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let store = pipeline.store().clone();
+        let mut failures: u32 = 0;
+        tracing::info!(mailbox = %self.name, host = self.host(), folder = %self.config.folder, "Starting IMAP mailbox.");
+        loop {
+            let mut healthy = false;
+            let result = self.session(&pipeline, &shutdown, &mut healthy).await;
+            if healthy {
+                failures = 0;
+            }
+            let mut state: ImapState = store.channel_state(&self.name).await.unwrap_or_default();
+            state.connected = false;
+            state.idle = false;
+            let error = match result {
+                Ok(()) => {
+                    let _ = store.set_channel_state(&self.name, &state).await;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            state.last_error = Some(error.to_string());
+            state.last_error_at = Some(now_ms());
+            let _ = store.set_channel_state(&self.name, &state).await;
+            let wait = match &error {
+                // A wrong password will not fix itself in a second; do not hammer the server.
+                Failure::Auth(_) => Duration::from_secs(300).max(retry_delay(failures)),
+                _ => retry_delay(failures),
+            };
+            tracing::error!(mailbox = %self.name, error = %error, retry_in_s = wait.as_secs_f32(), "IMAP mailbox failed.");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One connection's life: select, sync, wait (IDLE or poll), repeat.
+    async fn session(
+        &self,
+        pipeline: &Pipeline,
+        shutdown: &CancellationToken,
+        healthy: &mut bool,
+    ) -> Result<(), Failure> {
+        let limit = self.command_timeout();
+        let store = pipeline.store();
+        let mut session = self.connect().await?;
+        let capabilities = deadline(limit, "CAPABILITY", async {
+            session.capabilities().await.map_err(other("CAPABILITY"))
+        })
+        .await?;
+        let can = |name: &str| capabilities.has_str(name);
+        let (can_idle, can_move, can_uidplus) = (can("IDLE"), can("MOVE"), can("UIDPLUS"));
+        for folder in [&self.config.move_to, &self.config.oversize_folder]
+            .into_iter()
+            .flatten()
+        {
+            // Creating a folder that exists fails harmlessly.
+            let _ = deadline(limit, "CREATE", async { Ok(session.create(folder).await) }).await;
+        }
+        let mailbox = deadline(limit, "SELECT", async {
+            session
+                .select(&self.config.folder)
+                .await
+                .map_err(other("SELECT"))
+        })
+        .await?;
+
+        let db = |e: sqlx::Error| Failure::Database(e.to_string());
+        let mut state: ImapState = store.channel_state(&self.name).await.map_err(db)?;
+        let uidvalidity = mailbox.uid_validity.unwrap_or(0);
+        if state.uidvalidity != Some(uidvalidity) {
+            if state.uidvalidity.is_some() {
+                tracing::warn!(mailbox = %self.name, old = ?state.uidvalidity, new = uidvalidity,
+                    "UIDVALIDITY changed; re-scanning the folder (already stored messages are recognised).");
+            }
+            state.uidvalidity = Some(uidvalidity);
+            state.last_uid = 0;
+        }
+        state.connected = true;
+        state.idle = can_idle && self.config.idle;
+        state.last_error = None;
+        store
+            .set_channel_state(&self.name, &state)
+            .await
+            .map_err(db)?;
+        *healthy = true;
+        tracing::info!(mailbox = %self.name, uidvalidity, idle = state.idle, "IMAP mailbox connected.");
+
+        let actions = AfterActions {
+            after: self.config.after_action(),
+            move_to: self.config.move_to.clone(),
+            can_move,
+            can_uidplus,
+        };
+        loop {
+            let taken = self
+                .sync(&mut session, pipeline, &mut state, &actions, shutdown)
+                .await?;
+            if shutdown.is_cancelled() {
+                let _ = timeout(Duration::from_secs(2), session.logout()).await;
+                return Ok(());
+            }
+            if taken > 0 {
+                continue;
+            }
+            if state.idle {
+                session = self.idle(session, shutdown).await?;
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval()) => {}
+                }
+            }
+        }
+    }
+
+    /// Waits in IDLE until the server reports a change, 25 minutes pass (the
+    /// server may drop an IDLE after 30), or shutdown.
+    async fn idle(
+        &self,
+        session: ImapSession,
+        shutdown: &CancellationToken,
+    ) -> Result<ImapSession, Failure> {
+        let limit = self.command_timeout();
+        let unsolicited = session.unsolicited_responses.clone();
+        while unsolicited.try_recv().is_ok() {}
+        let mut handle = session.idle();
+        deadline(limit, "IDLE", async {
+            handle.init().await.map_err(other("IDLE"))
+        })
+        .await?;
+        // Mail that arrived just before IDLE started is announced before the
+        // continuation, and async-imap files that under unsolicited responses.
+        let mut pending = false;
+        while let Ok(response) = unsolicited.try_recv() {
+            if matches!(
+                response,
+                async_imap::types::UnsolicitedResponse::Exists(_)
+                    | async_imap::types::UnsolicitedResponse::Recent(_)
+            ) {
+                pending = true;
+            }
+        }
+        if !pending {
+            let (wait, _stop) = handle.wait_with_timeout(Duration::from_secs(25 * 60));
+            tokio::select! {
+                result = wait => { result.map_err(other("IDLE"))?; }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        deadline(limit, "IDLE DONE", async {
+            handle.done().await.map_err(other("IDLE DONE"))
+        })
+        .await
+    }
+
+    /// Takes every message above `last_uid`, in batches: size check, fetch,
+    /// commit, after-action, then advance `last_uid`. Returns how many it took.
+    async fn sync(
+        &self,
+        session: &mut ImapSession,
+        pipeline: &Pipeline,
+        state: &mut ImapState,
+        actions: &AfterActions,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, Failure> {
+        let limit = self.command_timeout();
+        let store = pipeline.store();
+        let db = |e: sqlx::Error| Failure::Database(e.to_string());
+        let query = format!("UID {}:*", state.last_uid.saturating_add(1));
+        let found = deadline(limit, "UID SEARCH", async {
+            session
+                .uid_search(&query)
+                .await
+                .map_err(other("UID SEARCH"))
+        })
+        .await?;
+        // "n:*" always matches the highest UID, even when it is below n.
+        let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > state.last_uid).collect();
+        uids.sort_unstable();
+        state.backlog = uids.len();
+        let mut taken = 0;
+        for chunk in uids.chunks(self.config.fetch_batch) {
+            let set = uid_set(chunk);
+            let sizes: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
+                let stream = session
+                    .uid_fetch(&set, "(UID RFC822.SIZE)")
+                    .await
+                    .map_err(other("UID FETCH"))?;
+                stream.try_collect().await.map_err(other("UID FETCH"))
+            })
+            .await?;
+            let mut wanted = Vec::new();
+            let mut total: u64 = 0;
+            for fetch in &sizes {
+                let (Some(uid), Some(size)) = (fetch.uid, fetch.size) else {
+                    continue;
+                };
+                if u64::from(size) > self.max_message_bytes {
+                    self.set_aside(session, state, actions, uid, size).await?;
+                } else {
+                    wanted.push(uid);
+                    total += u64::from(size);
+                }
+            }
+            let mut raws = Vec::with_capacity(wanted.len());
+            let mut fetched = Vec::with_capacity(wanted.len());
+            if !wanted.is_empty() {
+                // A big batch (tens of MB of attachments) gets time in proportion.
+                let fetch_limit = limit + Duration::from_secs(total / (512 * 1024));
+                let bodies: Vec<Fetch> = deadline(fetch_limit, "UID FETCH (BODY.PEEK[])", async {
+                    let stream = session
+                        .uid_fetch(uid_set(&wanted), "(UID BODY.PEEK[])")
+                        .await
+                        .map_err(other("UID FETCH"))?;
+                    stream.try_collect().await.map_err(other("UID FETCH"))
+                })
+                .await?;
+                for fetch in &bodies {
+                    let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else {
+                        continue;
+                    };
+                    fetched.push(uid);
+                    raws.push(RawMessage {
+                        channel: self.name.clone(),
+                        source: Some(format!(
+                            "imap:{}:{}:{uid}",
+                            self.name,
+                            state.uidvalidity.unwrap_or(0)
+                        )),
+                        data: Arc::new(body.to_vec()),
+                    });
+                }
+            }
+            if !raws.is_empty() {
+                let dispositions = match pipeline.process(raws, OnBadInput::Quarantine).await {
+                    Ok(d) => d,
+                    Err(PipelineError::Unavailable(e)) => return Err(Failure::Database(e)),
+                    Err(e) => return Err(Failure::Other(e.to_string())),
+                };
+                for (uid, disposition) in fetched.iter().zip(&dispositions) {
+                    if let Disposition::Quarantined { id, reason } = disposition {
+                        tracing::warn!(mailbox = %self.name, uid, quarantine = id, %reason, "Message quarantined.");
+                    }
+                }
+                // Committed (or kept in the quarantine): now acknowledge on the server.
+                actions.apply(session, &uid_set(&fetched), limit).await?;
+                taken += fetched.len();
+            }
+            state.last_uid = *chunk.last().expect("chunks are not empty");
+            state.last_success = Some(now_ms());
+            state.backlog = state.backlog.saturating_sub(chunk.len());
+            store
+                .set_channel_state(&self.name, state)
+                .await
+                .map_err(db)?;
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        if taken > 0 {
+            tracing::info!(mailbox = %self.name, messages = taken, last_uid = state.last_uid, "Mailbox synced.");
+        }
+        Ok(taken)
+    }
+
+    /// An oversized message stays on the server (moved aside if configured)
+    /// and is reported; it is never silently dropped.
+    async fn set_aside(
+        &self,
+        session: &mut ImapSession,
+        state: &mut ImapState,
+        actions: &AfterActions,
+        uid: u32,
+        size: u32,
+    ) -> Result<(), Failure> {
+        let moved_to = self.config.oversize_folder.clone();
+        if let Some(folder) = &moved_to {
+            actions
+                .move_to(session, &uid.to_string(), folder, self.command_timeout())
+                .await?;
+        }
+        tracing::warn!(mailbox = %self.name, uid, size, limit = self.max_message_bytes, moved_to = ?moved_to,
+            "Message over ingest.max_message_bytes left on the server.");
+        if !state.oversized.iter().any(|o| o.uid == uid) {
+            state.oversized.push(Oversized {
+                uid,
+                size,
+                moved_to,
+            });
+        }
+        Ok(())
+    }
+}
+
+struct AfterActions {
+    after: After,
+    move_to: Option<String>,
+    can_move: bool,
+    can_uidplus: bool,
+}
+
+impl AfterActions {
+    async fn apply(
+        &self,
+        session: &mut ImapSession,
+        set: &str,
+        limit: Duration,
+    ) -> Result<(), Failure> {
+        match self.after {
+            After::Keep => Ok(()),
+            After::MarkSeen => store_flag(session, set, "\\Seen", limit).await,
+            After::Move => {
+                let folder = self
+                    .move_to
+                    .as_deref()
+                    .expect("validated: move has move_to");
+                self.move_to(session, set, folder, limit).await
+            }
+            After::Delete => {
+                store_flag(session, set, "\\Deleted", limit).await?;
+                self.expunge(session, set, limit).await
+            }
+        }
+    }
+
+    async fn move_to(
+        &self,
+        session: &mut ImapSession,
+        set: &str,
+        folder: &str,
+        limit: Duration,
+    ) -> Result<(), Failure> {
+        if self.can_move {
+            return deadline(limit, "UID MOVE", async {
+                session.uid_mv(set, folder).await.map_err(other("UID MOVE"))
+            })
+            .await;
+        }
+        deadline(limit, "UID COPY", async {
+            session
+                .uid_copy(set, folder)
+                .await
+                .map_err(other("UID COPY"))
+        })
+        .await?;
+        store_flag(session, set, "\\Deleted", limit).await?;
+        self.expunge(session, set, limit).await
+    }
+
+    /// Expunges only our UIDs: a plain EXPUNGE would also remove what other
+    /// clients had marked deleted. Without UIDPLUS the messages stay flagged.
+    async fn expunge(
+        &self,
+        session: &mut ImapSession,
+        set: &str,
+        limit: Duration,
+    ) -> Result<(), Failure> {
+        if !self.can_uidplus {
+            tracing::warn!(
+                "Server lacks UIDPLUS: messages are flagged \\Deleted but not expunged."
+            );
+            return Ok(());
+        }
+        deadline(limit, "UID EXPUNGE", async {
+            let stream = session
+                .uid_expunge(set)
+                .await
+                .map_err(other("UID EXPUNGE"))?;
+            let _: Vec<u32> = stream.try_collect().await.map_err(other("UID EXPUNGE"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn store_flag(
+    session: &mut ImapSession,
+    set: &str,
+    flag: &str,
+    limit: Duration,
+) -> Result<(), Failure> {
+    deadline(limit, "UID STORE", async {
+        let stream = session
+            .uid_store(set, format!("+FLAGS.SILENT ({flag})"))
+            .await
+            .map_err(other("UID STORE"))?;
+        let _: Vec<Fetch> = stream.try_collect().await.map_err(other("UID STORE"))?;
+        Ok(())
+    })
+    .await
+}
+
+/// A compact UID set: runs of consecutive UIDs become `a:b`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut sorted: Vec<u32> = uids
+        .iter()
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    sorted.sort_unstable();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+/// 1 s, 2 s, 4 s … capped at 5 minutes, with jitter so many mailboxes that
+/// failed together do not retry together.
+fn retry_delay(failures: u32) -> Duration {
+    let base = 1000u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(9))
+        .min(300_000);
+    let jitter = rand::random::<u64>() % (base / 4 + 1);
+    Duration::from_millis(base - base / 8 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_compact() {
+        assert_eq!(uid_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
+        assert_eq!(uid_set(&[7]), "7");
+    }
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        assert!(retry_delay(1) < Duration::from_secs(2));
+        assert!(retry_delay(4) >= Duration::from_secs(7));
+        assert!(retry_delay(30) <= Duration::from_secs(300 + 75));
+    }
+}

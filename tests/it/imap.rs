@@ -1,0 +1,550 @@
+//! The IMAP channel against a real Dovecot: every message ingested exactly
+//! once, and nothing acknowledged on the server before it is committed.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dovecot::{self, Dovecot};
+use crate::harness::*;
+use mailroom::channel::imap::{ImapChannel, ImapState};
+
+fn channel(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[channels.{name}]
+kind = "imap"
+team = "support"
+pipeline = "support"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+username = "{user}"
+password = "{password}"
+poll_interval_ms = 100
+{extra}
+"#,
+        user = dovecot::USER,
+        password = dovecot::PASSWORD,
+    )
+}
+
+struct Running {
+    token: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(app: &TestApp, pipeline: mailroom::pipeline::Pipeline, name: &str) -> Running {
+    let mailbox = ImapChannel::new(
+        name,
+        &app.config.channels[name],
+        app.config.ingest.max_message_bytes,
+    )
+    .unwrap();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(mailbox.run(pipeline, token.clone()));
+    Running { token, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("the mailbox stops promptly")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn state(app: &TestApp, name: &str) -> ImapState {
+    app.store().channel_state(name).await.unwrap()
+}
+
+/// Polls until `done` holds for the store's counts, or fails after 20 s.
+async fn wait_for(
+    app: &TestApp,
+    what: &str,
+    done: impl Fn(&mailroom::store::readout::Counts) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = app.store().counts().await.unwrap();
+        if done(&counts) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_for_state(
+    app: &TestApp,
+    name: &str,
+    what: &str,
+    done: impl Fn(&ImapState) -> bool,
+) -> ImapState {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = state(app, name).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn thread_of_five() -> Vec<Vec<u8>> {
+    (0..5)
+        .map(|i| {
+            let irt = if i == 0 {
+                String::new()
+            } else {
+                format!("In-Reply-To: <imap{}@c.test>\r\n", i - 1)
+            };
+            mail(
+                "ann@c.test",
+                &format!("imap{i}@c.test"),
+                "Over IMAP",
+                &irt,
+                &format!("message {i}"),
+            )
+        })
+        .collect()
+}
+
+async fn polling_case(backend: Backend) {
+    let server = Dovecot::start();
+    let app =
+        TestApp::with_config(backend, &channel("inbox", server.imap_port, "idle = false")).await;
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()).await;
+
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "5 messages", |c| c.messages == 5).await;
+    let s = wait_for_state(&app, "inbox", "last_uid 5", |s| s.last_uid == 5).await;
+    assert!(s.connected && !s.idle);
+    running.stop().await;
+
+    // Exactly once: one ticket, five messages; every one marked seen only now.
+    let counts = app.store().counts().await.unwrap();
+    assert_eq!((counts.tickets, counts.messages), (1, 5));
+    let flags = dovecot::flags(&mut client, "INBOX").await;
+    assert_eq!(flags.len(), 5);
+    assert!(
+        flags
+            .iter()
+            .all(|(_, f)| f.iter().any(|f| f.contains("Seen"))),
+        "{flags:?}"
+    );
+
+    // A second run finds nothing new.
+    let again = start(&app, app.pipeline.clone(), "inbox");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    again.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_ingests_each_message_once_then_marks_it_seen_sqlite() {
+    polling_case(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_ingests_each_message_once_then_marks_it_seen_postgres() {
+    polling_case(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_turns_new_mail_into_a_ticket_quickly() {
+    let server = Dovecot::start();
+    // Polling is set very slow, so only IDLE can explain a fast delivery.
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", server.imap_port, "")
+            .replace("poll_interval_ms = 100", "poll_interval_ms = 600000"),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = wait_for_state(&app, "inbox", "connected", |s| s.connected).await;
+    assert!(s.idle, "Dovecot offers IDLE");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut client = server.client().await;
+    for (i, m) in thread_of_five().iter().enumerate() {
+        dovecot::append(&mut client, "INBOX", std::slice::from_ref(m)).await;
+        wait_for(&app, "the appended message", |c| c.messages == i as i64 + 1).await;
+    }
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().tickets, 1);
+}
+
+async fn tls_case(tls: &str, port_of: fn(&Dovecot) -> u16, trust_ca: bool) -> (TestApp, ImapState) {
+    let server = Dovecot::start();
+    let ca = if trust_ca {
+        format!(
+            "ca_file = \"{}\"",
+            dovecot::certs().join("ca.pem").display()
+        )
+    } else {
+        String::new()
+    };
+    let extra = format!("tls = \"{tls}\"\nhost = \"localhost\"\n{ca}");
+    let text = channel("inbox", port_of(&server), "")
+        .replace("tls = \"none\"\n", "")
+        .replace("host = \"127.0.0.1\"\n", "");
+    let app = TestApp::with_config(Backend::Sqlite, &format!("{text}{extra}")).await;
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..2]).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = if trust_ca {
+        wait_for(&app, "2 messages over TLS", |c| c.messages == 2).await;
+        wait_for_state(&app, "inbox", "synced", |s| s.last_uid == 2).await
+    } else {
+        wait_for_state(&app, "inbox", "a TLS error", |s| s.last_error.is_some()).await
+    };
+    running.stop().await;
+    drop(server);
+    (app, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_verifies_the_server_against_the_configured_ca() {
+    let (_, s) = tls_case("implicit", |d| d.imaps_port, true).await;
+    assert_eq!(s.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_verifies_the_server_against_the_configured_ca() {
+    let (_, s) = tls_case("starttls", |d| d.imap_port, true).await;
+    assert_eq!(s.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_refused_and_nothing_is_fetched() {
+    let (app, s) = tls_case("implicit", |d| d.imaps_port, false).await;
+    let error = s.last_error.unwrap();
+    assert!(
+        error.contains("TLS") && error.to_lowercase().contains("certificate"),
+        "{error}"
+    );
+    assert_eq!(app.store().counts().await.unwrap().messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_reported_and_does_not_stop_other_mailboxes() {
+    let server = Dovecot::start();
+    let good = channel("good", server.imap_port, "");
+    let bad = channel("bad", server.imap_port, "").replace(
+        &format!("password = \"{}\"", dovecot::PASSWORD),
+        "password = \"wrong\"",
+    );
+    let app = TestApp::with_config(Backend::Sqlite, &format!("{good}{bad}")).await;
+    let bad_run = start(&app, app.pipeline.clone(), "bad");
+    let good_run = start(&app, app.pipeline.clone(), "good");
+    let s = wait_for_state(&app, "bad", "an auth error", |s| s.last_error.is_some()).await;
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap()
+            .contains("authentication failed"),
+        "{s:?}"
+    );
+    assert!(!s.connected);
+
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..1]).await;
+    wait_for(&app, "the good mailbox to ingest", |c| c.messages == 1).await;
+    bad_run.stop().await;
+    good_run.stop().await;
+}
+
+async fn after_action_case(extra: &str) -> (Dovecot, async_imap::Session<tokio::net::TcpStream>) {
+    let server = Dovecot::start();
+    let app =
+        TestApp::with_config(Backend::Sqlite, &channel("inbox", server.imap_port, extra)).await;
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..3]).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "3 messages", |c| c.messages == 3).await;
+    wait_for_state(&app, "inbox", "synced", |s| s.last_uid == 3).await;
+    running.stop().await;
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_action_move_puts_committed_mail_in_the_folder() {
+    let (_server, mut client) =
+        after_action_case("after = \"move\"\nmove_to = \"Processed\"").await;
+    assert_eq!(dovecot::count(&mut client, "INBOX").await, 0);
+    assert_eq!(dovecot::count(&mut client, "Processed").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_action_delete_removes_only_committed_mail() {
+    let (_server, mut client) = after_action_case("after = \"delete\"").await;
+    assert_eq!(dovecot::count(&mut client, "INBOX").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_action_keep_leaves_mail_unseen() {
+    let (_server, mut client) = after_action_case("after = \"keep\"").await;
+    let flags = dovecot::flags(&mut client, "INBOX").await;
+    assert_eq!(flags.len(), 3);
+    assert!(
+        flags
+            .iter()
+            .all(|(_, f)| !f.iter().any(|f| f.contains("Seen"))),
+        "{flags:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_mail_stays_on_the_server_and_is_reported() {
+    let server = Dovecot::start();
+    let mut app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", server.imap_port, "oversize_folder = \"TooBig\""),
+    )
+    .await;
+    app.config.ingest.max_message_bytes = 4000;
+    let mut client = server.client().await;
+    let big = mail("big@c.test", "big@c.test", "Huge", "", &"x".repeat(10_000));
+    let small = mail("small@c.test", "small@c.test", "Small", "", "ok");
+    dovecot::append(&mut client, "INBOX", &[big, small]).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = wait_for_state(&app, "inbox", "synced", |s| s.last_uid == 2).await;
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 1);
+    assert_eq!(s.oversized.len(), 1);
+    assert_eq!(s.oversized[0].uid, 1);
+    assert_eq!(s.oversized[0].moved_to.as_deref(), Some("TooBig"));
+    assert_eq!(dovecot::count(&mut client, "TooBig").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uidvalidity_change_rescans_without_duplicates() {
+    let server = Dovecot::start();
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel(
+            "support",
+            server.imap_port,
+            "folder = \"Support\"\nafter = \"keep\"\nidle = false",
+        ),
+    )
+    .await;
+    let mut client = server.client().await;
+    let messages = thread_of_five();
+    dovecot::append(&mut client, "Support", &messages[..2]).await;
+    let running = start(&app, app.pipeline.clone(), "support");
+    let before = wait_for_state(&app, "support", "2 synced", |s| s.last_uid == 2).await;
+    running.stop().await;
+
+    // Recreating the folder gives it a new UIDVALIDITY; the same two come back, plus one.
+    client.delete("Support").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    dovecot::append(&mut client, "Support", &messages[..3]).await;
+    let running = start(&app, app.pipeline.clone(), "support");
+    let after = wait_for_state(&app, "support", "rescanned", |s| {
+        s.uidvalidity != before.uidvalidity && s.last_uid == 3
+    })
+    .await;
+    running.stop().await;
+    assert_ne!(after.uidvalidity, before.uidvalidity);
+    let counts = app.store().counts().await.unwrap();
+    assert_eq!((counts.tickets, counts.messages), (1, 3));
+}
+
+fn panics_on_marker(
+    raw: &[u8],
+) -> Result<mailroom::pipeline::parse::ParsedMessage, mailroom::pipeline::parse::ParseError> {
+    if String::from_utf8_lossy(raw).contains("PANIC-ME") {
+        panic!("injected parser panic");
+    }
+    mailroom::pipeline::parse::parse(raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_quarantined_with_its_uid_and_does_not_block_the_mailbox() {
+    let server = Dovecot::start();
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", server.imap_port, "idle = false"),
+    )
+    .await;
+    let mut client = server.client().await;
+    let poison = mail("p@c.test", "poison@c.test", "Poison", "", "PANIC-ME");
+    let after = mail("q@c.test", "after@c.test", "After", "", "fine");
+    dovecot::append(&mut client, "INBOX", &[poison, after]).await;
+    let pipeline = app.pipeline.clone().with_parser(panics_on_marker);
+    let running = start(&app, pipeline.clone(), "inbox");
+    wait_for_state(&app, "inbox", "synced", |s| s.last_uid == 2).await;
+    // Several more polls pass; the poison is not tried again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await;
+    let entries = app.store().quarantine_list().await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].attempts, 1);
+    assert!(
+        entries[0].source.as_deref().unwrap().ends_with(":1"),
+        "{:?}",
+        entries[0].source
+    );
+    assert_eq!(app.store().counts().await.unwrap().messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_killed_and_restarted_mid_sync_loses_and_doubles_nothing() {
+    let mut server = Dovecot::start();
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", server.imap_port, "fetch_batch = 10\nidle = false"),
+    )
+    .await;
+    let mut client = server.client().await;
+    let messages: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            mail(
+                &format!("u{}@c.test", i % 37),
+                &format!("k{i}@c.test"),
+                &format!("Subject {i}"),
+                "",
+                "body",
+            )
+        })
+        .collect();
+    dovecot::append(&mut client, "INBOX", &messages).await;
+    drop(client);
+
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "the sync to be under way", |c| c.messages >= 20).await;
+    server.restart();
+    let during = app.store().counts().await.unwrap().messages;
+    assert!(
+        during < 300,
+        "the crash should land mid-sync (had {during})"
+    );
+    wait_for(&app, "all 300 after the restart", |c| c.messages == 300).await;
+    let s = wait_for_state(&app, "inbox", "caught up", |s| {
+        s.last_uid == 300 && s.connected
+    })
+    .await;
+    running.stop().await;
+
+    let counts = app.store().counts().await.unwrap();
+    assert_eq!(counts.messages, 300, "nothing doubled");
+    assert_eq!(counts.quarantined, 0);
+    assert_eq!(s.backlog, 0);
+    let mut client = server.client().await;
+    let flags = dovecot::flags(&mut client, "INBOX").await;
+    assert!(flags
+        .iter()
+        .all(|(_, f)| f.iter().any(|f| f.contains("Seen"))));
+}
+
+/// A TCP proxy in front of Dovecot that cuts its first connection after
+/// `cut_after` bytes from the server (mid-FETCH), then passes later ones.
+async fn cutting_proxy(target: u16, cut_after: usize) -> (u16, tokio::sync::oneshot::Receiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut cut_tx = Some(cut_tx);
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+            else {
+                return;
+            };
+            match cut_tx.take() {
+                None => {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                }
+                Some(signal) => {
+                    tokio::spawn(async move {
+                        let (mut in_read, mut in_write) = inbound.into_split();
+                        let (mut out_read, mut out_write) = outbound.into_split();
+                        let upstream = tokio::spawn(async move {
+                            let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+                        });
+                        let mut sent = 0;
+                        let mut buf = vec![0u8; 4096];
+                        while sent < cut_after {
+                            let n = match out_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n.min(cut_after - sent),
+                            };
+                            if in_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent += n;
+                        }
+                        upstream.abort();
+                        drop(in_write);
+                        let _ = signal.send(());
+                    });
+                }
+            }
+        }
+    });
+    (port, cut_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_fetch_acknowledges_nothing_uncommitted_and_recovers() {
+    let server = Dovecot::start();
+    let mut client = server.client().await;
+    let messages: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            mail(
+                "cut@c.test",
+                &format!("cut{i}@c.test"),
+                &format!("Cut {i}"),
+                "",
+                &"y".repeat(2000),
+            )
+        })
+        .collect();
+    dovecot::append(&mut client, "INBOX", &messages).await;
+    let (proxy_port, cut) = cutting_proxy(server.imap_port, 40_000).await;
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", proxy_port, "fetch_batch = 25\nidle = false"),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+
+    cut.await.unwrap();
+    // Right after the cut: only committed messages may be flagged seen.
+    let committed = app.store().counts().await.unwrap().messages;
+    let seen = dovecot::flags(&mut client, "INBOX")
+        .await
+        .iter()
+        .filter(|(_, f)| f.iter().any(|f| f.contains("Seen")))
+        .count() as i64;
+    assert!(committed < 60, "the cut should land mid-sync");
+    assert!(
+        seen <= committed,
+        "{seen} seen but only {committed} committed"
+    );
+
+    wait_for(&app, "all 60 after reconnecting", |c| c.messages == 60).await;
+    let s = wait_for_state(&app, "inbox", "caught up", |s| s.last_uid == 60).await;
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 60);
+    assert_eq!(s.last_error, None, "the reconnect cleared the error");
+}
