@@ -173,7 +173,7 @@ fn check(path: &std::path::Path) -> u8 {
         store.sync_config(&config).await?;
         anyhow::Ok(())
     });
-    match reached {
+    let mut code = match reached {
         Ok(()) => {
             println!(
                 "ok: {} is valid; database reachable and migrated",
@@ -185,7 +185,29 @@ fn check(path: &std::path::Path) -> u8 {
             println!("problem: database.url: {e:#}");
             EX_TEMPFAIL
         }
+    };
+    for (name, channel) in &config.channels {
+        if channel.kind != mailroom::config::ChannelKind::Imap {
+            continue;
+        }
+        let result = runtime.block_on(async {
+            let mailbox = mailroom::channel::imap::ImapChannel::new(
+                name,
+                channel,
+                config.ingest.max_message_bytes,
+            )
+            .map_err(|e| e.to_string())?;
+            mailbox.probe().await.map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(report) => println!("ok: channels.{name}: {report}"),
+            Err(e) => {
+                println!("problem: channels.{name}: {e}");
+                code = EX_TEMPFAIL;
+            }
+        }
     }
+    code
 }
 
 async fn open(config: &Config) -> Result<Pipeline, u8> {

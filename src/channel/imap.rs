@@ -315,6 +315,39 @@ impl ImapChannel {
         .await
     }
 
+    /// For `mailroom check`: connects, logs in and selects the folder, and
+    /// says what works. `Err` names the first step that failed.
+    pub async fn probe(&self) -> Result<String, Failure> {
+        let limit = self.command_timeout();
+        let mut session = self.connect().await?;
+        let capabilities = deadline(limit, "CAPABILITY", async {
+            session.capabilities().await.map_err(other("CAPABILITY"))
+        })
+        .await?;
+        let mailbox = deadline(limit, "SELECT", async {
+            session
+                .select(&self.config.folder)
+                .await
+                .map_err(|e| Failure::Other(format!("folder {:?}: {e}", self.config.folder)))
+        })
+        .await?;
+        let _ = timeout(Duration::from_secs(2), session.logout()).await;
+        let transport = match self.config.tls {
+            TlsMode::Implicit => "TLS verified",
+            TlsMode::Starttls => "STARTTLS verified",
+            TlsMode::None => "plaintext",
+        };
+        let idle = if capabilities.has_str("IDLE") {
+            "IDLE supported"
+        } else {
+            "no IDLE: polling"
+        };
+        Ok(format!(
+            "{transport}, login ok, folder {:?} has {} messages, {idle}",
+            self.config.folder, mailbox.exists
+        ))
+    }
+
     /// Runs the mailbox until `shutdown`, reconnecting with backoff.
     pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = pipeline.store().clone();
@@ -467,6 +500,7 @@ impl ImapChannel {
                 _ = shutdown.cancelled() => {}
             }
         }
+        tracing::debug!(mailbox = %self.name, pending, "IDLE woke.");
         deadline(limit, "IDLE DONE", async {
             handle.done().await.map_err(other("IDLE DONE"))
         })
@@ -498,6 +532,7 @@ impl ImapChannel {
         let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > state.last_uid).collect();
         uids.sort_unstable();
         state.backlog = uids.len();
+        tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
         let mut taken = 0;
         for chunk in uids.chunks(self.config.fetch_batch) {
             let set = uid_set(chunk);
@@ -551,6 +586,7 @@ impl ImapChannel {
                     });
                 }
             }
+            tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
             if !raws.is_empty() {
                 let dispositions = match pipeline.process(raws, OnBadInput::Quarantine).await {
                     Ok(d) => d,
@@ -563,7 +599,9 @@ impl ImapChannel {
                     }
                 }
                 // Committed (or kept in the quarantine): now acknowledge on the server.
+                tracing::debug!(mailbox = %self.name, "Committed.");
                 actions.apply(session, &uid_set(&fetched), limit).await?;
+                tracing::debug!(mailbox = %self.name, "Acknowledged.");
                 taken += fetched.len();
             }
             state.last_uid = *chunk.last().expect("chunks are not empty");

@@ -548,3 +548,65 @@ async fn a_connection_cut_mid_fetch_acknowledges_nothing_uncommitted_and_recover
     assert_eq!(app.store().counts().await.unwrap().messages, 60);
     assert_eq!(s.last_error, None, "the reconnect cleared the error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_what_works_for_each_mailbox() {
+    let server = Dovecot::start();
+    let dir = tempfile::tempdir().unwrap();
+    let good = channel("good", server.imaps_port, "")
+        .replace("tls = \"none\"\n", "tls = \"implicit\"\n")
+        .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
+        + &format!(
+            "ca_file = \"{}\"\n",
+            dovecot::certs().join("ca.pem").display()
+        );
+    let bad = channel("bad", server.imap_port, "").replace(
+        &format!("password = \"{}\"", dovecot::PASSWORD),
+        "password = \"nope\"",
+    );
+    let missing = channel("missing", server.imap_port, "folder = \"NoSuchFolder\"");
+    let path = dir.path().join("mailroom.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n{good}{bad}{missing}",
+            std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailroom.toml")
+            )
+            .unwrap()
+            .replace(
+                "sqlite://data/mailroom.db",
+                &format!("sqlite://{}/m.db", dir.path().display())
+            )
+            .replace(
+                "path = \"spool\"",
+                &format!("path = \"{}/spool\"", dir.path().display())
+            )
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .args(["--config", path.to_str().unwrap(), "check"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(
+        text.contains("ok: channels.good: TLS verified, login ok, folder \"INBOX\""),
+        "{text}"
+    );
+    assert!(text.contains("IDLE supported"), "{text}");
+    assert!(
+        text.contains("problem: channels.bad: authentication failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("problem: channels.missing: folder \"NoSuchFolder\""),
+        "{text}"
+    );
+    drop(server);
+}

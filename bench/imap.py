@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""IMAP benchmarks against a throwaway Dovecot on loopback (issue #3).
+
+1. Bulk: N messages (default 1,000 and 10,000) already waiting in the mailbox;
+   time from `mailroom run` start until every one is committed and marked
+   seen, over implicit TLS verified against the test CA.
+2. IDLE latency: 200 messages appended one at a time while mailroom idles;
+   latency = commit time (messages.received_at) - time the APPEND completed.
+
+Run: bench/imap.py [N ...]   (needs dovecot-imapd; builds the release binary)
+"""
+import imaplib
+import json
+import os
+import shutil
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CERTS = os.path.join(ROOT, "tests", "certs")
+BIN = os.path.join(ROOT, "target", "release", "mailroom")
+GEN = os.path.join(ROOT, "target", "release", "examples", "gen_mail")
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Dovecot:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "dovecot")
+        os.makedirs(os.path.join(self.dir, "mail"))
+        os.chmod(work, 0o755)
+        os.chmod(self.dir, 0o755)
+        os.chmod(os.path.join(self.dir, "mail"), 0o777)
+        self.imap, self.imaps = free_port(), free_port()
+        with open(os.path.join(self.dir, "users"), "w") as f:
+            f.write("alice:{PLAIN}secret\n")
+        d = self.dir
+        conf = f"""base_dir = {d}/run
+state_dir = {d}/state
+instance_name = mr-bench-{os.getpid()}
+log_path = {d}/dovecot.log
+listen = 127.0.0.1
+protocols = imap
+ssl = yes
+ssl_cert = <{CERTS}/server.pem
+ssl_key = <{CERTS}/server.key
+ssl_dh = </usr/share/dovecot/dh.pem
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={d}/mail/%n
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.imap}
+  }}
+  inet_listener imaps {{
+    port = {self.imaps}
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+        self.conf = os.path.join(d, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf], start_new_session=True)
+        for _ in range(200):
+            try:
+                imaplib.IMAP4("127.0.0.1", self.imap).logout()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise SystemExit("dovecot did not start")
+
+    def seed(self, corpus):
+        """Drops the corpus straight into the user's Maildir (as delivery would)."""
+        maildir = os.path.join(self.dir, "mail", "alice", "Maildir")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+        for i, name in enumerate(sorted(os.listdir(corpus))):
+            shutil.copy(os.path.join(corpus, name), os.path.join(maildir, "new", f"{1700000000 + i}.{i}.bench"))
+        subprocess.run(["chown", "-R", "nobody:nogroup", os.path.join(self.dir, "mail")], check=True)
+        # Index once so the measurement is mailroom's, not Dovecot's first scan.
+        m = imaplib.IMAP4("127.0.0.1", self.imap)
+        m.login("alice", "secret")
+        m.select("INBOX")
+        m.logout()
+
+    def stop(self):
+        os.killpg(self.proc.pid, 9)
+        self.proc.wait()
+
+
+def mailroom_config(work, dovecot, db):
+    path = os.path.join(work, "mailroom.toml")
+    with open(os.path.join(ROOT, "config", "mailroom.toml")) as f:
+        text = f.read()
+    text = text.replace('url = "sqlite://data/mailroom.db"', f'url = "sqlite://{db}"')
+    text = text.replace('path = "spool"', f'path = "{work}/spool"')
+    text += f"""
+[channels.inbox]
+kind = "imap"
+team = "support"
+pipeline = "support"
+host = "localhost"
+port = {dovecot.imaps}
+tls = "implicit"
+ca_file = "{CERTS}/ca.pem"
+username = "alice"
+password = "secret"
+fetch_batch = 500
+"""
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def status(config):
+    out = subprocess.run([BIN, "--config", config, "status", "--json"], capture_output=True, text=True)
+    try:
+        return json.loads(out.stdout)["inbox"]["state"]
+    except (ValueError, KeyError):
+        return {}
+
+
+def watch_exists(port, count, announced):
+    """Records, for message number N, when '* N EXISTS' reached an idling client."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port))
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+    while not f.readline().startswith(b"b "):
+        pass
+    s.sendall(b"c IDLE\r\n")
+    f.readline()
+    s.settimeout(30)
+    try:
+        while len(announced) < count:
+            line = f.readline()
+            if not line:
+                break
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == b"EXISTS":
+                now = time.time() * 1000
+                for n in range(1, int(parts[1]) + 1):
+                    announced.setdefault(n, now)
+    except OSError:
+        pass
+    s.close()
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def bulk(n):
+    work = tempfile.mkdtemp(prefix="mailroom-bench-")
+    try:
+        dovecot = Dovecot(work)
+        subprocess.run([GEN, str(n), os.path.join(work, "corpus")], check=True, stderr=subprocess.DEVNULL)
+        dovecot.seed(os.path.join(work, "corpus"))
+        config = mailroom_config(work, dovecot, os.path.join(work, "bench.db"))
+        subprocess.run([BIN, "--config", config, "migrate"], check=True, capture_output=True)
+        env = dict(os.environ, MAILROOM_LOG="warn")
+        start = time.monotonic()
+        daemon = subprocess.Popen([BIN, "--config", config, "run"], env=env)
+        while status(config).get("last_uid", 0) < n:
+            time.sleep(0.05)
+            if daemon.poll() is not None:
+                raise SystemExit("mailroom exited")
+        elapsed = time.monotonic() - start
+        rss = peak_rss_mib(daemon.pid)
+        daemon.terminate()
+        daemon.wait()
+        db = sqlite3.connect(os.path.join(work, "bench.db"))
+        stored = db.execute("select count(*) from messages").fetchone()[0]
+        print(f"bulk      {n:6d} messages over TLS  {elapsed:6.2f} s  {n / elapsed:7.0f} msg/s  "
+              f"peak RSS {rss} MiB  stored {stored}")
+        dovecot.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def idle_latency(count=200):
+    work = tempfile.mkdtemp(prefix="mailroom-bench-")
+    try:
+        dovecot = Dovecot(work)
+        config = mailroom_config(work, dovecot, os.path.join(work, "bench.db"))
+        env = dict(os.environ, MAILROOM_LOG=os.environ.get("BENCH_LOG", "warn"))
+        daemon = subprocess.Popen([BIN, "--config", config, "run"], env=env)
+        while not status(config).get("connected"):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        # A bare IDLE client beside mailroom records when Dovecot announces
+        # each message, separating the server's notify delay from ours.
+        announced = {}
+        watcher = threading.Thread(target=watch_exists, args=(dovecot.imap, count, announced), daemon=True)
+        watcher.start()
+        time.sleep(0.3)
+        ctx = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+        m = imaplib.IMAP4_SSL("localhost", dovecot.imaps, ssl_context=ctx)
+        m.login("alice", "secret")
+        appended = {}
+        for i in range(count):
+            msg = (f"From: idle{i % 20}@c.test\r\nTo: support@example.com\r\nSubject: idle {i}\r\n"
+                   f"Message-ID: <idle{i}@c.test>\r\n\r\nlatency probe {i}\r\n").encode()
+            m.append("INBOX", None, None, msg)
+            appended[f"idle{i}@c.test"] = time.time() * 1000
+            time.sleep(0.05)
+        m.logout()
+        db_path = os.path.join(work, "bench.db")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            db = sqlite3.connect(db_path)
+            rows = db.execute("select message_id, received_at from messages where message_id like 'idle%'").fetchall()
+            db.close()
+            if len(rows) == count:
+                break
+            time.sleep(0.1)
+        daemon.terminate()
+        daemon.wait()
+        watcher.join(timeout=5)
+        def pct(values):
+            values = sorted(values)
+            return statistics.median(values), values[max(0, int(len(values) * 0.99) - 1)], values[-1]
+        p50, p99, worst = pct([received - appended[mid] for mid, received in rows])
+        print(f"idle      {len(rows)} appends  append→ticket   p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {worst:.0f} ms")
+        index = {f"idle{i}@c.test": i + 1 for i in range(count)}
+        server = [announced[index[mid]] - appended[mid] for mid, _ in rows if index[mid] in announced]
+        ours = [received - announced[index[mid]] for mid, received in rows if index[mid] in announced]
+        if server:
+            p50, p99, worst = pct(server)
+            print(f"          Dovecot append→EXISTS (bare IDLE client) p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {worst:.0f} ms")
+            p50, p99, worst = pct(ours)
+            print(f"          mailroom EXISTS→committed ticket          p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {worst:.0f} ms")
+        dovecot.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "mailroom", "--example", "gen_mail"],
+                   cwd=ROOT, check=True)
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
+    for n in sizes:
+        bulk(n)
+    idle_latency()
+
+
+if __name__ == "__main__":
+    main()
