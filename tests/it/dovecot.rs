@@ -145,6 +145,15 @@ service anvil {{
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "dovecot exited at start ({exited:?}): {}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -158,6 +167,15 @@ service anvil {{
                 .args(["-s", "KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
+            // Children of the old master may hold the listening sockets for a
+            // moment; a new master started before they are gone cannot bind.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", self.imap_port)).is_ok()
+                || std::net::TcpStream::connect(("127.0.0.1", self.imaps_port)).is_ok()
+            {
+                assert!(Instant::now() < deadline, "old dovecot processes linger");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
