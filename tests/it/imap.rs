@@ -407,7 +407,11 @@ async fn dovecot_killed_and_restarted_mid_sync_loses_and_doubles_nothing() {
     let mut server = Dovecot::start();
     let app = TestApp::with_config(
         Backend::Sqlite,
-        &channel("inbox", server.imap_port, "fetch_batch = 10\nidle = false\ncommand_timeout_secs = 5"),
+        &channel(
+            "inbox",
+            server.imap_port,
+            "fetch_batch = 10\nidle = false\ncommand_timeout_secs = 5",
+        ),
     )
     .await;
     let mut client = server.client().await;
@@ -523,7 +527,11 @@ async fn a_connection_cut_mid_fetch_acknowledges_nothing_uncommitted_and_recover
     let (proxy_port, cut) = cutting_proxy(server.imap_port, 40_000).await;
     let app = TestApp::with_config(
         Backend::Sqlite,
-        &channel("inbox", proxy_port, "fetch_batch = 25\nidle = false\ncommand_timeout_secs = 5"),
+        &channel(
+            "inbox",
+            proxy_port,
+            "fetch_batch = 25\nidle = false\ncommand_timeout_secs = 5",
+        ),
     )
     .await;
     let running = start(&app, app.pipeline.clone(), "inbox");
