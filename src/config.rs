@@ -251,9 +251,12 @@ pub struct ChannelConfig {
     pub ca_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    /// IMAP: `login` (the default) or `plain` (AUTHENTICATE PLAIN).
+    /// IMAP: `login` (the default), `plain` (AUTHENTICATE PLAIN) or `xoauth2`
+    /// (Microsoft 365, Google; needs `oauth`).
     #[serde(default)]
     pub auth: ImapAuth,
+    /// IMAP: where XOAUTH2 access tokens come from.
+    pub oauth: Option<OAuthConfig>,
     /// IMAP: the folder to take mail from.
     #[serde(default = "default_folder")]
     pub folder: String,
@@ -347,6 +350,62 @@ pub enum ImapAuth {
     #[default]
     Login,
     Plain,
+    Xoauth2,
+}
+
+/// OAuth2 for XOAUTH2: either a refresh-token flow against the provider's
+/// token endpoint, or a command that prints a current access token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// `microsoft`, `google` or `custom` (then `token_url` is required).
+    #[serde(default)]
+    pub provider: OAuthProvider,
+    /// Microsoft: the directory (tenant) id or domain; `common` when unset.
+    pub tenant: Option<String>,
+    /// Overrides the provider's token endpoint.
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// The first refresh token. When the provider rotates it, the new one is
+    /// kept in the database and used from then on.
+    pub refresh_token: Option<Secret>,
+    /// Overrides the provider's default scope.
+    pub scope: Option<String>,
+    /// Instead of the refresh flow: a shell command that prints an access token.
+    pub token_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthProvider {
+    Microsoft,
+    Google,
+    #[default]
+    Custom,
+}
+
+impl OAuthConfig {
+    pub fn token_url(&self) -> Option<String> {
+        self.token_url.clone().or_else(|| match self.provider {
+            OAuthProvider::Microsoft => Some(format!(
+                "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+                self.tenant.as_deref().unwrap_or("common")
+            )),
+            OAuthProvider::Google => Some("https://oauth2.googleapis.com/token".into()),
+            OAuthProvider::Custom => None,
+        })
+    }
+
+    pub fn scope(&self) -> Option<String> {
+        self.scope.clone().or_else(|| match self.provider {
+            OAuthProvider::Microsoft => {
+                Some("https://outlook.office365.com/IMAP.AccessAsUser.All offline_access".into())
+            }
+            OAuthProvider::Google => Some("https://mail.google.com/".into()),
+            OAuthProvider::Custom => None,
+        })
+    }
 }
 
 /// A secret value: inline, from an environment variable, or from a file.
@@ -624,10 +683,12 @@ impl Config {
                     }
                 }
                 ChannelKind::Imap => {
+                    let oauth = channel.auth == ImapAuth::Xoauth2;
                     for (field, missing) in [
                         ("host", channel.host.is_none()),
                         ("username", channel.username.is_none()),
-                        ("password", channel.password.is_none()),
+                        ("password", channel.password.is_none() && !oauth),
+                        ("oauth", channel.oauth.is_none() && oauth),
                     ] {
                         if missing {
                             problem(
@@ -638,6 +699,34 @@ impl Config {
                     }
                     if let Some(Err(e)) = channel.password.as_ref().map(Secret::resolve) {
                         problem(format!("{at}.password"), e);
+                    }
+                    if let (true, Some(o)) = (oauth, &channel.oauth) {
+                        if o.token_command.is_none() {
+                            if o.token_url().is_none() {
+                                problem(
+                                    format!("{at}.oauth.token_url"),
+                                    "needed with provider = \"custom\"".into(),
+                                );
+                            }
+                            if o.client_id.is_none() {
+                                problem(
+                                    format!("{at}.oauth.client_id"),
+                                    "needed for the refresh-token flow".into(),
+                                );
+                            }
+                            match &o.refresh_token {
+                                None => problem(
+                                    format!("{at}.oauth.refresh_token"),
+                                    "needed for the refresh-token flow (or set token_command)"
+                                        .into(),
+                                ),
+                                Some(secret) => {
+                                    if let Err(e) = secret.resolve() {
+                                        problem(format!("{at}.oauth.refresh_token"), e);
+                                    }
+                                }
+                            }
+                        }
                     }
                     if channel.after_action() == After::Move && channel.move_to.is_none() {
                         problem(
@@ -793,6 +882,59 @@ mod tests {
             .resolve()
             .unwrap_err()
             .contains("MAILROOM_TEST_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn imap_channels_name_what_they_lack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            [database]
+            url = "sqlite://x.db"
+            [pipelines.p]
+            statuses = [{ name = "open", kind = "open" }, { name = "closed", kind = "closed" }]
+            [teams.t]
+            addresses = [{ address = "s@example.com" }]
+            [channels.a]
+            kind = "imap"
+            team = "t"
+            pipeline = "p"
+            after = "move"
+            tls = "none"
+            [channels.b]
+            kind = "imap"
+            team = "t"
+            pipeline = "p"
+            host = "imap.example.com"
+            username = "u"
+            auth = "xoauth2"
+            [channels.b.oauth]
+            provider = "custom"
+            "#,
+        );
+        let config = Config::load_unvalidated(&path).unwrap();
+        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
+        for expected in [
+            "channels.a.host",
+            "channels.a.username",
+            "channels.a.password",
+            "channels.a.move_to",
+            "channels.b.oauth.token_url",
+            "channels.b.oauth.client_id",
+            "channels.b.oauth.refresh_token",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == expected),
+                "missing {expected} in {keys:?}"
+            );
+        }
+        assert!(
+            !keys.iter().any(|k| k == "channels.b.password"),
+            "xoauth2 needs no password"
+        );
+        let warnings: Vec<String> = config.warnings().into_iter().map(|p| p.key).collect();
+        assert_eq!(warnings, vec!["channels.a.tls"]);
     }
 
     #[test]

@@ -197,7 +197,13 @@ fn check(path: &std::path::Path) -> u8 {
                 config.ingest.max_message_bytes,
             )
             .map_err(|e| e.to_string())?;
-            mailbox.probe().await.map_err(|e| e.to_string())
+            // The store keeps OAuth refresh tokens that the provider rotates.
+            let store = Store::connect(&config.database)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let result = mailbox.probe(&store).await.map_err(|e| e.to_string());
+            store.close().await;
+            result
         });
         match result {
             Ok(report) => println!("ok: channels.{name}: {report}"),

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::oauth::{TokenSource, XOAuth2};
 use crate::config::{After, ChannelConfig, ImapAuth, TlsMode};
 use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
 use crate::store::{now_ms, Store};
@@ -191,12 +192,23 @@ impl async_imap::Authenticator for PlainAuth<'_> {
     }
 }
 
+fn login_failure(error: async_imap::error::Error, username: &str, host: &str) -> Failure {
+    match error {
+        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+            Failure::Auth(format!("{username}@{host}: {text}"))
+        }
+        e => Failure::Other(format!("login: {e}")),
+    }
+}
+
 /// One IMAP mailbox.
 pub struct ImapChannel {
     pub name: String,
     pub config: ChannelConfig,
     pub max_message_bytes: u64,
     tls: Arc<rustls::ClientConfig>,
+    /// XOAUTH2 access tokens, when `auth = "xoauth2"`.
+    oauth: Option<TokenSource>,
 }
 
 type ImapSession = Session<Conn>;
@@ -210,6 +222,7 @@ impl ImapChannel {
         Ok(ImapChannel {
             name: name.to_string(),
             tls: tls_config(config.ca_file.as_deref())?,
+            oauth: config.oauth.as_ref().map(|o| TokenSource::new(name, o)),
             config: config.clone(),
             max_message_bytes,
         })
@@ -242,8 +255,8 @@ impl ImapChannel {
         Ok(Conn::Tls(Box::new(stream)))
     }
 
-    /// Connects, secures and logs in.
-    pub async fn connect(&self) -> Result<ImapSession, Failure> {
+    /// Connects, secures and logs in. The store keeps rotated OAuth tokens.
+    pub async fn connect(&self, store: &Store) -> Result<ImapSession, Failure> {
         let limit = self.command_timeout();
         let address = format!("{}:{}", self.host(), self.port());
         let tcp = deadline(limit, "connect", async {
@@ -282,6 +295,32 @@ impl ImapChannel {
         })
         .await?;
         let username = self.config.username.clone().unwrap_or_default();
+        if self.config.auth == ImapAuth::Xoauth2 {
+            let source = self
+                .oauth
+                .as_ref()
+                .ok_or_else(|| Failure::Auth("auth = \"xoauth2\" needs an oauth section".into()))?;
+            let token = source.token(store).await.map_err(Failure::Auth)?;
+            let result = deadline(limit, "AUTHENTICATE XOAUTH2", async {
+                client
+                    .authenticate(
+                        "XOAUTH2",
+                        XOAuth2 {
+                            user: &username,
+                            token: &token,
+                            sent: false,
+                        },
+                    )
+                    .await
+                    .map_err(|(e, _)| login_failure(e, &username, self.host()))
+            })
+            .await;
+            if result.is_err() {
+                // Perhaps revoked early: fetch a fresh one next time.
+                source.invalidate().await;
+            }
+            return result;
+        }
         let password = self
             .config
             .password
@@ -292,7 +331,6 @@ impl ImapChannel {
             .unwrap_or_default();
         deadline(limit, "login", async {
             let result = match self.config.auth {
-                ImapAuth::Login => client.login(&username, &password).await,
                 ImapAuth::Plain => {
                     client
                         .authenticate(
@@ -304,22 +342,18 @@ impl ImapChannel {
                         )
                         .await
                 }
+                _ => client.login(&username, &password).await,
             };
-            result.map_err(|(e, _)| match e {
-                async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
-                    Failure::Auth(format!("{username}@{}: {text}", self.host()))
-                }
-                e => Failure::Other(format!("login: {e}")),
-            })
+            result.map_err(|(e, _)| login_failure(e, &username, self.host()))
         })
         .await
     }
 
     /// For `mailroom check`: connects, logs in and selects the folder, and
     /// says what works. `Err` names the first step that failed.
-    pub async fn probe(&self) -> Result<String, Failure> {
+    pub async fn probe(&self, store: &Store) -> Result<String, Failure> {
         let limit = self.command_timeout();
-        let mut session = self.connect().await?;
+        let mut session = self.connect(store).await?;
         let capabilities = deadline(limit, "CAPABILITY", async {
             session.capabilities().await.map_err(other("CAPABILITY"))
         })
@@ -395,7 +429,7 @@ impl ImapChannel {
     ) -> Result<(), Failure> {
         let limit = self.command_timeout();
         let store = pipeline.store();
-        let mut session = self.connect().await?;
+        let mut session = self.connect(store).await?;
         let capabilities = deadline(limit, "CAPABILITY", async {
             session.capabilities().await.map_err(other("CAPABILITY"))
         })

@@ -18,6 +18,8 @@ pub const PASSWORD: &str = "secret";
 pub struct Dovecot {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Introspection endpoint for XOAUTH2 logins, when enabled.
+    oauth_introspection: Option<String>,
     pub imap_port: u16,
     pub imaps_port: u16,
 }
@@ -36,6 +38,15 @@ pub fn certs() -> PathBuf {
 
 impl Dovecot {
     pub fn start() -> Dovecot {
+        Self::start_with(None)
+    }
+
+    /// A Dovecot that also accepts XOAUTH2, checking tokens at `introspection_url`.
+    pub fn start_with_oauth(introspection_url: &str) -> Dovecot {
+        Self::start_with(Some(introspection_url.to_string()))
+    }
+
+    fn start_with(oauth_introspection: Option<String>) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         // Dovecot's unprivileged processes must traverse and write these.
         std::fs::set_permissions(
@@ -56,6 +67,7 @@ impl Dovecot {
         let mut dovecot = Dovecot {
             dir,
             child: None,
+            oauth_introspection,
             imap_port: free_port(),
             imaps_port: free_port(),
         };
@@ -92,14 +104,15 @@ ssl_cert = <{certs}/server.pem
 ssl_key = <{certs}/server.key
 ssl_dh = </usr/share/dovecot/dh.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{mechanisms}
 auth_failure_delay = 0
 default_internal_user = dovecot
 default_login_user = dovenull
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%n {d}/users
 }}
 userdb {{
@@ -122,7 +135,24 @@ service anvil {{
 "#,
             imap = self.imap_port,
             imaps = self.imaps_port,
+            mechanisms = if self.oauth_introspection.is_some() { " xoauth2 oauthbearer" } else { "" },
+            oauth_passdb = match &self.oauth_introspection {
+                Some(_) => format!(
+                    "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"
+                ),
+                None => String::new(),
+            },
         );
+        if let Some(url) = &self.oauth_introspection {
+            std::fs::write(
+                self.dir.path().join("oauth2.conf.ext"),
+                format!(
+                    "introspection_mode = post\nintrospection_url = {url}\nforce_introspection = yes\n\
+                     username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+                ),
+            )
+            .unwrap();
+        }
         std::fs::write(self.config_path(), config).unwrap();
     }
 

@@ -618,3 +618,175 @@ async fn check_reports_what_works_for_each_mailbox() {
     );
     drop(server);
 }
+
+/// A provider stand-in: `/token` rotates refresh tokens (the old one dies),
+/// `/introspect` tells Dovecot whether an access token is live.
+#[derive(Default)]
+struct FakeProvider {
+    live_refresh: String,
+    issued: Vec<String>,
+    refresh_calls: Vec<String>,
+}
+
+async fn fake_oauth(
+    first_refresh: &str,
+) -> (String, std::sync::Arc<std::sync::Mutex<FakeProvider>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(std::sync::Mutex::new(FakeProvider {
+        live_refresh: first_refresh.to_string(),
+        issued: vec!["static-token".into()],
+        ..Default::default()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let shared = provider.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let provider = shared.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let (head_end, length) = loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                let body = String::from_utf8_lossy(&request[head_end..]).to_string();
+                let field = |name: &str| {
+                    body.split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let (status, json) = {
+                    let mut p = provider.lock().unwrap();
+                    if head.starts_with("POST /token") {
+                        let presented = field("refresh_token");
+                        p.refresh_calls.push(presented.clone());
+                        if presented == p.live_refresh {
+                            let n = p.refresh_calls.len();
+                            let (access, refresh) = (format!("access-{n}"), format!("refresh-{n}"));
+                            p.issued.push(access.clone());
+                            p.live_refresh = refresh.clone();
+                            (
+                                "200 OK",
+                                format!(
+                                    r#"{{"access_token":"{access}","token_type":"Bearer","expires_in":3600,"refresh_token":"{refresh}"}}"#
+                                ),
+                            )
+                        } else {
+                            ("400 Bad Request", r#"{"error":"invalid_grant","error_description":"refresh token revoked"}"#.to_string())
+                        }
+                    } else {
+                        let token = field("token");
+                        let active = p.issued.contains(&token);
+                        (
+                            "200 OK",
+                            format!(r#"{{"active":"{active}","username":"{}"}}"#, dovecot::USER),
+                        )
+                    }
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                    json.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, provider)
+}
+
+fn oauth_channel(port: u16, oauth: &str) -> String {
+    format!(
+        "{}auth = \"xoauth2\"\n[channels.inbox.oauth]\n{oauth}\n",
+        channel("inbox", port, "idle = false")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoauth2_refreshes_the_token_and_keeps_the_rotated_refresh_token() {
+    let (url, provider) = fake_oauth("refresh-0").await;
+    let server = Dovecot::start_with_oauth(&format!("{url}/introspect"));
+    let oauth = format!(
+        "token_url = \"{url}/token\"\nclient_id = \"mailroom\"\nrefresh_token = \"refresh-0\""
+    );
+    let app = TestApp::with_config(Backend::Sqlite, &oauth_channel(server.imap_port, &oauth)).await;
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..2]).await;
+
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "2 messages over XOAUTH2", |c| c.messages == 2).await;
+    running.stop().await;
+    assert_eq!(
+        app.store()
+            .oauth_refresh_token("inbox")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("refresh-1")
+    );
+
+    // The configured refresh-0 is dead now; a restart must use the stored one.
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[2..3]).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "the third message after a restart", |c| {
+        c.messages == 3
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        provider.lock().unwrap().refresh_calls,
+        vec!["refresh-0", "refresh-1"]
+    );
+    assert_eq!(state(&app, "inbox").await.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoauth2_with_a_token_command_and_a_refused_token() {
+    let (url, _provider) = fake_oauth("unused").await;
+    let server = Dovecot::start_with_oauth(&format!("{url}/introspect"));
+    let good = oauth_channel(server.imap_port, "token_command = \"echo static-token\"");
+    let app = TestApp::with_config(Backend::Sqlite, &good).await;
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..1]).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for(&app, "a message via token_command", |c| c.messages == 1).await;
+    running.stop().await;
+
+    let bad = oauth_channel(server.imap_port, "token_command = \"echo revoked-token\"");
+    let app = TestApp::with_config(Backend::Sqlite, &bad).await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = wait_for_state(&app, "inbox", "an auth error", |s| s.last_error.is_some()).await;
+    running.stop().await;
+    assert!(s.last_error.unwrap().contains("authentication failed"));
+    assert_eq!(app.store().counts().await.unwrap().messages, 0);
+}
