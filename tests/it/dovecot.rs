@@ -20,6 +20,8 @@ pub struct Dovecot {
     child: Option<Child>,
     /// Introspection endpoint for XOAUTH2 logins, when enabled.
     oauth_introspection: Option<String>,
+    /// Extra lines for dovecot.conf (e.g. a reduced capability list).
+    extra: String,
     pub imap_port: u16,
     pub imaps_port: u16,
 }
@@ -46,7 +48,19 @@ impl Dovecot {
         Self::start_with(Some(introspection_url.to_string()))
     }
 
+    /// A Dovecot that does not advertise MOVE (servers without RFC 6851).
+    pub fn start_without_move() -> Dovecot {
+        Self::start_full(
+            None,
+            "imap_capability = IMAP4rev1 LITERAL+ SASL-IR IDLE UIDPLUS ENABLE\n",
+        )
+    }
+
     fn start_with(oauth_introspection: Option<String>) -> Dovecot {
+        Self::start_full(oauth_introspection, "")
+    }
+
+    fn start_full(oauth_introspection: Option<String>, extra: &str) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         // Dovecot's unprivileged processes must traverse and write these.
         std::fs::set_permissions(
@@ -68,6 +82,7 @@ impl Dovecot {
             dir,
             child: None,
             oauth_introspection,
+            extra: extra.to_string(),
             imap_port: free_port(),
             imaps_port: free_port(),
         };
@@ -132,9 +147,10 @@ service anvil {{
     mode = 0
   }}
 }}
-"#,
+{extra}"#,
             imap = self.imap_port,
             imaps = self.imaps_port,
+            extra = self.extra,
             mechanisms = if self.oauth_introspection.is_some() { " xoauth2 oauthbearer" } else { "" },
             oauth_passdb = match &self.oauth_introspection {
                 Some(_) => format!(

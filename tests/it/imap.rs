@@ -268,7 +268,13 @@ async fn a_wrong_password_is_reported_and_does_not_stop_other_mailboxes() {
 }
 
 async fn after_action_case(extra: &str) -> (Dovecot, async_imap::Session<tokio::net::TcpStream>) {
-    let server = Dovecot::start();
+    after_action_case_on(Dovecot::start(), extra).await
+}
+
+async fn after_action_case_on(
+    server: Dovecot,
+    extra: &str,
+) -> (Dovecot, async_imap::Session<tokio::net::TcpStream>) {
     let app =
         TestApp::with_config(Backend::Sqlite, &channel("inbox", server.imap_port, extra)).await;
     let mut client = server.client().await;
@@ -286,6 +292,18 @@ async fn after_action_move_puts_committed_mail_in_the_folder() {
         after_action_case("after = \"move\"\nmove_to = \"Processed\"").await;
     assert_eq!(dovecot::count(&mut client, "INBOX").await, 0);
     assert_eq!(dovecot::count(&mut client, "Processed").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_action_move_without_the_move_extension_copies_and_expunges_by_uid() {
+    let server = Dovecot::start_without_move();
+    let mut probe = server.client().await;
+    let capabilities = probe.capabilities().await.unwrap();
+    assert!(!capabilities.has_str("MOVE") && capabilities.has_str("UIDPLUS"));
+    let (_server, mut client) =
+        after_action_case_on(server, "after = \"move\"\nmove_to = \"Processed\"").await;
+    assert_eq!(dovecot::count(&mut client, "Processed").await, 3);
+    assert_eq!(dovecot::count(&mut client, "INBOX").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
