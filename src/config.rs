@@ -20,6 +20,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
@@ -68,6 +70,28 @@ impl Default for IngestConfig {
             parse_timeout_ms: 10_000,
             batch_size: 256,
             max_attempts: 5,
+        }
+    }
+}
+
+/// The HTTP listener: health checks, web forms and inbound-mail webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; no listener when unset.
+    pub bind: Option<String>,
+    /// Larger request bodies are refused with 413 before anything is stored.
+    pub max_body_bytes: usize,
+    /// A request that takes longer is answered 408.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            max_body_bytes: 25 * 1024 * 1024,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -274,6 +298,11 @@ pub struct ChannelConfig {
     /// IMAP: the longest any command may take (a FETCH gets more per megabyte).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_secs: u64,
+
+    /// Webhook: callers must send `Authorization: Bearer <token>`.
+    pub auth_token: Option<Secret>,
+    /// Webhook: callers must sign the body with HMAC-SHA256 (see README).
+    pub signing_secret: Option<Secret>,
 }
 
 fn default_folder() -> String {
@@ -312,6 +341,8 @@ pub enum ChannelKind {
     Maildir,
     /// An IMAP mailbox, with IDLE where the server offers it.
     Imap,
+    /// Raw RFC 5322 messages posted to `POST /inbound/{channel}`.
+    Webhook,
 }
 
 impl ChannelKind {
@@ -320,6 +351,7 @@ impl ChannelKind {
             ChannelKind::Pipe => "pipe",
             ChannelKind::Maildir => "maildir",
             ChannelKind::Imap => "imap",
+            ChannelKind::Webhook => "webhook",
         }
     }
 }
@@ -744,6 +776,29 @@ impl Config {
                     }
                     if channel.fetch_batch == 0 {
                         problem(format!("{at}.fetch_batch"), "must be at least 1".into());
+                    }
+                }
+                ChannelKind::Webhook => {
+                    if channel.auth_token.is_none() && channel.signing_secret.is_none() {
+                        problem(
+                            format!("{at}.auth_token"),
+                            "a webhook channel needs auth_token or signing_secret: it must not accept anonymous posts"
+                                .into(),
+                        );
+                    }
+                    for (field, secret) in [
+                        ("auth_token", &channel.auth_token),
+                        ("signing_secret", &channel.signing_secret),
+                    ] {
+                        if let Some(Err(e)) = secret.as_ref().map(Secret::resolve) {
+                            problem(format!("{at}.{field}"), e);
+                        }
+                    }
+                    if self.http.bind.is_none() {
+                        problem(
+                            "http.bind".into(),
+                            format!("channel {key} is a webhook: set http.bind to listen"),
+                        );
                     }
                 }
                 ChannelKind::Pipe => {}

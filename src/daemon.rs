@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::imap::ImapChannel;
 use crate::channel::maildir::MaildirChannel;
+use std::sync::atomic::AtomicBool;
+
 use crate::config::{ChannelKind, Config};
+use crate::http::HttpState;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
@@ -46,9 +49,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     (pipeline.clone(), shutdown.child_token(), name.clone());
                 tasks.spawn(async move { (name, mailbox.run(pipeline, token).await) });
             }
-            // Fed by `mailroom ingest`, nothing to run.
-            ChannelKind::Pipe => {}
+            // Fed by `mailroom ingest` or by the HTTP listener: nothing to run.
+            ChannelKind::Pipe | ChannelKind::Webhook => {}
         }
+    }
+    if config.http.bind.is_some() {
+        let state = Arc::new(HttpState {
+            pipeline: pipeline.clone(),
+            config: config.clone(),
+            channels_started: AtomicBool::new(true),
+            replays: Default::default(),
+        });
+        let token = shutdown.child_token();
+        tasks.spawn(async move { ("http".to_string(), crate::http::serve(state, token).await) });
     }
     tracing::info!(tasks = tasks.len(), database = ?store.backend(), "mailroom started.");
 

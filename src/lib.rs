@@ -6,11 +6,13 @@
 //! - [`pipeline`]: parse → classify → thread → apply, exactly once per message.
 //! - [`channel`]: where mail comes from (Maildir spool; IMAP and HTTP build on it).
 //! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
+//! - [`http`]: the HTTP listener (health, inbound-mail webhooks).
 //! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
 
 pub mod channel;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod ingest;
 pub mod pipeline;
 pub mod store;

@@ -5,6 +5,7 @@ mod cli;
 mod dovecot;
 mod fixtures;
 mod harness;
+mod http;
 mod imap;
 mod quarantine;
 mod threading;

@@ -1,0 +1,167 @@
+//! The HTTP listener: `/healthz`, `/readyz`, and inbound-mail webhooks
+//! (`POST /inbound/{channel}` with a raw RFC 5322 body). A webhook answers
+//! 2xx only after the message is committed, and 503 when the database is
+//! unavailable so the sender retries.
+
+pub mod auth;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ChannelKind, Config};
+use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+
+/// What every handler shares.
+pub struct HttpState {
+    pub pipeline: Pipeline,
+    pub config: Config,
+    /// Set once every channel task is running; `/readyz` reports it.
+    pub channels_started: AtomicBool,
+    /// Signatures seen inside the replay window (see `auth`).
+    pub replays: auth::ReplayGuard,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    let limit = state.config.http.max_body_bytes;
+    let timeout = Duration::from_secs(state.config.http.request_timeout_secs);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/inbound/{channel}", post(inbound))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                })
+                .on_response(
+                    |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "Request served.");
+                    },
+                ),
+        )
+        .with_state(state)
+}
+
+/// Binds `http.bind` and serves until `shutdown`.
+pub async fn serve(state: Arc<HttpState>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bind = state
+        .config
+        .http
+        .bind
+        .clone()
+        .expect("serve is only called with http.bind set");
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {bind}: {e}"))?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Serves on an already bound listener until `shutdown` (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "HTTP listener ready.");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await?;
+    Ok(())
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let database = sqlx::query("SELECT 1")
+        .execute(state.pipeline.store().pool())
+        .await
+        .is_ok();
+    let channels = state.channels_started.load(Ordering::Relaxed);
+    let status = if database && channels {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "database": database, "channels_started": channels })),
+    )
+        .into_response()
+}
+
+/// An error answer: a status and a sentence saying what to fix.
+pub fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(message: String) -> Response {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from_static("5"));
+    response
+}
+
+async fn inbound(
+    State(state): State<Arc<HttpState>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(config) = state
+        .config
+        .channels
+        .get(&channel)
+        .filter(|c| c.kind == ChannelKind::Webhook)
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no webhook channel named {channel:?}"),
+        );
+    };
+    if let Err(denied) = auth::check(config, &headers, &body, &state.replays) {
+        return denied.into_response();
+    }
+    let raw = RawMessage {
+        channel: channel.clone(),
+        source: Some("http".into()),
+        data: Arc::new(body.to_vec()),
+    };
+    match state.pipeline.process(vec![raw], OnBadInput::Refuse).await {
+        Ok(mut dispositions) => match dispositions.remove(0) {
+            Disposition::Applied(outcome) => {
+                let status = match outcome {
+                    crate::pipeline::Outcome::Created { .. } => StatusCode::CREATED,
+                    _ => StatusCode::OK,
+                };
+                (status, Json(json!(outcome))).into_response()
+            }
+            Disposition::Quarantined { id, reason } => (
+                StatusCode::ACCEPTED,
+                Json(json!({ "outcome": "quarantined", "quarantine_id": id, "reason": reason })),
+            )
+                .into_response(),
+            Disposition::Refused { reason } => problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
+        },
+        Err(PipelineError::Unavailable(e)) => {
+            unavailable(format!("database unavailable, retry later: {e}"))
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,291 @@
+//! The HTTP listener over real loopback HTTP: health, inbound-mail webhooks
+//! with bearer and signature auth, size limits, and a database outage.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::*;
+use mailroom::http::{auth, HttpState};
+
+const HOOKS: &str = r#"
+[channels.hook]
+kind = "webhook"
+team = "support"
+pipeline = "support"
+auth_token = "tok-123"
+
+[channels.signed]
+kind = "webhook"
+team = "support"
+pipeline = "support"
+signing_secret = "shh"
+
+[http]
+bind = "127.0.0.1:0"
+max_body_bytes = 100000
+"#;
+
+struct Listener {
+    base: String,
+    token: CancellationToken,
+}
+
+async fn listen(app: &TestApp) -> Listener {
+    let state = Arc::new(HttpState {
+        pipeline: app.pipeline.clone(),
+        config: app.config.clone(),
+        channels_started: AtomicBool::new(true),
+        replays: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let token = CancellationToken::new();
+    tokio::spawn(mailroom::http::serve_on(listener, state, token.clone()));
+    Listener { base, token }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// POSTs over real HTTP; returns the status and the JSON body (or Null).
+async fn post(
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent.post(&url);
+        for (k, v) in &headers {
+            request = request.header(*k, v.as_str());
+        }
+        let mut response = request.send(&body[..]).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn get(url: String) -> u16 {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent.get(&url).call().unwrap().status().as_u16()
+    })
+    .await
+    .unwrap()
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+fn signed(secret: &str, timestamp: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-mailroom-timestamp", timestamp.to_string()),
+        ("x-mailroom-signature", auth::sign(secret, timestamp, body)),
+    ]
+}
+
+fn now() -> i64 {
+    mailroom::store::now_ms() / 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let app = TestApp::with_config(Backend::Sqlite, HOOKS).await;
+    let http = listen(&app).await;
+    assert_eq!(get(format!("{}/healthz", http.base)).await, 200);
+    assert_eq!(get(format!("{}/readyz", http.base)).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_webhook_commits_then_answers_and_threads_replies() {
+    let app = TestApp::with_config(Backend::Sqlite, HOOKS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/inbound/hook", http.base);
+    let first = mail("ann@c.test", "w1@c.test", "Via webhook", "", "hello");
+
+    let (status, body) = post(url.clone(), bearer("tok-123"), first.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["outcome"], "created");
+    let ticket = body["ticket_id"].clone();
+    // Committed before the answer: the store has it now.
+    assert_eq!(app.store().counts().await.unwrap().messages, 1);
+
+    let (status, body) = post(url.clone(), bearer("tok-123"), first.clone()).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
+
+    let reply = mail(
+        "ann@c.test",
+        "w2@c.test",
+        "Re: Via webhook",
+        "In-Reply-To: <w1@c.test>\r\n",
+        "more",
+    );
+    let (status, body) = post(url.clone(), bearer("tok-123"), reply).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("appended")));
+    assert_eq!(body["ticket_id"], ticket);
+
+    assert_eq!(
+        post(url.clone(), bearer("wrong"), first.clone()).await.0,
+        401
+    );
+    assert_eq!(post(url.clone(), vec![], first.clone()).await.0, 401);
+    let (status, body) = post(url.clone(), bearer("tok-123"), b"not a message".to_vec()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        post(
+            format!("{}/inbound/nope", http.base),
+            bearer("tok-123"),
+            first
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(app.store().counts().await.unwrap().messages, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_refuses_bad_expired_and_replayed_signatures() {
+    let app = TestApp::with_config(Backend::Sqlite, HOOKS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/inbound/signed", http.base);
+    let body = mail("sig@c.test", "s1@c.test", "Signed", "", "hello");
+
+    let headers = signed("shh", now(), &body);
+    let (status, answer) = post(url.clone(), headers.clone(), body.clone()).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = post(url.clone(), headers, body.clone()).await;
+    assert_eq!(status, 401, "a replayed signature is refused");
+    assert!(answer["error"].as_str().unwrap().contains("replay"));
+
+    let tampered = mail("sig@c.test", "s2@c.test", "Signed", "", "changed");
+    let (status, _) = post(url.clone(), signed("shh", now(), &body), tampered).await;
+    assert_eq!(status, 401);
+    let (status, answer) = post(url.clone(), signed("shh", now() - 600, &body), body.clone()).await;
+    assert_eq!(status, 401);
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("5-minute window"));
+    let (status, _) = post(url.clone(), signed("other", now(), &body), body.clone()).await;
+    assert_eq!(status, 401);
+    assert_eq!(app.store().counts().await.unwrap().messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_with_413_and_nothing_is_stored() {
+    let app = TestApp::with_config(Backend::Sqlite, HOOKS).await;
+    let http = listen(&app).await;
+    let big = mail("big@c.test", "big@c.test", "Big", "", &"z".repeat(200_000));
+    let (status, _) = post(
+        format!("{}/inbound/hook", http.base),
+        bearer("tok-123"),
+        big,
+    )
+    .await;
+    assert_eq!(status, 413);
+    let counts = app.store().counts().await.unwrap();
+    assert_eq!((counts.messages, counts.quarantined), (0, 0));
+}
+
+/// A TCP proxy in front of PostgreSQL that can be switched off: while off it
+/// drops every connection, as a database outage would.
+async fn switchable_proxy(target: u16) -> (u16, Arc<AtomicBool>) {
+    let up = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let flag = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: connection closed at once
+            }
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let mut buf_in = vec![0u8; 16384];
+                let mut buf_out = vec![0u8; 16384];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                loop {
+                    if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    tokio::select! {
+                        n = inbound.read(&mut buf_in) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if outbound.write_all(&buf_in[..n]).await.is_err() { return },
+                        },
+                        n = outbound.read(&mut buf_out) => match n {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => if inbound.write_all(&buf_out[..n]).await.is_err() { return },
+                        },
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    }
+                }
+            });
+        }
+    });
+    (port, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_answers_503_and_the_retry_succeeds_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (port, up) = switchable_proxy(5432).await;
+    let proxied = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    let mut config = test_config(&proxied, HOOKS);
+    config.database.connect_timeout_secs = 1;
+    config.ingest.max_attempts = 2;
+    let pipeline = TestApp::pipeline_for(&config).await;
+    let app = TestApp {
+        db,
+        config,
+        pipeline,
+    };
+    let http = listen(&app).await;
+    let url = format!("{}/inbound/hook", http.base);
+    let message = mail(
+        "down@c.test",
+        "down@c.test",
+        "While down",
+        "",
+        "please keep me",
+    );
+
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = post(url.clone(), bearer("tok-123"), message.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let (status, body) = post(url.clone(), bearer("tok-123"), message.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(url, bearer("tok-123"), message).await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
+    assert_eq!(app.store().counts().await.unwrap().messages, 1);
+}
