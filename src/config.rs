@@ -301,8 +301,47 @@ pub struct ChannelConfig {
 
     /// Webhook: callers must send `Authorization: Bearer <token>`.
     pub auth_token: Option<Secret>,
-    /// Webhook: callers must sign the body with HMAC-SHA256 (see README).
+    /// Webhook or form: callers must sign the body with HMAC-SHA256 (see README).
     pub signing_secret: Option<Secret>,
+
+    /// Form: which form field carries each part of the ticket.
+    #[serde(default)]
+    pub fields: FormFields,
+    /// Form: fields that must be present and non-empty (default: email and body).
+    pub required: Option<Vec<String>>,
+    /// Form (browser): Origin headers accepted; others get 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Form (browser): a field humans leave empty; a filled one is dropped.
+    pub honeypot: Option<String>,
+    /// Form: submissions per minute per client IP (browser forms: default 10).
+    pub rate_limit_per_minute: Option<u32>,
+    /// Form: thread submissions like mail (default: every submission is a new ticket).
+    #[serde(default)]
+    pub threaded: bool,
+    /// Form: status a new ticket starts in (default: the pipeline's).
+    pub status: Option<String>,
+}
+
+/// Form field names for the parts of a ticket; other fields become ticket properties.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FormFields {
+    pub subject: String,
+    pub body: String,
+    pub email: String,
+    pub name: String,
+}
+
+impl Default for FormFields {
+    fn default() -> Self {
+        Self {
+            subject: "subject".into(),
+            body: "body".into(),
+            email: "email".into(),
+            name: "name".into(),
+        }
+    }
 }
 
 fn default_folder() -> String {
@@ -343,6 +382,8 @@ pub enum ChannelKind {
     Imap,
     /// Raw RFC 5322 messages posted to `POST /inbound/{channel}`.
     Webhook,
+    /// A web form posted to `POST /forms/{channel}`.
+    Form,
 }
 
 impl ChannelKind {
@@ -352,6 +393,7 @@ impl ChannelKind {
             ChannelKind::Maildir => "maildir",
             ChannelKind::Imap => "imap",
             ChannelKind::Webhook => "webhook",
+            ChannelKind::Form => "form",
         }
     }
 }
@@ -798,6 +840,35 @@ impl Config {
                         problem(
                             "http.bind".into(),
                             format!("channel {key} is a webhook: set http.bind to listen"),
+                        );
+                    }
+                }
+                ChannelKind::Form => {
+                    if channel.signing_secret.is_none() && channel.allowed_origins.is_empty() {
+                        problem(
+                            format!("{at}.allowed_origins"),
+                            "a form needs signing_secret (server-to-server) or allowed_origins (browser forms)".into(),
+                        );
+                    }
+                    if let Some(status) = &channel.status {
+                        let known = self
+                            .pipelines
+                            .get(&channel.pipeline)
+                            .is_some_and(|p| p.statuses.iter().any(|s| &s.name == status));
+                        if !known {
+                            problem(
+                                format!("{at}.status"),
+                                format!(
+                                    "{status:?} is not a status of pipeline {}",
+                                    channel.pipeline
+                                ),
+                            );
+                        }
+                    }
+                    if self.http.bind.is_none() {
+                        problem(
+                            "http.bind".into(),
+                            format!("channel {key} is a form: set http.bind to listen"),
                         );
                     }
                 }

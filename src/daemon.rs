@@ -50,7 +50,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tasks.spawn(async move { (name, mailbox.run(pipeline, token).await) });
             }
             // Fed by `mailroom ingest` or by the HTTP listener: nothing to run.
-            ChannelKind::Pipe | ChannelKind::Webhook => {}
+            ChannelKind::Pipe | ChannelKind::Webhook | ChannelKind::Form => {}
         }
     }
     if config.http.bind.is_some() {
@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config: config.clone(),
             channels_started: AtomicBool::new(true),
             replays: Default::default(),
+            rate_limiter: Default::default(),
         });
         let token = shutdown.child_token();
         tasks.spawn(async move { ("http".to_string(), crate::http::serve(state, token).await) });

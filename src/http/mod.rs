@@ -1,9 +1,11 @@
-//! The HTTP listener: `/healthz`, `/readyz`, and inbound-mail webhooks
-//! (`POST /inbound/{channel}` with a raw RFC 5322 body). A webhook answers
+//! The HTTP listener: `/healthz`, `/readyz`, web forms (`POST /forms/{name}`)
+//! and inbound-mail webhooks (`POST /inbound/{channel}` with a raw RFC 5322
+//! body). A webhook answers
 //! 2xx only after the message is committed, and 503 when the database is
 //! unavailable so the sender retries.
 
 pub mod auth;
+pub mod forms;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub struct HttpState {
     pub channels_started: AtomicBool,
     /// Signatures seen inside the replay window (see `auth`).
     pub replays: auth::ReplayGuard,
+    /// Per-IP submission counts for browser forms.
+    pub rate_limiter: forms::RateLimiter,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -38,6 +42,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/inbound/{channel}", post(inbound))
+        .route("/forms/{name}", post(forms::submit))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -110,7 +115,7 @@ pub fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn unavailable(message: String) -> Response {
+pub(crate) fn unavailable(message: String) -> Response {
     let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, message);
     response
         .headers_mut()

@@ -30,6 +30,8 @@ pub struct Inbound {
     pub raw: std::sync::Arc<Vec<u8>>,
     /// Where the message came from (file path, IMAP UID …), for the receipt.
     pub source: Option<String>,
+    /// Channel knowledge beyond the bytes (forms: no threading, properties).
+    pub hints: super::Hints,
 }
 
 /// What applying a message did.
@@ -103,6 +105,8 @@ struct NewTicket {
     channel_id: i64,
     contact: Option<i64>,
     follow_up_of: Option<i64>,
+    /// JSON object of ticket properties (from form fields).
+    properties: String,
 }
 
 /// A message applied in this batch, written at the end.
@@ -553,6 +557,7 @@ impl<'a> Batch<'a> {
             channel_id: channel.id,
             contact,
             follow_up_of,
+            properties: "{}".into(),
         });
         if let Some(contact) = contact {
             self.participants.push((id, contact, "requester"));
@@ -865,12 +870,23 @@ impl<'a> Batch<'a> {
                 }
             }
             Found::None if channel.create_tickets => {
+                // A form may name the status a new ticket starts in.
+                let status = inbound
+                    .hints
+                    .status
+                    .as_deref()
+                    .and_then(|name| {
+                        dir.statuses
+                            .values()
+                            .find(|s| s.pipeline_id == channel_pipeline.id && s.name == name)
+                    })
+                    .map_or(channel_pipeline.default_status, |s| s.id);
                 let new = self
                     .create_ticket(
                         conn,
                         channel,
                         channel_pipeline.id,
-                        channel_pipeline.default_status,
+                        status,
                         message,
                         contact,
                         None,
@@ -878,6 +894,12 @@ impl<'a> Batch<'a> {
                         remaining,
                     )
                     .await?;
+                if !inbound.hints.properties.is_empty() {
+                    if let Some(t) = self.new_tickets.last_mut() {
+                        t.properties = serde_json::to_string(&inbound.hints.properties)
+                            .unwrap_or_else(|_| "{}".into());
+                    }
+                }
                 let row = self
                     .add_message(conn, Some(new.id), channel, inbound, contact, remaining)
                     .await?;
@@ -928,9 +950,9 @@ impl<'a> Batch<'a> {
             conn,
             self.backend,
             "INSERT INTO tickets (id, number, subject, team_id, pipeline_id, status_id, channel_id, company_id,
-               follow_up_of, reply_token, created_at, updated_at, status_changed_at)",
+               follow_up_of, reply_token, created_at, updated_at, status_changed_at, properties)",
             "",
-            13,
+            14,
             &self.new_tickets,
             |t| t.subject.len(),
             |args, t| {
@@ -948,6 +970,7 @@ impl<'a> Batch<'a> {
                 add(args, now);
                 add(args, now);
                 add(args, now);
+                add(args, t.properties.clone());
             },
         )
         .await?;

@@ -35,6 +35,20 @@ pub struct RawMessage {
     pub data: Arc<Vec<u8>>,
 }
 
+/// What a channel knows about a message beyond its bytes (web forms).
+#[derive(Debug, Clone, Default)]
+pub struct Hints {
+    /// Never thread: always a new ticket (forms, unless configured otherwise).
+    pub no_threading: bool,
+    /// Ticket properties to set on a new ticket.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Status (by name, in the channel's pipeline) for a new ticket.
+    pub status: Option<String>,
+    /// Replaces the content fingerprint: a form post retried under the same
+    /// Idempotency-Key is then the same message, whatever its bytes.
+    pub fingerprint: Option<String>,
+}
+
 /// Why a message could not be turned into a [`ParsedMessage`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseFailure {
@@ -184,31 +198,49 @@ impl Pipeline {
         batch: Vec<RawMessage>,
         on_bad_input: OnBadInput,
     ) -> Result<Prepared, PipelineError> {
+        self.prepare_with(
+            batch.into_iter().map(|r| (r, Hints::default())).collect(),
+            on_bad_input,
+        )
+        .await
+    }
+
+    /// [`prepare`](Self::prepare) for messages that come with [`Hints`].
+    pub async fn prepare_with(
+        &self,
+        batch: Vec<(RawMessage, Hints)>,
+        on_bad_input: OnBadInput,
+    ) -> Result<Prepared, PipelineError> {
         let started = std::time::Instant::now();
-        for raw in &batch {
+        for (raw, _) in &batch {
             self.channel(&raw.channel)?;
         }
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let parsed: Vec<(RawMessage, Result<ParsedMessage, ParseFailure>)> = stream::iter(batch)
-            .map(|raw| async move {
-                let result = self.parse(raw.data.clone()).await;
-                (raw, result)
-            })
-            .buffered(parallel * 2)
-            .collect()
-            .await;
+        let parsed: Vec<(RawMessage, Hints, Result<ParsedMessage, ParseFailure>)> =
+            stream::iter(batch)
+                .map(|(raw, hints)| async move {
+                    let result = self.parse(raw.data.clone()).await;
+                    (raw, hints, result)
+                })
+                .buffered(parallel * 2)
+                .collect()
+                .await;
 
         let mut prepared = Prepared {
             results: vec![None; parsed.len()],
             to_apply: Vec::new(),
         };
-        for (index, (raw, result)) in parsed.into_iter().enumerate() {
+        for (index, (raw, hints, result)) in parsed.into_iter().enumerate() {
             match result {
-                Ok(message) => {
+                Ok(mut message) => {
+                    if let Some(fingerprint) = &hints.fingerprint {
+                        message.fingerprint = fingerprint.clone();
+                    }
                     let inbound = Inbound {
                         parsed: message,
                         raw: raw.data.clone(),
                         source: raw.source.clone(),
+                        hints,
                     };
                     prepared.to_apply.push((index, raw, inbound));
                 }
@@ -292,6 +324,7 @@ impl Pipeline {
             parsed,
             raw: raw.data.clone(),
             source: raw.source.clone(),
+            hints: Hints::default(),
         };
         let result = async {
             let mut w = self.store.begin_write().await?;

@@ -38,6 +38,7 @@ async fn listen(app: &TestApp) -> Listener {
         config: app.config.clone(),
         channels_started: AtomicBool::new(true),
         replays: Default::default(),
+        rate_limiter: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -288,4 +289,220 @@ async fn database_down_answers_503_and_the_retry_succeeds_once() {
     let (status, body) = post(url, bearer("tok-123"), message).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
     assert_eq!(app.store().counts().await.unwrap().messages, 1);
+}
+
+const FORMS: &str = r#"
+[channels.contact]
+kind = "form"
+team = "support"
+pipeline = "support"
+allowed_origins = ["https://www.example.com"]
+honeypot = "website"
+rate_limit_per_minute = 100
+fields = { body = "message" }
+
+[channels.limited]
+kind = "form"
+team = "support"
+pipeline = "support"
+allowed_origins = ["https://www.example.com"]
+rate_limit_per_minute = 2
+
+[channels.partner]
+kind = "form"
+team = "support"
+pipeline = "support"
+signing_secret = "form-secret"
+status = "waiting on contact"
+
+[http]
+bind = "127.0.0.1:0"
+max_body_bytes = 100000
+"#;
+
+fn browser(content_type: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("origin", "https://www.example.com".into()),
+        ("content-type", content_type.into()),
+    ]
+}
+
+const URLENCODED: &str = "application/x-www-form-urlencoded";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_accept_urlencoded_json_and_multipart() {
+    let app = TestApp::with_config(Backend::Sqlite, FORMS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/forms/contact", http.base);
+
+    let body = "name=Ann+Smith&email=Ann%40C.test&subject=Broken+login&message=I+cannot+log+in&order=A-17&website=";
+    let (status, first) = post(url.clone(), browser(URLENCODED), body.into()).await;
+    assert_eq!(status, 201, "{first}");
+    let number = first["ticket_number"].as_i64().unwrap();
+
+    let json = r#"{"name":"Ann Smith","email":"ann@c.test","subject":"Second question","message":"Another one","plan":"pro"}"#;
+    let (status, second) = post(url.clone(), browser("application/json"), json.into()).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(
+        second["ticket_number"].as_i64().unwrap(),
+        number + 1,
+        "forms are not threaded: a new ticket"
+    );
+
+    let boundary = "XyZ";
+    let multipart = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\nbob@c.test\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nScreenshot attached\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"shot\"; filename=\"error.png\"\r\nContent-Type: image/png\r\n\r\n\
+         \u{89}PNG-bytes\r\n--{boundary}--\r\n"
+    );
+    let (status, third) = post(
+        url.clone(),
+        browser(&format!("multipart/form-data; boundary={boundary}")),
+        multipart.into(),
+    )
+    .await;
+    assert_eq!(status, 201, "{third}");
+
+    let first_ticket = app.store().ticket_show(number).await.unwrap().unwrap();
+    assert_eq!(first_ticket.ticket.subject, "Broken login");
+    assert_eq!(first_ticket.ticket.contacts, vec!["ann@c.test"]);
+    assert_eq!(
+        first_ticket.messages[0].from_name.as_deref(),
+        Some("Ann Smith")
+    );
+    assert!(first_ticket.messages[0]
+        .body_text
+        .contains("I cannot log in"));
+    let properties: String = sqlx::query_scalar("SELECT properties FROM tickets WHERE number = $1")
+        .bind(number)
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    let properties: serde_json::Value = serde_json::from_str(&properties).unwrap();
+    assert_eq!(
+        properties,
+        serde_json::json!({ "order": "A-17" }),
+        "honeypot and mapped fields are not properties"
+    );
+    let with_file = app
+        .store()
+        .ticket_show(third["ticket_number"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(with_file.messages[0].attachments, vec!["error.png"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_refuse_missing_and_invalid_fields_with_422() {
+    let app = TestApp::with_config(Backend::Sqlite, FORMS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/forms/contact", http.base);
+    let (status, body) = post(url.clone(), browser(URLENCODED), "name=Ann".into()).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["missing"], serde_json::json!(["email", "message"]));
+    let (status, body) = post(
+        url.clone(),
+        browser(URLENCODED),
+        "email=not-an-address&message=hi".into(),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("email")));
+    let injected = "email=a%40c.test&message=hi&name=Ann%0D%0ABcc%3A+victim%40x.test";
+    let (status, body) = post(url.clone(), browser(URLENCODED), injected.into()).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("name")));
+    assert_eq!(post(url, browser("text/plain"), "hi".into()).await.0, 415);
+    assert_eq!(app.store().counts().await.unwrap().tickets, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_forms_check_origin_honeypot_and_rate() {
+    let app = TestApp::with_config(Backend::Sqlite, FORMS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/forms/contact", http.base);
+    let body = "email=a%40c.test&message=hello";
+
+    let foreign = vec![
+        ("origin", "https://evil.test".to_string()),
+        ("content-type", URLENCODED.to_string()),
+    ];
+    assert_eq!(post(url.clone(), foreign, body.into()).await.0, 403);
+    assert_eq!(
+        post(
+            url.clone(),
+            vec![("content-type", URLENCODED.into())],
+            body.into()
+        )
+        .await
+        .0,
+        403
+    );
+
+    let (status, answer) = post(
+        url.clone(),
+        browser(URLENCODED),
+        format!("{body}&website=http://spam.test").into(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("accepted"))
+    );
+    assert_eq!(
+        app.store().counts().await.unwrap().tickets,
+        0,
+        "the bot's post is dropped"
+    );
+
+    let limited = format!("{}/forms/limited", http.base);
+    let body = "email=a%40c.test&body=hello";
+    assert_eq!(
+        post(limited.clone(), browser(URLENCODED), body.into())
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post(limited.clone(), browser(URLENCODED), body.into())
+            .await
+            .0,
+        201
+    );
+    assert_eq!(post(limited, browser(URLENCODED), body.into()).await.0, 429);
+    assert_eq!(app.store().counts().await.unwrap().tickets, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_forms_and_idempotent_retries() {
+    let app = TestApp::with_config(Backend::Sqlite, FORMS).await;
+    let http = listen(&app).await;
+    let url = format!("{}/forms/partner", http.base);
+    let body = br#"{"email":"partner@c.test","body":"Order sync failed"}"#.to_vec();
+    let headers = |ts: i64, key: &str| {
+        let mut h = signed("form-secret", ts, &body);
+        h.push(("content-type", "application/json".into()));
+        h.push(("idempotency-key", key.into()));
+        h
+    };
+    let (status, first) = post(url.clone(), headers(now(), "req-1"), body.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    // A retry (new signature, same key) returns the first ticket.
+    let (status, retry) = post(url.clone(), headers(now() - 1, "req-1"), body.clone()).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["outcome"], "duplicate");
+    assert_eq!(retry["ticket_number"], first["ticket_number"]);
+    let (status, other) = post(url.clone(), headers(now() - 2, "req-2"), body.clone()).await;
+    assert_eq!(status, 201, "a new key is a new submission: {other}");
+    let mut forged = headers(now(), "req-3");
+    forged[1].1 = auth::sign("wrong", now(), &body);
+    assert_eq!(post(url, forged, body.clone()).await.0, 401);
+
+    assert_eq!(app.store().counts().await.unwrap().tickets, 2);
+    let waiting = app
+        .store()
+        .ticket_list(Some("waiting on contact"))
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 2, "the form's status applies to its tickets");
 }
