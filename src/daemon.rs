@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::imap::ImapChannel;
 use crate::channel::maildir::MaildirChannel;
-use std::sync::atomic::AtomicBool;
 
 use crate::config::{ChannelKind, Config};
 use crate::http::HttpState;
@@ -54,13 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     if config.http.bind.is_some() {
-        let state = Arc::new(HttpState {
-            pipeline: pipeline.clone(),
-            config: config.clone(),
-            channels_started: AtomicBool::new(true),
-            replays: Default::default(),
-            rate_limiter: Default::default(),
-        });
+        let state = Arc::new(HttpState::new(pipeline.clone(), config.clone()));
         let token = shutdown.child_token();
         tasks.spawn(async move { ("http".to_string(), crate::http::serve(state, token).await) });
     }

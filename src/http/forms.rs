@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{auth, problem, HttpState};
 use crate::config::{ChannelConfig, ChannelKind};
-use crate::pipeline::{Disposition, Hints, OnBadInput, Outcome, PipelineError, RawMessage};
+use crate::pipeline::{Disposition, Hints, Outcome, PipelineError, RawMessage};
 
 /// Default per-IP limit for browser forms without a configured one.
 const DEFAULT_RATE_PER_MINUTE: u32 = 10;
@@ -373,15 +373,9 @@ pub async fn submit(
         data: Arc::new(raw),
     };
     let pipeline = &state.pipeline;
-    let result = match pipeline
-        .prepare_with(vec![(raw, hints)], OnBadInput::Refuse)
-        .await
-    {
-        Ok(prepared) => pipeline.commit(prepared).await,
-        Err(e) => Err(e),
-    };
+    let result = state.commits.submit(raw, hints).await;
     match result {
-        Ok(mut dispositions) => match dispositions.remove(0) {
+        Ok(disposition) => match disposition {
             Disposition::Applied(Outcome::Created { ticket_id, number, .. }) => (
                 StatusCode::CREATED,
                 Json(json!({ "outcome": "created", "ticket_id": ticket_id, "ticket_number": number })),

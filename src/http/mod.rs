@@ -21,11 +21,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChannelKind, Config};
-use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::pipeline::{CommitQueue, Disposition, Hints, Pipeline, PipelineError, RawMessage};
 
 /// What every handler shares.
 pub struct HttpState {
     pub pipeline: Pipeline,
+    /// Group commit for submissions arriving concurrently.
+    pub commits: CommitQueue,
     pub config: Config,
     /// Set once every channel task is running; `/readyz` reports it.
     pub channels_started: AtomicBool,
@@ -33,6 +35,19 @@ pub struct HttpState {
     pub replays: auth::ReplayGuard,
     /// Per-IP submission counts for browser forms.
     pub rate_limiter: forms::RateLimiter,
+}
+
+impl HttpState {
+    pub fn new(pipeline: Pipeline, config: Config) -> HttpState {
+        HttpState {
+            commits: CommitQueue::start(pipeline.clone(), 128),
+            pipeline,
+            config,
+            channels_started: AtomicBool::new(true),
+            replays: Default::default(),
+            rate_limiter: Default::default(),
+        }
+    }
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -148,8 +163,8 @@ async fn inbound(
         source: Some("http".into()),
         data: Arc::new(body.to_vec()),
     };
-    match state.pipeline.process(vec![raw], OnBadInput::Refuse).await {
-        Ok(mut dispositions) => match dispositions.remove(0) {
+    match state.commits.submit(raw, Hints::default()).await {
+        Ok(disposition) => match disposition {
             Disposition::Applied(outcome) => {
                 let status = match outcome {
                     crate::pipeline::Outcome::Created { .. } => StatusCode::CREATED,

@@ -33,13 +33,7 @@ struct Listener {
 }
 
 async fn listen(app: &TestApp) -> Listener {
-    let state = Arc::new(HttpState {
-        pipeline: app.pipeline.clone(),
-        config: app.config.clone(),
-        channels_started: AtomicBool::new(true),
-        replays: Default::default(),
-        rate_limiter: Default::default(),
-    });
+    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let token = CancellationToken::new();
