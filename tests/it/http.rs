@@ -479,17 +479,19 @@ async fn signed_forms_and_idempotent_retries() {
         h.push(("idempotency-key", key.into()));
         h
     };
-    let (status, first) = post(url.clone(), headers(now(), "req-1"), body.clone()).await;
+    // Distinct timestamps: identical ones would make identical signatures (replays).
+    let t = now();
+    let (status, first) = post(url.clone(), headers(t, "req-1"), body.clone()).await;
     assert_eq!(status, 201, "{first}");
     // A retry (new signature, same key) returns the first ticket.
-    let (status, retry) = post(url.clone(), headers(now() - 1, "req-1"), body.clone()).await;
+    let (status, retry) = post(url.clone(), headers(t - 1, "req-1"), body.clone()).await;
     assert_eq!(status, 200, "{retry}");
     assert_eq!(retry["outcome"], "duplicate");
     assert_eq!(retry["ticket_number"], first["ticket_number"]);
-    let (status, other) = post(url.clone(), headers(now() - 2, "req-2"), body.clone()).await;
+    let (status, other) = post(url.clone(), headers(t - 2, "req-2"), body.clone()).await;
     assert_eq!(status, 201, "a new key is a new submission: {other}");
-    let mut forged = headers(now(), "req-3");
-    forged[1].1 = auth::sign("wrong", now(), &body);
+    let mut forged = headers(t - 3, "req-3");
+    forged[1].1 = auth::sign("wrong", t - 3, &body);
     assert_eq!(post(url, forged, body.clone()).await.0, 401);
 
     assert_eq!(app.store().counts().await.unwrap().tickets, 2);
