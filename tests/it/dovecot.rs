@@ -225,8 +225,13 @@ service anvil {{
         }
     }
 
+    /// Kill -9 and start again. Dot-lock files a killed process leaves behind
+    /// (dovecot-uidlist.lock) would hold new sessions until Dovecot deems them
+    /// stale, which takes up to minutes. An init script clears them at boot,
+    /// and so does this harness.
     pub fn restart(&mut self) {
         self.kill();
+        remove_lock_files(&self.dir.path().join("mail"));
         self.launch();
     }
 
@@ -242,6 +247,20 @@ service anvil {{
             .await
             .map_err(|(e, _)| e)
             .unwrap()
+    }
+}
+
+fn remove_lock_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_lock_files(&path);
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

@@ -455,7 +455,17 @@ async fn dovecot_killed_and_restarted_mid_sync_loses_and_doubles_nothing() {
         during < 300,
         "the crash should land mid-sync (had {during})"
     );
-    wait_for(&app, "all 300 after the restart", |c| c.messages == 300).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.store().counts().await.unwrap().messages < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "not caught up after the restart: {:?}\n{:?}\n{}",
+            app.store().counts().await.unwrap(),
+            state(&app, "inbox").await,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let s = wait_for_state(&app, "inbox", "caught up", |s| {
         s.last_uid == 300 && s.connected
     })
