@@ -100,6 +100,9 @@ async fn deadline<T>(
         .map_err(|_| Failure::Other(format!("{step} timed out after {} s", limit.as_secs())))?
 }
 
+/// Oversized messages remembered in a mailbox's state.
+const MAX_OVERSIZED_REPORTED: usize = 100;
+
 /// A message left on the server because it is too large.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Oversized {
@@ -679,6 +682,9 @@ impl ImapChannel {
                 size,
                 moved_to,
             });
+            // The log has them all; the state keeps the latest for `mailroom status`.
+            let excess = state.oversized.len().saturating_sub(MAX_OVERSIZED_REPORTED);
+            state.oversized.drain(..excess);
         }
         Ok(())
     }
