@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{auth, problem, HttpState};
 use crate::config::{ChannelConfig, ChannelKind};
-use crate::pipeline::{Disposition, Hints, Outcome, PipelineError, RawMessage};
+use crate::pipeline::{Disposition, Hints, Outcome, RawMessage};
 
 /// Default per-IP limit for browser forms without a configured one.
 const DEFAULT_RATE_PER_MINUTE: u32 = 10;
@@ -375,41 +375,36 @@ pub async fn submit(
     let pipeline = &state.pipeline;
     let result = state.commits.submit(raw, hints).await;
     match result {
-        Ok(disposition) => match disposition {
-            Disposition::Applied(Outcome::Created { ticket_id, number, .. }) => (
-                StatusCode::CREATED,
-                Json(json!({ "outcome": "created", "ticket_id": ticket_id, "ticket_number": number })),
-            )
-                .into_response(),
-            Disposition::Applied(outcome @ (Outcome::Appended { .. } | Outcome::Duplicate { .. })) => {
-                let ticket_id = outcome.ticket_id();
-                let number: Option<i64> = match ticket_id {
-                    Some(id) => sqlx::query_scalar("SELECT number FROM tickets WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(pipeline.store().pool())
-                        .await
-                        .ok()
-                        .flatten(),
-                    None => None,
-                };
-                (
+        Ok(Disposition::Applied(Outcome::Created {
+            ticket_id, number, ..
+        })) => (
+            StatusCode::CREATED,
+            Json(json!({ "outcome": "created", "ticket_id": ticket_id, "ticket_number": number })),
+        )
+            .into_response(),
+        Ok(Disposition::Applied(
+            outcome @ (Outcome::Appended { .. } | Outcome::Duplicate { .. }),
+        )) => {
+            let ticket_id = outcome.ticket_id();
+            let number: Option<i64> = match ticket_id {
+                Some(id) => sqlx::query_scalar("SELECT number FROM tickets WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pipeline.store().pool())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            (
                     StatusCode::OK,
                     Json(json!({ "outcome": outcome.name(), "ticket_id": ticket_id, "ticket_number": number })),
                 )
                     .into_response()
-            }
-            Disposition::Applied(Outcome::Recorded) => {
-                (StatusCode::ACCEPTED, Json(json!({ "outcome": "recorded" }))).into_response()
-            }
-            Disposition::Quarantined { id, reason } => (
-                StatusCode::ACCEPTED,
-                Json(json!({ "outcome": "quarantined", "quarantine_id": id, "reason": reason })),
-            )
-                .into_response(),
-            Disposition::Refused { reason } => problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        },
-        Err(PipelineError::Unavailable(e)) => super::unavailable(format!("database unavailable, retry later: {e}")),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+        Ok(Disposition::Applied(Outcome::Recorded)) => {
+            (StatusCode::ACCEPTED, Json(json!({ "outcome": "recorded" }))).into_response()
+        }
+        other => super::not_applied(other),
     }
 }
 

@@ -164,21 +164,28 @@ async fn inbound(
         data: Arc::new(body.to_vec()),
     };
     match state.commits.submit(raw, Hints::default()).await {
-        Ok(disposition) => match disposition {
-            Disposition::Applied(outcome) => {
-                let status = match outcome {
-                    crate::pipeline::Outcome::Created { .. } => StatusCode::CREATED,
-                    _ => StatusCode::OK,
-                };
-                (status, Json(json!(outcome))).into_response()
-            }
-            Disposition::Quarantined { id, reason } => (
-                StatusCode::ACCEPTED,
-                Json(json!({ "outcome": "quarantined", "quarantine_id": id, "reason": reason })),
-            )
-                .into_response(),
-            Disposition::Refused { reason } => problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        },
+        Ok(Disposition::Applied(outcome)) => {
+            let status = match outcome {
+                crate::pipeline::Outcome::Created { .. } => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            (status, Json(json!(outcome))).into_response()
+        }
+        other => not_applied(other),
+    }
+}
+
+/// The answer for a submission that was not applied: kept in the quarantine
+/// (202), unusable (422), or the database is unavailable (503, retry later).
+pub(crate) fn not_applied(result: Result<Disposition, PipelineError>) -> Response {
+    match result {
+        Ok(Disposition::Applied(outcome)) => (StatusCode::OK, Json(json!(outcome))).into_response(),
+        Ok(Disposition::Quarantined { id, reason }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "outcome": "quarantined", "quarantine_id": id, "reason": reason })),
+        )
+            .into_response(),
+        Ok(Disposition::Refused { reason }) => problem(StatusCode::UNPROCESSABLE_ENTITY, reason),
         Err(PipelineError::Unavailable(e)) => {
             unavailable(format!("database unavailable, retry later: {e}"))
         }
