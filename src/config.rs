@@ -29,6 +29,97 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Key for the HMAC tags in outgoing Message-IDs and body markers. When
+    /// unset, one is generated on first start and kept in the database, so
+    /// every instance sharing that database agrees on it.
+    pub secret: Option<Secret>,
+    /// SMTP relays replies go out through, by name.
+    #[serde(default)]
+    pub relays: BTreeMap<String, RelayConfig>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// An SMTP relay (submission server) replies are sent through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub host: String,
+    /// 587 for STARTTLS, 465 for implicit TLS, 25 otherwise.
+    pub port: Option<u16>,
+    /// `starttls` (the default), `implicit`, or `none` (plaintext; check warns).
+    #[serde(default = "default_relay_tls")]
+    pub tls: TlsMode,
+    /// Extra CA certificates (PEM) to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `plain` (the default), `login`, or `xoauth2` (needs `oauth`).
+    #[serde(default)]
+    pub auth: ImapAuth,
+    pub oauth: Option<OAuthConfig>,
+    /// Connections kept open to this relay (and sends in flight at once).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// The longest one SMTP exchange may take.
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout_secs: u64,
+    /// Name given in EHLO; the machine's host name when unset.
+    pub hello_name: Option<String>,
+}
+
+fn default_relay_tls() -> TlsMode {
+    TlsMode::Starttls
+}
+fn default_pool_size() -> u32 {
+    4
+}
+fn default_smtp_timeout() -> u64 {
+    60
+}
+
+impl RelayConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Implicit => 465,
+            TlsMode::Starttls => 587,
+            TlsMode::None => 25,
+        })
+    }
+}
+
+/// How queued replies are sent and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Attempts before a reply is marked failed (temporary errors only; a
+    /// permanent 5xx fails it at once).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubles per attempt up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a claimed reply belongs to the instance sending it. Another
+    /// instance takes it over only after this, so it must exceed the relay timeout.
+    pub lease_secs: u64,
+    /// How often to look for replies queued by other processes (`mailroom
+    /// reply`, other instances); replies queued in-process are sent at once.
+    pub poll_interval_ms: u64,
+    /// This instance's name in outbox claims; the host name when unset. Give
+    /// each instance on one host its own.
+    pub instance: Option<String>,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_attempts: 10,
+            retry_base_ms: 30_000,
+            retry_max_ms: 3_600_000,
+            lease_secs: 300,
+            poll_interval_ms: 1_000,
+            instance: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +225,9 @@ pub struct PipelineConfig {
     /// With `follow_up = "new_ticket"`: only start a new ticket when the old
     /// one has been closed for longer than this; reopen it otherwise.
     pub new_ticket_after_days: Option<u32>,
+    /// Status a ticket moves to when a reply is emailed to the customer
+    /// (usually a `waiting` one), unless the reply sets a status itself.
+    pub status_after_reply: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -200,6 +294,9 @@ pub struct TeamConfig {
     /// Whether outgoing subjects carry `[#number]` (and incoming tags are honoured).
     #[serde(default = "yes")]
     pub subject_tag: bool,
+    /// A reply on an unassigned ticket assigns it to the agent who sent it.
+    #[serde(default = "yes")]
+    pub assign_on_reply: bool,
 }
 
 fn yes() -> bool {
@@ -213,6 +310,25 @@ pub struct TeamAddress {
     pub name: Option<String>,
     #[serde(default)]
     pub default: bool,
+    /// The relay mail from this address goes through; needed only when
+    /// several relays are configured.
+    pub relay: Option<String>,
+    /// Append each reply sent from this address to an IMAP folder (the
+    /// team mailbox's Sent), using that IMAP channel's login.
+    pub sent_copy: Option<SentCopy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentCopy {
+    /// An IMAP channel whose server and login are used.
+    pub channel: String,
+    #[serde(default = "default_sent_folder")]
+    pub folder: String,
+}
+
+fn default_sent_folder() -> String {
+    "Sent".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +340,8 @@ pub struct AgentConfig {
     pub role: Role,
     #[serde(default)]
     pub teams: Vec<String>,
+    /// Bearer token for the HTTP API (`Authorization: Bearer …`).
+    pub api_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -502,6 +620,40 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl OAuthConfig {
+    /// What is missing for this OAuth setup to get tokens, keyed under `at`.
+    pub fn problems(&self, at: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.token_command.is_some() {
+            return out;
+        }
+        if self.token_url().is_none() {
+            out.push((
+                format!("{at}.oauth.token_url"),
+                "needed with provider = \"custom\"".into(),
+            ));
+        }
+        if self.client_id.is_none() {
+            out.push((
+                format!("{at}.oauth.client_id"),
+                "needed for the refresh-token flow".into(),
+            ));
+        }
+        match &self.refresh_token {
+            None => out.push((
+                format!("{at}.oauth.refresh_token"),
+                "needed for the refresh-token flow (or set token_command)".into(),
+            )),
+            Some(secret) => {
+                if let Err(e) = secret.resolve() {
+                    out.push((format!("{at}.oauth.refresh_token"), e));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Secret {
     /// Reads the secret's value; the error names where it was looked for.
     pub fn resolve(&self) -> Result<String, String> {
@@ -775,31 +927,8 @@ impl Config {
                         problem(format!("{at}.password"), e);
                     }
                     if let (true, Some(o)) = (oauth, &channel.oauth) {
-                        if o.token_command.is_none() {
-                            if o.token_url().is_none() {
-                                problem(
-                                    format!("{at}.oauth.token_url"),
-                                    "needed with provider = \"custom\"".into(),
-                                );
-                            }
-                            if o.client_id.is_none() {
-                                problem(
-                                    format!("{at}.oauth.client_id"),
-                                    "needed for the refresh-token flow".into(),
-                                );
-                            }
-                            match &o.refresh_token {
-                                None => problem(
-                                    format!("{at}.oauth.refresh_token"),
-                                    "needed for the refresh-token flow (or set token_command)"
-                                        .into(),
-                                ),
-                                Some(secret) => {
-                                    if let Err(e) = secret.resolve() {
-                                        problem(format!("{at}.oauth.refresh_token"), e);
-                                    }
-                                }
-                            }
+                        for (k, m) in o.problems(&at) {
+                            problem(k, m);
                         }
                     }
                     if channel.after_action() == After::Move && channel.move_to.is_none() {
@@ -875,12 +1004,172 @@ impl Config {
                 ChannelKind::Pipe => {}
             }
         }
+        self.validate_outbound(&mut problem);
         problems
+    }
+
+    fn validate_outbound(&self, problem: &mut impl FnMut(String, String)) {
+        if let Some(Err(e)) = self.secret.as_ref().map(Secret::resolve) {
+            problem("secret".into(), e);
+        }
+        for (key, relay) in &self.relays {
+            let at = format!("relays.{key}");
+            if relay.host.trim().is_empty() {
+                problem(format!("{at}.host"), "must not be empty".into());
+            }
+            if relay.pool_size == 0 {
+                problem(format!("{at}.pool_size"), "must be at least 1".into());
+            }
+            if relay.timeout_secs == 0 {
+                problem(format!("{at}.timeout_secs"), "must be at least 1".into());
+            }
+            if relay.timeout_secs >= self.outbox.lease_secs {
+                problem(
+                    format!("{at}.timeout_secs"),
+                    format!(
+                        "must be shorter than outbox.lease_secs ({}), or another instance may send the same reply while this one still waits",
+                        self.outbox.lease_secs
+                    ),
+                );
+            }
+            if relay.password.is_some() && relay.username.is_none() {
+                problem(
+                    format!("{at}.username"),
+                    "a password is set but no username".into(),
+                );
+            }
+            if let Some(Err(e)) = relay.password.as_ref().map(Secret::resolve) {
+                problem(format!("{at}.password"), e);
+            }
+            if relay.auth == ImapAuth::Xoauth2 {
+                match (&relay.oauth, &relay.username) {
+                    (None, _) => problem(
+                        format!("{at}.oauth"),
+                        "auth = \"xoauth2\" needs oauth".into(),
+                    ),
+                    (_, None) => problem(
+                        format!("{at}.username"),
+                        "auth = \"xoauth2\" needs the mailbox's username".into(),
+                    ),
+                    (Some(o), Some(_)) => {
+                        for (k, m) in o.problems(&at) {
+                            problem(k, m);
+                        }
+                    }
+                }
+            }
+            if let Some(ca) = &relay.ca_file {
+                if !ca.is_file() {
+                    problem(
+                        format!("{at}.ca_file"),
+                        format!("{} does not exist", ca.display()),
+                    );
+                }
+            }
+        }
+        for (key, team) in &self.teams {
+            for (i, address) in team.addresses.iter().enumerate() {
+                let at = format!("teams.{key}.addresses[{i}]");
+                match &address.relay {
+                    Some(relay) if !self.relays.contains_key(relay) => problem(
+                        format!("{at}.relay"),
+                        format!("unknown relay {relay:?} (configured: {})", self.relay_names()),
+                    ),
+                    None if self.relays.len() > 1 && !self.relays.contains_key("default") => {
+                        problem(
+                            format!("{at}.relay"),
+                            format!(
+                                "several relays are configured ({}) and none is named \"default\": say which one this address uses",
+                                self.relay_names()
+                            ),
+                        )
+                    }
+                    _ => {}
+                }
+                if let Some(copy) = &address.sent_copy {
+                    let is_imap = self
+                        .channels
+                        .get(&copy.channel)
+                        .is_some_and(|c| c.kind == ChannelKind::Imap);
+                    if !is_imap {
+                        problem(
+                            format!("{at}.sent_copy.channel"),
+                            format!("{:?} is not an imap channel", copy.channel),
+                        );
+                    }
+                }
+                if let Some(name) = &address.name {
+                    if name.chars().any(|c| c.is_control()) {
+                        problem(
+                            format!("{at}.name"),
+                            "must not hold control characters (CR, LF …)".into(),
+                        );
+                    }
+                }
+            }
+        }
+        for (key, pipeline) in &self.pipelines {
+            if let Some(status) = &pipeline.status_after_reply {
+                if !pipeline.statuses.iter().any(|s| &s.name == status) {
+                    problem(
+                        format!("pipelines.{key}.status_after_reply"),
+                        format!("{status:?} is not one of this pipeline's statuses"),
+                    );
+                }
+            }
+        }
+        for (key, agent) in &self.agents {
+            if let Some(Err(e)) = agent.api_token.as_ref().map(Secret::resolve) {
+                problem(format!("agents.{key}.api_token"), e);
+            }
+        }
+        let outbox = &self.outbox;
+        for (field, value) in [
+            ("max_attempts", u64::from(outbox.max_attempts)),
+            ("retry_base_ms", outbox.retry_base_ms),
+            ("lease_secs", outbox.lease_secs),
+            ("poll_interval_ms", outbox.poll_interval_ms),
+        ] {
+            if value == 0 {
+                problem(format!("outbox.{field}"), "must be at least 1".into());
+            }
+        }
+    }
+
+    fn relay_names(&self) -> String {
+        let names: Vec<&str> = self.relays.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// The relay mail from `address` (of `team`) goes through, if any.
+    pub fn relay_for(&self, team: &str, address: &str) -> Option<(&str, &RelayConfig)> {
+        let chosen = self
+            .teams
+            .get(team)
+            .and_then(|t| {
+                t.addresses
+                    .iter()
+                    .find(|a| a.address.eq_ignore_ascii_case(address))
+            })
+            .and_then(|a| a.relay.as_deref());
+        let name = match chosen {
+            Some(name) => name,
+            None if self.relays.len() == 1 => self.relays.keys().next()?,
+            None => "default",
+        };
+        self.relays
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
     }
 
     /// Settings that work but deserve a second look; `mailroom check` prints them.
     pub fn warnings(&self) -> Vec<Problem> {
-        self.channels
+        let mut warnings: Vec<Problem> = self
+            .channels
             .iter()
             .filter(|(_, c)| c.kind == ChannelKind::Imap && c.tls == TlsMode::None)
             .map(|(key, _)| Problem {
@@ -888,7 +1177,24 @@ impl Config {
                 message: "plaintext IMAP: the password and all mail cross the network unencrypted"
                     .into(),
             })
-            .collect()
+            .collect();
+        for (key, relay) in &self.relays {
+            if relay.tls == TlsMode::None {
+                warnings.push(Problem {
+                    key: format!("relays.{key}.tls"),
+                    message:
+                        "plaintext SMTP: credentials and replies cross the network unencrypted"
+                            .into(),
+                });
+            }
+        }
+        if self.relays.is_empty() {
+            warnings.push(Problem {
+                key: "relays".into(),
+                message: "no SMTP relay is configured: replies cannot be sent until one is".into(),
+            });
+        }
+        warnings
     }
 
     /// The channel `mailroom ingest` uses when `--channel` is not given: the

@@ -14,6 +14,7 @@ use crate::channel::maildir::MaildirChannel;
 
 use crate::config::{ChannelKind, Config};
 use crate::http::HttpState;
+use crate::outbound::Outbox;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
@@ -24,7 +25,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database).await?;
     store.migrate().await?;
     let dir = Arc::new(store.sync_config(&config).await?);
-    let pipeline = Pipeline::new(store.clone(), dir, config.ingest.clone());
+    let pipeline = Pipeline::new(store.clone(), dir.clone(), config.ingest.clone());
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
 
@@ -52,8 +53,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ChannelKind::Pipe | ChannelKind::Webhook | ChannelKind::Form => {}
         }
     }
+    // The outbox sends queued replies through the configured relays.
+    let outbox = Arc::new(Outbox::new(
+        store.clone(),
+        dir.clone(),
+        Arc::new(config.clone()),
+    ));
+    let wake = outbox.wake.clone();
+    if !config.relays.is_empty() {
+        let token = shutdown.child_token();
+        let outbox = outbox.clone();
+        tasks.spawn(async move { ("outbox".to_string(), outbox.run(token).await) });
+    }
     if config.http.bind.is_some() {
-        let state = Arc::new(HttpState::new(pipeline.clone(), config.clone()));
+        let state = Arc::new(HttpState::new(pipeline.clone(), config.clone()).with_outbox(wake));
         let token = shutdown.child_token();
         tasks.spawn(async move { ("http".to_string(), crate::http::serve(state, token).await) });
     }

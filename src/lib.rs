@@ -6,7 +6,8 @@
 //! - [`pipeline`]: parse → classify → thread → apply, exactly once per message.
 //! - [`channel`]: where mail comes from (Maildir spool; IMAP and HTTP build on it).
 //! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
-//! - [`http`]: the HTTP listener (health, inbound-mail webhooks).
+//! - [`outbound`]: agents' replies: compose, outbox, SMTP relays.
+//! - [`http`]: the HTTP listener (health, webhooks, forms, the reply API).
 //! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
 
 pub mod channel;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod ingest;
+pub mod outbound;
 pub mod pipeline;
 pub mod store;

@@ -66,6 +66,66 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Queue a reply to a ticket's customer; the running daemon sends it
+    /// (or `mailroom outbox flush`).
+    Reply {
+        /// Ticket number.
+        ticket: i64,
+        /// A From address of the ticket's team [default: the team default].
+        #[arg(long)]
+        from: Option<String>,
+        /// The reply's text (`-` for stdin).
+        #[arg(long)]
+        body_file: PathBuf,
+        /// An HTML version of the reply [default: made from the text].
+        #[arg(long)]
+        html_file: Option<PathBuf>,
+        /// Recipients [default: the ticket's contacts]; repeatable.
+        #[arg(long)]
+        to: Vec<String>,
+        #[arg(long)]
+        cc: Vec<String>,
+        #[arg(long)]
+        bcc: Vec<String>,
+        /// Files to attach; repeatable.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        /// Set this status in the same step.
+        #[arg(long)]
+        status: Option<String>,
+        /// Ticket properties, KEY=VALUE; repeatable (a status may require some).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The message (id) answered [default: the latest inbound one].
+        #[arg(long)]
+        in_reply_to: Option<i64>,
+        /// Reply as this agent (key in the config): authorship and assignment.
+        #[arg(long = "as")]
+        agent: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replies waiting to be sent, sent, or failed.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Queued and failed replies, with their last SMTP answer.
+    List {
+        /// Include sent replies.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send every reply that is due now, then exit (no daemon needed).
+    Flush,
+    /// Queue a failed reply (by message id) again, after fixing the cause.
+    Retry { message: i64 },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +276,100 @@ fn check(path: &std::path::Path) -> u8 {
     code
 }
 
+fn guess_content_type(filename: &str) -> &'static str {
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("pdf") => "application/pdf",
+        Some("txt" | "log") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("html" | "htm") => "text/html",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn outbox_command(command: OutboxCommand, config: &Config) -> u8 {
+    let pipeline = match open(config).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let store = pipeline.store().clone();
+    let code = match command {
+        OutboxCommand::Flush => {
+            let outbox = Arc::new(mailroom::outbound::Outbox::new(
+                store.clone(),
+                Arc::new(pipeline.directory().clone()),
+                Arc::new(config.clone()),
+            ));
+            let handled = outbox.run_until_idle().await;
+            match store.outbox_counts().await {
+                Ok(c) => {
+                    println!(
+                        "handled {handled}; queued {} (waiting for a retry), sent {}, failed {}",
+                        c.queued, c.sent, c.failed
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("mailroom outbox: {e}");
+                    EX_TEMPFAIL
+                }
+            }
+        }
+        OutboxCommand::Retry { message } => match store.outbox_retry(message).await {
+            Ok(true) => {
+                println!("message {message} queued again");
+                0
+            }
+            Ok(false) => {
+                eprintln!("mailroom outbox retry: message {message} is not a failed reply");
+                EX_DATAERR
+            }
+            Err(e) => {
+                eprintln!("mailroom outbox retry: {e}");
+                EX_TEMPFAIL
+            }
+        },
+        OutboxCommand::List { all, json } => match store.outbox_list(all).await {
+            Ok(rows) => {
+                if json {
+                    for row in &rows {
+                        println!("{row}");
+                    }
+                } else {
+                    for row in &rows {
+                        println!(
+                            "message {:<6} ticket #{:<6} {:<7} attempts={} to={} last={}",
+                            row["message"],
+                            row["ticket"],
+                            row["state"].as_str().unwrap_or("?"),
+                            row["attempts"],
+                            row["rcpt_to"],
+                            row["last_answer"].as_str().unwrap_or("-")
+                        );
+                    }
+                    if rows.is_empty() {
+                        println!("outbox empty");
+                    }
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("mailroom outbox list: {e}");
+                EX_TEMPFAIL
+            }
+        },
+    };
+    store.close().await;
+    code
+}
+
 async fn open(config: &Config) -> Result<Pipeline, u8> {
     let store = match Store::connect(&config.database).await {
         Ok(s) => s,
@@ -239,6 +393,125 @@ async fn open(config: &Config) -> Result<Pipeline, u8> {
 
 async fn dispatch(command: Command, config: Config) -> u8 {
     match command {
+        Command::Reply {
+            ticket,
+            from,
+            body_file,
+            html_file,
+            to,
+            cc,
+            bcc,
+            attach,
+            status,
+            set,
+            in_reply_to,
+            agent,
+            json,
+        } => {
+            let read = |path: &PathBuf| -> Result<String, String> {
+                if path.as_os_str() == "-" {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .map(|_| text)
+                        .map_err(|e| format!("stdin: {e}"))
+                } else {
+                    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+                }
+            };
+            let mut request = mailroom::outbound::ReplyRequest {
+                from,
+                to: (!to.is_empty()).then_some(to),
+                cc,
+                bcc,
+                in_reply_to,
+                status,
+                ..Default::default()
+            };
+            let loaded = (|| -> Result<(), String> {
+                request.body_text = Some(read(&body_file)?);
+                request.body_html = html_file.as_ref().map(read).transpose()?;
+                for path in &attach {
+                    let data =
+                        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let filename = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "attachment".into());
+                    request
+                        .attachments
+                        .push(mailroom::outbound::compose::NewAttachment {
+                            content_type: guess_content_type(&filename).into(),
+                            filename,
+                            data,
+                        });
+                }
+                for pair in &set {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+                    request
+                        .properties
+                        .insert(k.to_string(), serde_json::Value::String(v.to_string()));
+                }
+                Ok(())
+            })();
+            if let Err(e) = loaded {
+                eprintln!("mailroom reply: {e}");
+                return EX_DATAERR;
+            }
+            let pipeline = match open(&config).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let actor = match &agent {
+                None => mailroom::outbound::Actor::Ops,
+                Some(key) => {
+                    match mailroom::outbound::Actor::agent(&config, pipeline.directory(), key) {
+                        Some(a) => a,
+                        None => {
+                            eprintln!("mailroom reply: --as {key:?} is not a configured agent");
+                            return EX_CONFIG;
+                        }
+                    }
+                }
+            };
+            let result = mailroom::outbound::queue_reply(
+                pipeline.store(),
+                pipeline.directory(),
+                &config,
+                &actor,
+                ticket,
+                request,
+            )
+            .await;
+            pipeline.store().close().await;
+            match result {
+                Ok(queued) => {
+                    if json {
+                        println!("{}", serde_json::json!(queued));
+                    } else {
+                        println!(
+                            "reply queued on ticket #{} as message {} from {} ({}); status {}",
+                            queued.ticket,
+                            queued.message,
+                            queued.from,
+                            queued.message_id,
+                            queued.status
+                        );
+                    }
+                    0
+                }
+                Err(mailroom::outbound::ReplyError::Store(e)) => {
+                    eprintln!("mailroom reply: database: {e}");
+                    EX_TEMPFAIL
+                }
+                Err(e) => {
+                    eprintln!("mailroom reply: {e}");
+                    EX_DATAERR
+                }
+            }
+        }
+        Command::Outbox { command } => outbox_command(command, &config).await,
         Command::Check => unreachable!("handled before the runtime starts"),
         Command::Run => match mailroom::daemon::run(config).await {
             Ok(()) => 0,

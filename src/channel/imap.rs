@@ -385,6 +385,35 @@ impl ImapChannel {
         ))
     }
 
+    /// Appends a message to `folder` as read (a reply's copy in the team
+    /// mailbox's Sent folder), creating the folder when it is missing.
+    pub async fn append_copy(
+        &self,
+        store: &Store,
+        folder: &str,
+        raw: &[u8],
+    ) -> Result<(), Failure> {
+        let limit = self.command_timeout();
+        let mut session = self.connect(store).await?;
+        let appended = deadline(limit, "APPEND", async {
+            match session.append(folder, Some("(\\Seen)"), None, raw).await {
+                Ok(()) => Ok(()),
+                // Not there yet (TRYCREATE): create it once and try again.
+                Err(async_imap::error::Error::No(_) | async_imap::error::Error::Append) => {
+                    session.create(folder).await.map_err(other("CREATE"))?;
+                    session
+                        .append(folder, Some("(\\Seen)"), None, raw)
+                        .await
+                        .map_err(other("APPEND"))
+                }
+                Err(e) => Err(other("APPEND")(e)),
+            }
+        })
+        .await;
+        let _ = timeout(Duration::from_secs(2), session.logout()).await;
+        appended
+    }
+
     /// Runs the mailbox until `shutdown`, reconnecting with backoff.
     pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = pipeline.store().clone();

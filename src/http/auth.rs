@@ -121,7 +121,7 @@ pub fn check(
     Err(unauthorized("missing Authorization: Bearer header"))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -1,9 +1,10 @@
-//! The HTTP listener: `/healthz`, `/readyz`, web forms (`POST /forms/{name}`)
-//! and inbound-mail webhooks (`POST /inbound/{channel}` with a raw RFC 5322
-//! body). A webhook answers
+//! The HTTP listener: `/healthz`, `/readyz`, web forms (`POST /forms/{name}`),
+//! inbound-mail webhooks (`POST /inbound/{channel}` with a raw RFC 5322
+//! body) and the agent API under `/api/v1` (see `api`). A webhook answers
 //! 2xx only after the message is committed, and 503 when the database is
 //! unavailable so the sender retries.
 
+pub mod api;
 pub mod auth;
 pub mod forms;
 
@@ -35,6 +36,11 @@ pub struct HttpState {
     pub replays: auth::ReplayGuard,
     /// Per-IP submission counts for browser forms.
     pub rate_limiter: forms::RateLimiter,
+    /// Agent API tokens (resolved once) → agent key.
+    pub agent_tokens: Vec<(String, String)>,
+    /// Wakes the outbox worker when a reply is queued; none when this
+    /// process does not send (replies then wait for the next poll).
+    pub outbox_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl HttpState {
@@ -42,11 +48,26 @@ impl HttpState {
         HttpState {
             commits: CommitQueue::start(pipeline.clone(), 128),
             pipeline,
-            config,
             channels_started: AtomicBool::new(true),
             replays: Default::default(),
             rate_limiter: Default::default(),
+            agent_tokens: config
+                .agents
+                .iter()
+                .filter_map(|(key, a)| {
+                    let token = a.api_token.as_ref()?.resolve().ok()?;
+                    (!token.is_empty()).then(|| (token, key.clone()))
+                })
+                .collect(),
+            outbox_wake: None,
+            config,
         }
+    }
+
+    /// Lets replies queued through the API wake this outbox at once.
+    pub fn with_outbox(mut self, wake: Arc<tokio::sync::Notify>) -> HttpState {
+        self.outbox_wake = Some(wake);
+        self
     }
 }
 
@@ -58,6 +79,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/inbound/{channel}", post(inbound))
         .route("/forms/{name}", post(forms::submit))
+        .route("/api/v1/tickets/{number}/replies", post(api::reply))
+        .route("/api/v1/messages/{id}", get(api::message))
+        .route(
+            "/api/v1/teams/{team}/default-address",
+            axum::routing::put(api::default_address),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

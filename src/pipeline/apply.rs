@@ -20,6 +20,7 @@ use sqlx::{AnyConnection, Arguments, Row};
 use super::parse::{Attachment, Mailbox, ParsedMessage};
 use super::thread::thread_keys;
 use crate::config::{FollowUp, StatusKind};
+use crate::outbound::ids;
 use crate::store::directory::ChannelInfo;
 use crate::store::{Backend, Directory};
 
@@ -87,6 +88,7 @@ const PREFETCH_KEYS: usize = 8;
 struct TicketState {
     id: i64,
     number: i64,
+    team_id: i64,
     pipeline_id: i64,
     status_id: i64,
     status_changed_at: i64,
@@ -315,7 +317,7 @@ impl<'a> Batch<'a> {
         ids: &[i64],
     ) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "SELECT id, number, pipeline_id, status_id, status_changed_at, merged_into, deleted_at
+            "SELECT id, number, pipeline_id, status_id, status_changed_at, merged_into, deleted_at, team_id
              FROM tickets WHERE id IN ({})",
             placeholders(self.backend, 1, ids.len())
         );
@@ -335,6 +337,7 @@ impl<'a> Batch<'a> {
                     status_changed_at: row.try_get(4)?,
                     merged_into: row.try_get(5)?,
                     deleted: row.try_get::<Option<i64>, _>(6)?.is_some(),
+                    team_id: row.try_get(7)?,
                 },
             );
         }
@@ -365,11 +368,24 @@ impl<'a> Batch<'a> {
         Ok(None)
     }
 
+    /// `live_ticket`, but only for a ticket of `team_id`: a tag names a
+    /// ticket, and mail to another team's mailbox must not reach into it.
+    async fn live_ticket_of_team(
+        &mut self,
+        conn: &mut AnyConnection,
+        id: i64,
+        team_id: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let live = self.live_ticket(conn, id).await?;
+        Ok(live.filter(|t| self.tickets.get(t).is_some_and(|t| t.team_id == team_id)))
+    }
+
     /// Finds the ticket a message continues, per the rules in `thread.rs`.
     async fn find_ticket(
         &mut self,
         conn: &mut AnyConnection,
         team_id: i64,
+        secret: &[u8],
         message: &ParsedMessage,
         contact: Option<i64>,
     ) -> Result<Found, sqlx::Error> {
@@ -380,6 +396,15 @@ impl<'a> Batch<'a> {
             {
                 if direction == "outbound" {
                     return Ok(Found::Echo(*ticket));
+                }
+            }
+        }
+        // Our own Message-IDs carry a verified ticket id: they need no lookup
+        // and still work when the referenced message is not stored.
+        for id in &keys.message_ids {
+            if let Some(ticket) = ids::ticket_of_message_id(secret, id) {
+                if let Some(ticket) = self.live_ticket_of_team(conn, ticket, team_id).await? {
+                    return Ok(Found::Ticket(ticket));
                 }
             }
         }
@@ -396,6 +421,14 @@ impl<'a> Batch<'a> {
                     .await?;
             } else {
                 break;
+            }
+        }
+        // The body marker, for providers that rewrite Message-IDs.
+        if let Some(ticket) =
+            ids::ticket_of_body(secret, &message.body_text, message.body_html.as_deref())
+        {
+            if let Some(ticket) = self.live_ticket_of_team(conn, ticket, team_id).await? {
+                return Ok(Found::Ticket(ticket));
             }
         }
         let Some(sender) = message.from.as_ref().map(|m| m.address.as_str()) else {
@@ -565,6 +598,7 @@ impl<'a> Batch<'a> {
         let ticket = TicketState {
             id,
             number,
+            team_id: channel.team_id,
             pipeline_id,
             status_id,
             status_changed_at: now,
@@ -773,7 +807,7 @@ impl<'a> Batch<'a> {
             .as_ref()
             .and_then(|f| self.contacts.get(&f.address).copied());
         let found = self
-            .find_ticket(conn, channel.team_id, message, contact)
+            .find_ticket(conn, channel.team_id, &dir.secret.0, message, contact)
             .await?;
         if let Found::Echo(ticket_id) = found {
             let outcome = Outcome::Duplicate {
@@ -924,11 +958,13 @@ impl<'a> Batch<'a> {
             Found::Echo(_) => unreachable!("handled above"),
         };
         if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
+            let detail = bounce_detail(message);
             mark_bounced(
                 conn,
                 self.backend,
                 channel.team_id,
                 &message.flags.bounced_message_ids,
+                &detail,
             )
             .await?;
         }
@@ -1191,20 +1227,43 @@ pub async fn apply_batch(
     Ok(outcomes)
 }
 
-/// A bounce marks the outbound message it reports on as bounced.
+/// What a bounce says went wrong: its Diagnostic-Code or Status line, else
+/// the start of its human-readable part.
+fn bounce_detail(message: &ParsedMessage) -> String {
+    let text = &message.body_text;
+    let line = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("diagnostic-code:"))
+        .or_else(|| {
+            text.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("status:"))
+        })
+        .map(str::trim)
+        .unwrap_or_else(|| text.trim());
+    let mut detail: String = line.chars().take(300).collect();
+    if detail.is_empty() {
+        detail = message.subject.clone();
+    }
+    format!("bounced: {detail}")
+}
+
+/// A bounce marks the outbound message it reports on as failed, with what
+/// the bounce says. (The bounce itself is threaded onto the same ticket.)
 async fn mark_bounced(
     conn: &mut AnyConnection,
     backend: Backend,
     team_id: i64,
     ids: &[String],
+    detail: &str,
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "UPDATE messages SET delivery_state = 'bounced'
+        "UPDATE messages SET delivery_state = 'failed', delivery_detail = {}
          WHERE team_id = {} AND direction = 'outbound' AND message_id IN ({})",
         placeholders(backend, 1, 1),
-        placeholders(backend, 2, ids.len())
+        placeholders(backend, 2, 1),
+        placeholders(backend, 3, ids.len())
     );
-    let mut query = sqlx::query(&sql).bind(team_id);
+    let mut query = sqlx::query(&sql).bind(detail).bind(team_id);
     for id in ids {
         query = query.bind(id);
     }

@@ -14,6 +14,7 @@ pub struct TeamInfo {
     pub id: i64,
     pub key: String,
     pub subject_tag: bool,
+    pub assign_on_reply: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct PipelineInfo {
     pub reopen_status: i64,
     pub follow_up: FollowUp,
     pub new_ticket_after_days: Option<u32>,
+    /// Status an emailed reply moves a ticket to, unless the reply sets one.
+    pub status_after_reply: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,18 @@ pub struct Directory {
     pub channels: HashMap<String, ChannelInfo>,
     /// Agent email (normalised) → agent id.
     pub agents: HashMap<String, i64>,
+    /// Key for the HMAC tags on our Message-IDs and body markers.
+    pub secret: ServerSecret,
+}
+
+/// The server secret; kept out of `Debug` output and logs.
+#[derive(Clone, Default)]
+pub struct ServerSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSecret(…)")
+    }
 }
 
 impl Directory {
@@ -100,20 +115,45 @@ impl Store {
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
-            // The first address is the default unless one says otherwise.
+            // The config's default (the first address unless one says
+            // otherwise) applies until an admin picks another through the
+            // API; that choice is kept across restarts while the address is
+            // still configured.
             let default_index = team.addresses.iter().position(|a| a.default).unwrap_or(0);
-            for (i, address) in team.addresses.iter().enumerate() {
+            sqlx::query("UPDATE team_addresses SET active = 0 WHERE team_id = $1")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            for address in &team.addresses {
                 sqlx::query(
-                    "INSERT INTO team_addresses (team_id, address, name, is_default) VALUES ($1, $2, $3, $4)
+                    "INSERT INTO team_addresses (team_id, address, name, is_default, active) VALUES ($1, $2, $3, 0, 1)
                      ON CONFLICT (address) DO UPDATE SET team_id = excluded.team_id, name = excluded.name,
-                       is_default = excluded.is_default",
+                       active = 1",
                 )
                 .bind(id)
                 .bind(address.address.to_lowercase())
                 .bind(address.name.clone())
-                .bind((i == default_index) as i64)
                 .execute(&mut **tx)
                 .await?;
+            }
+            sqlx::query(
+                "UPDATE team_addresses SET is_default = 0 WHERE team_id = $1 AND active = 0",
+            )
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+            let has_default = sqlx::query(
+                "SELECT 1 FROM team_addresses WHERE team_id = $1 AND is_default = 1 AND active = 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some();
+            if let (false, Some(address)) = (has_default, team.addresses.get(default_index)) {
+                sqlx::query("UPDATE team_addresses SET is_default = 1 WHERE address = $1")
+                    .bind(address.address.to_lowercase())
+                    .execute(&mut **tx)
+                    .await?;
             }
             dir.teams.insert(
                 key.clone(),
@@ -121,6 +161,7 @@ impl Store {
                     id,
                     key: key.clone(),
                     subject_tag: team.subject_tag,
+                    assign_on_reply: team.assign_on_reply,
                 },
             );
         }
@@ -147,6 +188,7 @@ impl Store {
             });
             let mut default_status = None;
             let mut reopen_status = None;
+            let mut status_after_reply = None;
             for (position, status) in pipeline.statuses.iter().enumerate() {
                 let is_default = default_name.as_deref() == Some(status.name.as_str());
                 let status_id: i64 = sqlx::query(
@@ -168,6 +210,9 @@ impl Store {
                 .try_get(0)?;
                 if is_default {
                     default_status = Some(status_id);
+                }
+                if pipeline.status_after_reply.as_deref() == Some(status.name.as_str()) {
+                    status_after_reply = Some(status_id);
                 }
                 if status.kind == StatusKind::Open && reopen_status.is_none() {
                     reopen_status = Some(status_id);
@@ -193,6 +238,7 @@ impl Store {
                     reopen_status,
                     follow_up: pipeline.follow_up,
                     new_ticket_after_days: pipeline.new_ticket_after_days,
+                    status_after_reply,
                 },
             );
         }
@@ -271,6 +317,25 @@ impl Store {
                 },
             );
         }
+        dir.secret = match config.secret.as_ref().map(|s| s.resolve()) {
+            Some(Ok(secret)) => ServerSecret(secret.into_bytes()),
+            // Validation reports an unreadable secret; here it falls back
+            // to the stored one so tools that skip validation still agree.
+            _ => {
+                let generated = hex::encode(rand::random::<[u8; 32]>());
+                sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ('secret', $1) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(generated)
+                .execute(&mut **tx)
+                .await?;
+                let stored: String = sqlx::query("SELECT value FROM settings WHERE key = 'secret'")
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
+                ServerSecret(stored.into_bytes())
+            }
+        };
         w.commit().await?;
         Ok(dir)
     }

@@ -7,5 +7,7 @@ mod fixtures;
 mod harness;
 mod http;
 mod imap;
+mod outbound;
 mod quarantine;
+mod smtp;
 mod threading;

@@ -1,0 +1,293 @@
+//! The agent API: `POST /api/v1/tickets/{number}/replies` queues a reply
+//! (optionally setting a status in the same step), `GET /api/v1/messages/{id}`
+//! tells how its delivery went, and `PUT /api/v1/teams/{team}/default-address`
+//! lets a team admin choose the team's default From address.
+//!
+//! Every call carries `Authorization: Bearer <agent api_token>`; an agent
+//! sees and acts on the tickets of its own teams only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::{problem, unavailable, HttpState};
+use crate::outbound::compose::NewAttachment;
+use crate::outbound::{queue_reply, Actor, ReplyError, ReplyRequest};
+use crate::store::{classify_error, ErrorClass};
+
+/// The agent a bearer token belongs to, or the 401 to send.
+fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Response> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            problem(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer <api_token> header",
+            )
+        })?;
+    // Compare with every token (constant time each) so timing does not tell
+    // which agents exist.
+    let mut found = None;
+    for (token, agent) in &state.agent_tokens {
+        if super::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            found = Some(agent);
+        }
+    }
+    let agent = found.ok_or_else(|| problem(StatusCode::UNAUTHORIZED, "unknown API token"))?;
+    Actor::agent(&state.config, state.pipeline.directory(), agent).ok_or_else(|| {
+        problem(
+            StatusCode::UNAUTHORIZED,
+            "this token's agent is not configured any more",
+        )
+    })
+}
+
+fn reply_error(e: ReplyError) -> Response {
+    match e {
+        ReplyError::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
+        ReplyError::Forbidden(m) => problem(StatusCode::FORBIDDEN, m),
+        ReplyError::Invalid { field, message } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": format!("{field}: {message}"), "field": field })),
+        )
+            .into_response(),
+        ReplyError::Store(e) => store_error(e),
+    }
+}
+
+fn store_error(e: sqlx::Error) -> Response {
+    match classify_error(&e) {
+        ErrorClass::Unavailable | ErrorClass::Transient => {
+            unavailable(format!("database unavailable, retry later: {e}"))
+        }
+        ErrorClass::Permanent => {
+            tracing::error!(error = %e, "API request failed in the store.");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; see the server log",
+            )
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyBody {
+    /// Plain-text body; HTML is made from it when `body_html` is absent.
+    pub body: Option<String>,
+    pub body_html: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
+    #[serde(default)]
+    pub cc: Vec<String>,
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    pub in_reply_to: Option<i64>,
+    pub status: Option<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub attachments: Vec<AttachmentBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentBody {
+    pub filename: String,
+    #[serde(default = "octet_stream")]
+    pub content_type: String,
+    /// The file, base64-encoded.
+    pub content_base64: String,
+}
+
+fn octet_stream() -> String {
+    "application/octet-stream".into()
+}
+
+pub async fn reply(
+    State(state): State<Arc<HttpState>>,
+    Path(number): Path<i64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match authenticate(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let body: ReplyBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid JSON body: {e}"),
+            )
+        }
+    };
+    let mut attachments = Vec::with_capacity(body.attachments.len());
+    for (i, a) in body.attachments.into_iter().enumerate() {
+        match base64::engine::general_purpose::STANDARD.decode(a.content_base64.trim()) {
+            Ok(data) => attachments.push(NewAttachment {
+                filename: a.filename,
+                content_type: a.content_type,
+                data,
+            }),
+            Err(e) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("attachments[{i}].content_base64: not base64: {e}"),
+                )
+            }
+        }
+    }
+    let request = ReplyRequest {
+        from: body.from,
+        to: body.to,
+        cc: body.cc,
+        bcc: body.bcc,
+        in_reply_to: body.in_reply_to,
+        body_text: body.body,
+        body_html: body.body_html,
+        attachments,
+        status: body.status,
+        properties: body.properties,
+        idempotency_key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    let result = queue_reply(
+        state.pipeline.store(),
+        state.pipeline.directory(),
+        &state.config,
+        &actor,
+        number,
+        request,
+    )
+    .await;
+    match result {
+        Ok(queued) => {
+            if let Some(wake) = &state.outbox_wake {
+                wake.notify_one();
+            }
+            let status = if queued.replayed {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, Json(json!(queued))).into_response()
+        }
+        Err(e) => reply_error(e),
+    }
+}
+
+/// Delivery state of a message: `queued`, `sent` (with the relay's answer)
+/// or `failed` (with the reason).
+pub async fn message(
+    State(state): State<Arc<HttpState>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authenticate(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let row = sqlx::query(
+        "SELECT m.id, t.number, m.team_id, m.direction, m.message_id, m.from_addr, m.to_addrs, m.subject,
+                m.delivery_state, m.delivery_detail, m.sent_at, o.attempts
+         FROM messages m JOIN tickets t ON t.id = m.ticket_id
+         LEFT JOIN outbox o ON o.message_id = m.id WHERE m.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(state.pipeline.store().pool())
+    .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                format!("message {id} does not exist"),
+            )
+        }
+        Err(e) => return store_error(e),
+    };
+    let view = (|| -> Result<(i64, Value), sqlx::Error> {
+        let team: i64 = row.try_get(2)?;
+        let to: Vec<String> =
+            serde_json::from_str(&row.try_get::<String, _>(6)?).unwrap_or_default();
+        Ok((
+            team,
+            json!({
+                "message": row.try_get::<i64, _>(0)?,
+                "ticket": row.try_get::<i64, _>(1)?,
+                "direction": row.try_get::<String, _>(3)?,
+                "message_id": row.try_get::<String, _>(4)?,
+                "from": row.try_get::<String, _>(5)?,
+                "to": to,
+                "subject": row.try_get::<String, _>(7)?,
+                "delivery_state": row.try_get::<Option<String>, _>(8)?,
+                "delivery_detail": row.try_get::<Option<String>, _>(9)?,
+                "sent_at": row.try_get::<Option<i64>, _>(10)?,
+                "attempts": row.try_get::<Option<i64>, _>(11)?,
+            }),
+        ))
+    })();
+    match view {
+        Ok((team, _)) if !actor.can_access_team(team) => problem(
+            StatusCode::NOT_FOUND,
+            format!("message {id} does not exist"),
+        ),
+        Ok((_, view)) => Json(view).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultAddressBody {
+    pub address: String,
+}
+
+pub async fn default_address(
+    State(state): State<Arc<HttpState>>,
+    Path(team): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match authenticate(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let body: DefaultAddressBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid JSON body: {e}"),
+            )
+        }
+    };
+    match crate::outbound::reply::set_default_address(
+        state.pipeline.store(),
+        state.pipeline.directory(),
+        &actor,
+        &team,
+        &body.address,
+    )
+    .await
+    {
+        Ok(()) => Json(json!({ "team": team, "default_address": body.address.to_lowercase() }))
+            .into_response(),
+        Err(e) => reply_error(e),
+    }
+}

@@ -1,0 +1,201 @@
+//! Renders an outgoing message with mail-builder: every header value goes
+//! through the library's encoder, never through string pasting. Bcc is not
+//! written: those recipients are only in the SMTP envelope.
+
+use mail_builder::headers::address::Address;
+use mail_builder::headers::date::Date;
+use mail_builder::headers::message_id::MessageId;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::text::Text;
+use mail_builder::MessageBuilder;
+
+/// An address with an optional display name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Recipient {
+    fn to_address(&self) -> Address<'_> {
+        Address::new_address(self.name.as_deref(), self.address.as_str())
+    }
+}
+
+/// A file attached to a reply.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub filename: String,
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+/// Everything a rendered reply is made of.
+#[derive(Debug)]
+pub struct Draft<'a> {
+    pub from: &'a Recipient,
+    pub to: &'a [Recipient],
+    pub cc: &'a [Recipient],
+    pub subject: &'a str,
+    pub message_id: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    pub references: &'a [String],
+    pub thread_index: &'a str,
+    pub thread_topic: &'a str,
+    pub text: &'a str,
+    pub html: &'a str,
+    pub attachments: &'a [NewAttachment],
+    pub date_ms: i64,
+}
+
+/// The rendered RFC 5322 bytes.
+fn list(people: &[Recipient]) -> Address<'_> {
+    Address::new_list(people.iter().map(Recipient::to_address).collect())
+}
+
+pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
+    let mut builder = MessageBuilder::new()
+        .from(draft.from.to_address())
+        .subject(draft.subject)
+        .message_id(draft.message_id)
+        .date(Date::new(draft.date_ms.div_euclid(1000)))
+        .header("Thread-Topic", Text::new(draft.thread_topic))
+        .header("Thread-Index", Raw::new(draft.thread_index))
+        .text_body(draft.text)
+        .html_body(draft.html);
+    if !draft.to.is_empty() {
+        builder = builder.to(list(draft.to));
+    }
+    if !draft.cc.is_empty() {
+        builder = builder.cc(list(draft.cc));
+    }
+    if let Some(parent) = draft.in_reply_to {
+        builder = builder.in_reply_to(parent);
+    }
+    if !draft.references.is_empty() {
+        builder = builder.references(MessageId::new_list(
+            draft.references.iter().map(String::as_str),
+        ));
+    }
+    for attachment in draft.attachments {
+        builder = builder.attachment(
+            attachment.content_type.as_str(),
+            attachment.filename.as_str(),
+            attachment.data.as_slice(),
+        );
+    }
+    builder.write_to_vec()
+}
+
+/// HTML for a reply written as plain text: escaped, line breaks kept.
+pub fn text_to_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push_str("<div style=\"white-space:pre-wrap\">");
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => {}
+            '\n' => out.push_str("<br>\n"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("</div>");
+    out
+}
+
+/// `Re: <subject>`, with a `[#number]` tag when the team uses tags; no
+/// `Re: Re:` pile-up.
+pub fn reply_subject(ticket_subject: &str, number: i64, tag: bool) -> String {
+    let mut base = ticket_subject.trim();
+    loop {
+        let lower = base.to_ascii_lowercase();
+        match ["re:", "aw:", "sv:", "fwd:", "fw:"]
+            .iter()
+            .find(|p| lower.starts_with(**p))
+        {
+            Some(prefix) => base = base[prefix.len()..].trim_start(),
+            None => break,
+        }
+    }
+    let tag_text = format!("[#{number}]");
+    let base = if base.is_empty() {
+        "(no subject)"
+    } else {
+        base
+    };
+    if tag && !base.contains(&tag_text) {
+        format!("Re: {tag_text} {base}")
+    } else {
+        format!("Re: {base}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_get_one_re_and_one_tag() {
+        assert_eq!(reply_subject("Printer", 5, true), "Re: [#5] Printer");
+        assert_eq!(reply_subject("RE: Re: Printer", 5, false), "Re: Printer");
+        assert_eq!(
+            reply_subject("Re: [#5] Printer", 5, true),
+            "Re: [#5] Printer"
+        );
+        assert_eq!(reply_subject("", 5, false), "Re: (no subject)");
+    }
+
+    #[test]
+    fn plain_text_becomes_escaped_html() {
+        assert_eq!(
+            text_to_html("a<b>\nc"),
+            "<div style=\"white-space:pre-wrap\">a&lt;b&gt;<br>\nc</div>"
+        );
+    }
+
+    #[test]
+    fn rendered_message_has_no_bcc_and_parses_back() {
+        let from = Recipient {
+            address: "support@example.test".into(),
+            name: Some("Example Support".into()),
+        };
+        let to = [Recipient {
+            address: "c@customer.test".into(),
+            name: Some("Ünïcode Customer".into()),
+        }];
+        let refs = vec!["a@x".to_string(), "b@x".to_string()];
+        let raw = render(&Draft {
+            from: &from,
+            to: &to,
+            cc: &[],
+            subject: "Re: [#1] Hello",
+            message_id: "mr.1.x.y@example.test",
+            in_reply_to: Some("b@x"),
+            references: &refs,
+            thread_index: "AQ==",
+            thread_topic: "Hello",
+            text: "Hi there",
+            html: "<p>Hi there</p>",
+            attachments: &[NewAttachment {
+                filename: "a.txt".into(),
+                content_type: "text/plain".into(),
+                data: b"file".to_vec(),
+            }],
+            date_ms: 1_700_000_000_000,
+        })
+        .unwrap();
+        let parsed = crate::pipeline::parse::parse(&raw).unwrap();
+        assert_eq!(parsed.message_id, "mr.1.x.y@example.test");
+        assert_eq!(parsed.in_reply_to, vec!["b@x"]);
+        assert_eq!(parsed.references, refs);
+        assert_eq!(parsed.to[0].name.as_deref(), Some("Ünïcode Customer"));
+        assert_eq!(parsed.attachments.len(), 1);
+        assert!(!String::from_utf8_lossy(&raw)
+            .to_ascii_lowercase()
+            .contains("bcc:"));
+    }
+}
