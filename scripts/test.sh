@@ -41,6 +41,14 @@ if ! command -v dovecot >/dev/null 2>&1 || [ ! -e /usr/share/dovecot/dh.pem ]; t
   apt_install dovecot-imapd
 fi
 
+# Postfix's smtp-sink: the outbound tests send replies to it. Installing
+# postfix starts nothing here (no init system); only the sink binary is used.
+if [ ! -x /usr/sbin/smtp-sink ]; then
+  log "installing Postfix (for smtp-sink)"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt_install postfix
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

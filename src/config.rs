@@ -1366,7 +1366,7 @@ mod tests {
             "xoauth2 needs no password"
         );
         let warnings: Vec<String> = config.warnings().into_iter().map(|p| p.key).collect();
-        assert_eq!(warnings, vec!["channels.a.tls"]);
+        assert_eq!(warnings, vec!["channels.a.tls", "relays"]);
     }
 
     #[test]
@@ -1386,5 +1386,53 @@ mod tests {
         );
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("pathh"), "{err}");
+    }
+
+    #[test]
+    fn relays_and_reply_settings_name_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"
+            [database]
+            url = "sqlite://x.db"
+            [outbox]
+            lease_secs = 30
+            [relays.a]
+            host = "smtp.a.test"
+            timeout_secs = 60
+            [relays.b]
+            host = "smtp.b.test"
+            auth = "xoauth2"
+            [pipelines.p]
+            statuses = [{ name = "open", kind = "open" }, { name = "closed", kind = "closed" }]
+            status_after_reply = "waiting"
+            [teams.t]
+            addresses = [
+              { address = "a@t.test", relay = "c" },
+              { address = "b@t.test", sent_copy = { channel = "pipe" } },
+            ]
+            [channels.pipe]
+            kind = "pipe"
+            team = "t"
+            pipeline = "p"
+            "#,
+        );
+        let config = Config::load_unvalidated(&path).unwrap();
+        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
+        for expected in [
+            "relays.a.timeout_secs",
+            "relays.b.oauth",
+            "teams.t.addresses[0].relay",
+            "teams.t.addresses[1].relay",
+            "teams.t.addresses[1].sent_copy.channel",
+            "pipelines.p.status_after_reply",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == expected),
+                "missing {expected} in {keys:?}"
+            );
+        }
+        assert!(config.relay_for("t", "a@t.test").is_none());
     }
 }

@@ -24,17 +24,17 @@ use crate::outbound::{queue_reply, Actor, ReplyError, ReplyRequest};
 use crate::store::{classify_error, ErrorClass};
 
 /// The agent a bearer token belongs to, or the 401 to send.
-fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Response> {
+fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Box<Response>> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| {
-            problem(
+            Box::new(problem(
                 StatusCode::UNAUTHORIZED,
                 "missing Authorization: Bearer <api_token> header",
-            )
+            ))
         })?;
     // Compare with every token (constant time each) so timing does not tell
     // which agents exist.
@@ -44,12 +44,13 @@ fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Respons
             found = Some(agent);
         }
     }
-    let agent = found.ok_or_else(|| problem(StatusCode::UNAUTHORIZED, "unknown API token"))?;
+    let agent =
+        found.ok_or_else(|| Box::new(problem(StatusCode::UNAUTHORIZED, "unknown API token")))?;
     Actor::agent(&state.config, state.pipeline.directory(), agent).ok_or_else(|| {
-        problem(
+        Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "this token's agent is not configured any more",
-        )
+        ))
     })
 }
 
@@ -123,7 +124,7 @@ pub async fn reply(
 ) -> Response {
     let actor = match authenticate(&state, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body: ReplyBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -200,7 +201,7 @@ pub async fn message(
 ) -> Response {
     let actor = match authenticate(&state, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let row = sqlx::query(
         "SELECT m.id, t.number, m.team_id, m.direction, m.message_id, m.from_addr, m.to_addrs, m.subject,
@@ -266,7 +267,7 @@ pub async fn default_address(
 ) -> Response {
     let actor = match authenticate(&state, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body: DefaultAddressBody = match serde_json::from_slice(&body) {
         Ok(b) => b,

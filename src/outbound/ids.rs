@@ -241,10 +241,7 @@ mod tests {
 
     #[test]
     fn body_markers_survive_quoting() {
-        let text = format!(
-            "Thanks!\n\n> Hello{}\n> old text",
-            text_marker(SECRET, 9).replace('\u{2060}', "\u{2060}")
-        );
+        let text = format!("Thanks!\n\n> Hello{}\n> old text", text_marker(SECRET, 9));
         assert_eq!(ticket_of_body(SECRET, &text, None), Some(9));
         let html = format!("<blockquote>hi{}</blockquote>", html_marker(SECRET, 11));
         assert_eq!(ticket_of_body(SECRET, "", Some(&html)), Some(11));

@@ -44,7 +44,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(name: &str, config: &RelayConfig) -> Relay {
         let tokens = (config.auth == ImapAuth::Xoauth2)
-            .then(|| config.oauth.as_ref())
+            .then_some(config.oauth.as_ref())
             .flatten()
             .map(|o| TokenSource::new(&format!("relay:{name}"), o));
         Relay {

@@ -415,3 +415,135 @@ fn daemon_takes_mail_from_the_spool_and_stops_gracefully() {
         2
     );
 }
+
+/// Appends an SMTP relay on `port` (and quick retries) to the workdir's config.
+fn add_relay(w: &Workdir, port: u16) {
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.path().join("config/mailroom.toml"))
+        .unwrap();
+    write!(
+        config,
+        "\n[relays.local]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 20\n\
+         \n[outbox]\nretry_base_ms = 100\nretry_max_ms = 200\npoll_interval_ms = 100\nlease_secs = 120\n"
+    )
+    .unwrap();
+}
+
+fn outbox(w: &Workdir) -> Vec<serde_json::Value> {
+    let out = w.run(&["outbox", "list", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
+    let w = Workdir::new();
+    // A relay that accepts connections and never answers: the daemon's
+    // send hangs with the reply claimed, and the daemon is killed there.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    black_hole.set_nonblocking(true).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (accepted, stopped) = (held.clone(), stop.clone());
+    let hole = std::thread::spawn(move || {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            match black_hole.accept() {
+                Ok((stream, _)) => accepted.lock().unwrap().push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    add_relay(&w, port);
+
+    let customer = mail(
+        "carol@customer.test",
+        "c1@customer.test",
+        "Help",
+        "",
+        "Please help",
+    );
+    assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
+    std::fs::write(w.path().join("reply.txt"), "Here is your answer.").unwrap();
+    // `mailroom reply` commits the reply; it sends nothing itself.
+    let queued = w.run(&[
+        "reply",
+        "1",
+        "--body-file",
+        "reply.txt",
+        "--as",
+        "alice",
+        "--json",
+    ]);
+    assert_eq!(
+        code(&queued),
+        0,
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    let queued: serde_json::Value = serde_json::from_slice(&queued.stdout).unwrap();
+    assert_eq!(outbox(&w)[0]["state"], "queued");
+
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the daemon to connect to the relay", || {
+        !held.lock().unwrap().is_empty()
+    });
+    daemon.kill().unwrap(); // SIGKILL: no chance to release the claim
+    daemon.wait().unwrap();
+    let rows = outbox(&w);
+    assert_eq!(rows[0]["state"], "queued");
+    assert_eq!(rows[0]["attempts"], 1, "claimed once, never finished");
+
+    // The relay comes back on the same port; the restarted daemon takes its
+    // own stale claim back at once (the lease has 2 minutes left) and sends.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hole.join().unwrap();
+    held.lock().unwrap().clear();
+    let sink = crate::smtp::SmtpSink::start_on(port, &[]);
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the reply to be sent", || outbox(&w)[0]["state"] == "sent");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.count(), 1, "sent exactly once");
+    let sent = &sink.messages()[0];
+    assert_eq!(sent.rcpt_to, vec!["carol@customer.test"]);
+    let text = String::from_utf8_lossy(&sent.message);
+    assert!(text.contains(queued["message_id"].as_str().unwrap()));
+
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    // After a clean stop and another start, nothing goes out again.
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert_eq!(sink.count(), 1);
+}
