@@ -275,6 +275,26 @@ fn check(path: &std::path::Path) -> u8 {
             }
         }
     }
+    for (name, relay) in &config.relays {
+        let result = runtime.block_on(async {
+            // The store keeps rotated OAuth refresh tokens for XOAUTH2 relays.
+            let store = Store::connect(&config.database)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let result = mailroom::outbound::smtp::Relay::new(name, relay)
+                .probe(&store)
+                .await;
+            store.close().await;
+            result
+        });
+        match result {
+            Ok(report) => println!("ok: relays.{name}: {report}"),
+            Err(e) => {
+                println!("problem: relays.{name}: {e}");
+                code = EX_TEMPFAIL;
+            }
+        }
+    }
     code
 }
 
@@ -551,6 +571,11 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                         field("last_error")
                     );
                     }
+                    let outbox = store.outbox_counts().await?;
+                    println!(
+                        "{:<16} {:<8} queued={} sent={} failed={}",
+                        "outbox", "smtp", outbox.queued, outbox.sent, outbox.failed
+                    );
                 }
                 Ok(0)
             })

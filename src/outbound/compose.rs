@@ -18,9 +18,22 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    fn to_address(&self) -> Address<'_> {
-        Address::new_address(self.name.as_deref(), self.address.as_str())
+    fn to_address(&self) -> Address<'static> {
+        Address::new_address(
+            self.name.as_deref().map(single_line),
+            single_line(&self.address),
+        )
     }
+}
+
+/// A header value with any control character (CR, LF, NUL, TAB …) turned
+/// into a space. User input with them is refused before it gets here; this
+/// covers names and subjects that arrived in customers' mail.
+pub fn single_line(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// A file attached to a reply.
@@ -50,18 +63,18 @@ pub struct Draft<'a> {
 }
 
 /// The rendered RFC 5322 bytes.
-fn list(people: &[Recipient]) -> Address<'_> {
+fn list(people: &[Recipient]) -> Address<'static> {
     Address::new_list(people.iter().map(Recipient::to_address).collect())
 }
 
 pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
     let mut builder = MessageBuilder::new()
         .from(draft.from.to_address())
-        .subject(draft.subject)
-        .message_id(draft.message_id)
+        .subject(single_line(draft.subject))
+        .message_id(single_line(draft.message_id))
         .date(Date::new(draft.date_ms.div_euclid(1000)))
-        .header("Thread-Topic", Text::new(draft.thread_topic))
-        .header("Thread-Index", Raw::new(draft.thread_index))
+        .header("Thread-Topic", Text::new(single_line(draft.thread_topic)))
+        .header("Thread-Index", Raw::new(single_line(draft.thread_index)))
         .text_body(draft.text)
         .html_body(draft.html);
     if !draft.to.is_empty() {
@@ -71,17 +84,17 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
         builder = builder.cc(list(draft.cc));
     }
     if let Some(parent) = draft.in_reply_to {
-        builder = builder.in_reply_to(parent);
+        builder = builder.in_reply_to(single_line(parent));
     }
     if !draft.references.is_empty() {
         builder = builder.references(MessageId::new_list(
-            draft.references.iter().map(String::as_str),
+            draft.references.iter().map(|r| single_line(r)),
         ));
     }
     for attachment in draft.attachments {
         builder = builder.attachment(
-            attachment.content_type.as_str(),
-            attachment.filename.as_str(),
+            single_line(&attachment.content_type),
+            single_line(&attachment.filename),
             attachment.data.as_slice(),
         );
     }
@@ -147,6 +160,39 @@ mod tests {
             "Re: [#5] Printer"
         );
         assert_eq!(reply_subject("", 5, false), "Re: (no subject)");
+    }
+
+    #[test]
+    fn names_and_subjects_from_stored_mail_cannot_add_headers() {
+        let from = Recipient {
+            address: "support@example.test".into(),
+            name: Some("Support".into()),
+        };
+        let to = [Recipient {
+            address: "c@customer.test".into(),
+            name: Some("Evil\r\nBcc: victim@x.test".into()),
+        }];
+        let raw = render(&Draft {
+            from: &from,
+            to: &to,
+            cc: &[],
+            subject: "Re: hi\r\nX-Injected: yes",
+            message_id: "a@b",
+            in_reply_to: None,
+            references: &[],
+            thread_index: "AQ==",
+            thread_topic: "hi",
+            text: "t",
+            html: "<p>t</p>",
+            attachments: &[],
+            date_ms: 0,
+        })
+        .unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            !text.contains("\nBcc:") && !text.contains("\nX-Injected:"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -239,6 +239,34 @@ impl Relay {
         Ok(conn)
     }
 
+    /// For `mailroom check`: connects, secures and logs in, and says what
+    /// worked; `Err` says what failed.
+    pub async fn probe(&self, store: &Store) -> Result<String, String> {
+        let secret = self.secret(store).await?;
+        let connected = tokio::time::timeout(self.timeout(), self.connect(secret.as_deref())).await;
+        let mut conn = match connected {
+            Err(_) => return Err(format!("no answer within {} s", self.config.timeout_secs)),
+            Ok(Err(SendOutcome::Permanent(e) | SendOutcome::Temporary(e))) => return Err(e),
+            Ok(Err(SendOutcome::Sent(_))) => unreachable!("connect never sends"),
+            Ok(Ok(conn)) => conn,
+        };
+        let _ = conn.quit().await;
+        let transport = match self.config.tls {
+            TlsMode::Implicit => "TLS verified",
+            TlsMode::Starttls => "STARTTLS verified",
+            TlsMode::None => "plaintext",
+        };
+        let login = match (&self.config.username, secret) {
+            (Some(user), Some(_)) => format!("AUTH ok as {user}"),
+            _ => "no AUTH configured".into(),
+        };
+        Ok(format!(
+            "{}:{} {transport}, {login}",
+            self.config.host,
+            self.config.port()
+        ))
+    }
+
     /// Sends stored bytes to the envelope recipients.
     pub async fn send(
         &self,

@@ -547,3 +547,29 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     assert!(daemon.wait().unwrap().success());
     assert_eq!(sink.count(), 1);
 }
+
+#[test]
+fn check_probes_every_relay() {
+    let sink = crate::smtp::SmtpSink::start(&[]);
+    let w = Workdir::new();
+    add_relay(&w, sink.port);
+    let out = w.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 0, "{text}");
+    assert!(text.contains("ok: relays.local: 127.0.0.1:"), "{text}");
+    assert!(
+        text.contains("warning: relays.local.tls"),
+        "plaintext is flagged: {text}"
+    );
+
+    let closed = crate::smtp::free_port();
+    let w = Workdir::new();
+    add_relay(&w, closed);
+    let out = w.run(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 75, "{text}");
+    assert!(
+        text.contains("problem: relays.local: connect to 127.0.0.1:"),
+        "{text}"
+    );
+}
