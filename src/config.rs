@@ -1032,6 +1032,16 @@ impl Config {
                     ),
                 );
             }
+            if relay.username.is_some()
+                && relay.password.is_none()
+                && relay.auth != ImapAuth::Xoauth2
+            {
+                problem(
+                    format!("{at}.password"),
+                    "a username is set but no password (or set auth = \"xoauth2\" with oauth)"
+                        .into(),
+                );
+            }
             if relay.password.is_some() && relay.username.is_none() {
                 problem(
                     format!("{at}.username"),

@@ -84,7 +84,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
     };
     shutdown.cancel();
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+    // A send in progress gets its whole relay timeout: cut off, it would be
+    // sent again after a restart.
+    let longest_send = config
+        .relays
+        .values()
+        .map(|r| Duration::from_secs(r.timeout_secs + 10))
+        .max()
+        .unwrap_or_default();
+    let drained = tokio::time::timeout(DRAIN_DEADLINE.max(longest_send), async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok((name, Err(e))) = joined {
                 tracing::error!(channel = %name, error = %e, "Channel failed while stopping.");

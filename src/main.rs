@@ -324,10 +324,15 @@ async fn outbox_command(command: OutboxCommand, config: &Config) -> u8 {
     let store = pipeline.store().clone();
     let code = match command {
         OutboxCommand::Flush => {
+            // A name of its own: a daemon starting on this host releases
+            // claims under the host name, and must not release ours.
+            let mut config = config.clone();
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            config.outbox.instance = Some(format!("{}/flush/{}", host.trim(), std::process::id()));
             let outbox = Arc::new(mailroom::outbound::Outbox::new(
                 store.clone(),
                 Arc::new(pipeline.directory().clone()),
-                Arc::new(config.clone()),
+                Arc::new(config),
             ));
             let handled = outbox.run_until_idle().await;
             match store.outbox_counts().await {

@@ -18,7 +18,7 @@ use super::smtp::{Relay, SendOutcome};
 use crate::channel::imap::ImapChannel;
 use crate::config::{Config, StatusKind};
 use crate::store::directory::Directory;
-use crate::store::{now_ms, Backend, Store};
+use crate::store::{classify_error, now_ms, Backend, ErrorClass, Store};
 
 /// A claimed outbox row with the bytes to send.
 #[derive(Debug, Clone)]
@@ -80,14 +80,6 @@ impl Outbox {
         }
     }
 
-    fn capacity(&self) -> usize {
-        self.relays
-            .values()
-            .map(|r| r.slots.available_permits().max(1))
-            .sum::<usize>()
-            .max(1)
-    }
-
     /// Sends until `shutdown`; a send in progress is finished and recorded first.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         // Claims this instance held when it last stopped are void: it is not
@@ -95,6 +87,15 @@ impl Outbox {
         let released = self.release_own_claims().await?;
         if released > 0 {
             tracing::warn!(released, instance = %self.instance, "Took back replies claimed before a restart.");
+        }
+        let orphans = sqlx::query("SELECT DISTINCT relay FROM outbox WHERE state = 'queued'")
+            .fetch_all(self.store.pool())
+            .await?;
+        for row in orphans {
+            let relay: String = row.try_get(0)?;
+            if !self.relays.contains_key(&relay) {
+                tracing::error!(%relay, "Replies are queued for a relay that is not configured; they wait until it is added back.");
+            }
         }
         self.pump(Some(shutdown)).await;
         Ok(())
@@ -107,37 +108,56 @@ impl Outbox {
     }
 
     async fn pump(self: &Arc<Self>, shutdown: Option<CancellationToken>) -> usize {
-        let capacity = self.capacity();
         let mut inflight: JoinSet<(Claimed, SendOutcome)> = JoinSet::new();
+        // Sends in flight per relay. Rows are claimed per relay, only as many
+        // as it has free slots, so a claimed row starts sending at once and
+        // its lease never runs down while it waits behind others.
+        let mut busy: HashMap<String, usize> = HashMap::new();
         let mut handled = 0;
         let mut stopping = false;
         let mut failures = 0u32;
         loop {
             let mut idle_for = Duration::from_millis(self.config.outbox.poll_interval_ms);
-            if !stopping && inflight.len() < capacity {
-                match self.claim(capacity - inflight.len()).await {
-                    Ok((rows, next_due)) => {
-                        failures = 0;
-                        if rows.is_empty() && inflight.is_empty() && shutdown.is_none() {
-                            return handled;
+            let mut claimed_any = false;
+            let mut next_due: Option<i64> = None;
+            if !stopping {
+                for (name, relay) in &self.relays {
+                    let free = (relay.pool_size()).saturating_sub(*busy.get(name).unwrap_or(&0));
+                    if free == 0 {
+                        continue;
+                    }
+                    match self.claim(name, free).await {
+                        Ok((rows, due)) => {
+                            failures = 0;
+                            next_due = match (next_due, due) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            for row in rows {
+                                claimed_any = true;
+                                *busy.entry(name.clone()).or_default() += 1;
+                                let me = self.clone();
+                                inflight.spawn(async move { me.send(row).await });
+                            }
                         }
-                        for row in rows {
-                            let me = self.clone();
-                            inflight.spawn(async move { me.send(row).await });
-                        }
-                        if let Some(due) = next_due {
-                            let wait = (due - now_ms()).max(0) as u64;
-                            idle_for = idle_for.min(Duration::from_millis(wait));
+                        Err(e) => {
+                            failures += 1;
+                            idle_for = crate::pipeline::backoff(failures);
+                            tracing::error!(error = %e, "Cannot claim outbox rows; retrying.");
+                            // `flush`: finish what is in flight, then stop.
+                            if shutdown.is_none() {
+                                stopping = true;
+                            }
+                            break;
                         }
                     }
-                    Err(e) => {
-                        failures += 1;
-                        idle_for = crate::pipeline::backoff(failures);
-                        tracing::error!(error = %e, "Cannot claim outbox rows; retrying.");
-                        if shutdown.is_none() {
-                            return handled;
-                        }
-                    }
+                }
+                if let Some(due) = next_due {
+                    let wait = (due - now_ms()).max(0) as u64;
+                    idle_for = idle_for.min(Duration::from_millis(wait));
+                }
+                if !claimed_any && inflight.is_empty() && shutdown.is_none() {
+                    return handled;
                 }
             }
             let stop = async {
@@ -164,10 +184,15 @@ impl Outbox {
                     while let Some(joined) = inflight.try_join_next() {
                         done.extend(joined.ok());
                     }
+                    for (row, _) in &done {
+                        if let Some(n) = busy.get_mut(&row.relay) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
                     handled += done.len();
                     self.record_all(done).await;
                 }
-                _ = self.wake.notified(), if inflight.len() < capacity => {}
+                _ = self.wake.notified() => {}
                 _ = stop => stopping = true,
             }
         }
@@ -189,8 +214,13 @@ impl Outbox {
         (row, outcome)
     }
 
-    /// Claims up to `limit` due rows; also says when the next one falls due.
-    async fn claim(&self, limit: usize) -> Result<(Vec<Claimed>, Option<i64>), sqlx::Error> {
+    /// Claims up to `limit` due rows of `relay`; also says when its next one
+    /// falls due.
+    async fn claim(
+        &self,
+        relay: &str,
+        limit: usize,
+    ) -> Result<(Vec<Claimed>, Option<i64>), sqlx::Error> {
         let now = now_ms();
         let lease = now + (self.config.outbox.lease_secs * 1000) as i64;
         let lock = match self.store.backend() {
@@ -200,7 +230,7 @@ impl Outbox {
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claimed_until = $2, attempts = attempts + 1, updated_at = $3
              WHERE id IN (SELECT id FROM outbox
-                          WHERE state = 'queued' AND next_attempt_at <= $3
+                          WHERE state = 'queued' AND relay = $5 AND next_attempt_at <= $3
                             AND (claimed_until IS NULL OR claimed_until < $3)
                           ORDER BY next_attempt_at, id LIMIT $4 {lock})
              RETURNING id, message_id, ticket_id, relay, mail_from, rcpt_to, raw_sha256, attempts, sent_copy"
@@ -211,14 +241,16 @@ impl Outbox {
             .bind(lease)
             .bind(now)
             .bind(limit as i64)
+            .bind(relay)
             .fetch_all(&mut *w.tx)
             .await?;
         let next_due = if rows.is_empty() {
             sqlx::query(
                 "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > next_attempt_at
                                  THEN claimed_until ELSE next_attempt_at END)
-                 FROM outbox WHERE state = 'queued'",
+                 FROM outbox WHERE state = 'queued' AND relay = $1",
             )
+            .bind(relay)
             .fetch_one(&mut *w.tx)
             .await?
             .try_get::<Option<i64>, _>(0)?
@@ -268,20 +300,27 @@ impl Outbox {
     }
 
     /// Records outcomes; retried with backoff while the database is down, as
-    /// a lost "sent" record would send the reply again after the lease.
+    /// a lost "sent" record would send the reply again after the lease. If
+    /// the batch keeps failing for another reason, rows are recorded one by
+    /// one so one bad row does not hold up the others.
     async fn record_all(self: &Arc<Self>, done: Vec<(Claimed, SendOutcome)>) {
         let mut attempt = 0;
         loop {
             match self.record(&done).await {
                 Ok(()) => break,
+                Err(e) if classify_error(&e) == ErrorClass::Permanent || attempt >= 20 => {
+                    tracing::error!(error = %e, "Cannot record outbox results together; recording one by one.");
+                    for one in &done {
+                        if let Err(e) = self.record(std::slice::from_ref(one)).await {
+                            tracing::error!(message = one.0.message, error = %e, "Cannot record an outbox result; its lease will expire and it may be sent again.");
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     attempt += 1;
                     tracing::error!(error = %e, attempt, "Cannot record outbox results; retrying.");
                     tokio::time::sleep(crate::pipeline::backoff(attempt)).await;
-                    if attempt >= 20 {
-                        tracing::error!("Gave up recording outbox results; the lease will expire and affected replies may be sent again.");
-                        return;
-                    }
                 }
             }
         }
@@ -319,15 +358,24 @@ impl Outbox {
         for (row, outcome) in done {
             let final_failure = match outcome {
                 SendOutcome::Sent(answer) => {
-                    sqlx::query(
+                    // Recorded even if the claim was lost meanwhile: it was sent.
+                    let owned = sqlx::query(
                         "UPDATE outbox SET state = 'sent', last_answer = $1, claimed_by = NULL, claimed_until = NULL,
-                           updated_at = $2 WHERE id = $3",
+                           updated_at = $2 WHERE id = $3 AND state = 'queued'",
                     )
                     .bind(answer)
                     .bind(now)
                     .bind(row.id)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if owned == 0 {
+                        tracing::warn!(
+                            message = row.message,
+                            "Reply was already recorded by another sender."
+                        );
+                        continue;
+                    }
                     sqlx::query(
                         "UPDATE messages SET delivery_state = 'sent', delivery_detail = $1, sent_at = $2 WHERE id = $3",
                     )
@@ -350,16 +398,22 @@ impl Outbox {
                     if row.attempts < i64::from(self.config.outbox.max_attempts) =>
                 {
                     let next = now + self.retry_delay(row.attempts);
-                    sqlx::query(
+                    let owned = sqlx::query(
                         "UPDATE outbox SET last_answer = $1, next_attempt_at = $2, claimed_by = NULL,
-                           claimed_until = NULL, updated_at = $3 WHERE id = $4",
+                           claimed_until = NULL, updated_at = $3
+                         WHERE id = $4 AND state = 'queued' AND claimed_by = $5",
                     )
                     .bind(answer)
                     .bind(next)
                     .bind(now)
                     .bind(row.id)
+                    .bind(&self.instance)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if owned == 0 {
+                        continue; // another sender holds it now
+                    }
                     sqlx::query("UPDATE messages SET delivery_detail = $1 WHERE id = $2")
                         .bind(format!("attempt {} failed: {answer}", row.attempts))
                         .bind(row.message)
@@ -390,15 +444,22 @@ impl Outbox {
         reason: &str,
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        // Only the current claimant may fail a reply: a sender whose lease
+        // ran out must not overwrite another sender's success.
+        let owned = sqlx::query(
             "UPDATE outbox SET state = 'failed', last_answer = $1, claimed_by = NULL, claimed_until = NULL,
-               updated_at = $2 WHERE id = $3",
+               updated_at = $2 WHERE id = $3 AND state = 'queued' AND claimed_by = $4",
         )
         .bind(reason)
         .bind(now)
         .bind(row.id)
+        .bind(&self.instance)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if owned == 0 {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE messages SET delivery_state = 'failed', delivery_detail = $1 WHERE id = $2",
         )
@@ -448,7 +509,7 @@ impl Outbox {
 }
 
 async fn event(
-    tx: &mut crate::store::Tx,
+    tx: &mut sqlx::AnyConnection,
     ticket: i64,
     kind: &str,
     data: serde_json::Value,
@@ -461,7 +522,7 @@ async fn event(
     .bind(kind)
     .bind(data.to_string())
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -469,7 +530,7 @@ async fn event(
 /// Puts an internal note on the ticket saying the reply failed and why, and
 /// moves a waiting or closed ticket back to its pipeline's open status.
 pub(crate) async fn note_failure(
-    tx: &mut crate::store::Tx,
+    tx: &mut sqlx::AnyConnection,
     dir: &Directory,
     ticket: i64,
     message: i64,
@@ -481,7 +542,7 @@ pub(crate) async fn note_failure(
          FROM messages m JOIN tickets t ON t.id = m.ticket_id WHERE m.id = $1",
     )
     .bind(message)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     let (team_id, subject, to, status_id, pipeline_id): (i64, String, String, i64, i64) = (
         row.try_get(0)?,
@@ -507,7 +568,7 @@ pub(crate) async fn note_failure(
     .bind(format!("Not delivered: {subject}"))
     .bind(body)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     event(
         tx,
@@ -532,7 +593,7 @@ pub(crate) async fn note_failure(
         .bind(reopen)
         .bind(now)
         .bind(ticket)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         event(
             tx,

@@ -191,10 +191,32 @@ struct Ticket {
     created_at: i64,
 }
 
+/// Longest Message-ID copied into In-Reply-To or References.
+const MAX_ID_LEN: usize = 250;
+
 /// Queues a reply on ticket `number`. Every check runs before anything is
 /// written; on success the reply is stored and queued, and `wake` should be
 /// signalled so the outbox sends it at once.
 pub async fn queue_reply(
+    store: &Store,
+    dir: &Directory,
+    config: &Config,
+    actor: &Actor,
+    number: i64,
+    request: ReplyRequest,
+) -> Result<Queued, ReplyError> {
+    let keyed = request.idempotency_key.is_some();
+    match queue_reply_once(store, dir, config, actor, number, request.clone()).await {
+        // Two requests with one Idempotency-Key at once: the loser meets the
+        // unique index; a second try finds the winner's reply and returns it.
+        Err(ReplyError::Store(sqlx::Error::Database(e))) if keyed && e.is_unique_violation() => {
+            queue_reply_once(store, dir, config, actor, number, request).await
+        }
+        other => other,
+    }
+}
+
+async fn queue_reply_once(
     store: &Store,
     dir: &Directory,
     config: &Config,
@@ -239,10 +261,12 @@ pub async fn queue_reply(
     let mut w = store.begin_write().await?;
     let tx = &mut w.tx;
 
-    let ticket = load_ticket(tx, number).await?;
+    let ticket = load_ticket(tx, store.backend(), number).await?;
+    // Same answer as a missing ticket: numbers of other teams' tickets are
+    // not for probing.
     if !actor.can_access_team(ticket.team_id) {
-        return Err(ReplyError::Forbidden(format!(
-            "ticket #{number} belongs to a team you are not in"
+        return Err(ReplyError::NotFound(format!(
+            "ticket #{number} does not exist (or belongs to a team you are not in)"
         )));
     }
     if let Some(key) = &request.idempotency_key {
@@ -389,6 +413,10 @@ pub async fn queue_reply(
         }
         None => (None, Vec::new(), None),
     };
+    // Over-long IDs (a hostile or broken client's) would make a header line
+    // relays refuse; they are left out.
+    let parent_id = parent_id.filter(|id| id.len() <= MAX_ID_LEN);
+    chain.retain(|id| id.len() <= MAX_ID_LEN);
     chain.extend(parent_id.clone());
 
     // Status: the one asked for, checked against its required properties
@@ -672,15 +700,26 @@ fn required_properties(config: &Config, dir: &Directory, status_id: i64) -> Vec<
         .unwrap_or_default()
 }
 
-async fn load_ticket(tx: &mut crate::store::Tx, number: i64) -> Result<Ticket, ReplyError> {
+async fn load_ticket(
+    tx: &mut crate::store::Tx,
+    backend: crate::store::Backend,
+    number: i64,
+) -> Result<Ticket, ReplyError> {
+    // PostgreSQL: lock the row, so two replies at once do not each write
+    // back status and properties from a stale read. (SQLite's write
+    // transaction already excludes the other.)
+    let lock = match backend {
+        crate::store::Backend::Postgres => "FOR UPDATE",
+        crate::store::Backend::Sqlite => "",
+    };
     let mut number = number;
     // A merged ticket lives on in the ticket it was merged into.
     for _ in 0..16 {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT id, number, subject, team_id, pipeline_id, status_id, owner_agent_id, properties,
                     created_at, merged_into, deleted_at
-             FROM tickets WHERE number = $1",
-        )
+             FROM tickets WHERE number = $1 {lock}"
+        ))
         .bind(number)
         .fetch_optional(&mut **tx)
         .await?

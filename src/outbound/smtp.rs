@@ -34,8 +34,13 @@ pub enum SendOutcome {
 }
 
 /// An idle connection is not reused after this: servers drop idle clients
-/// (Postfix after 300 s), and a dead socket costs a failed attempt.
+/// (Postfix after 300 s).
 const MAX_IDLE: Duration = Duration::from_secs(30);
+/// A connection idle longer than this is checked with NOOP before reuse, so
+/// a server that closed it does not cost the reply an attempt. (Once a
+/// message is under way it is never sent again in the same attempt: the
+/// relay may have taken it.)
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// A relay: its idle connections, and a cap on sends in flight.
 pub struct Relay {
@@ -45,8 +50,9 @@ pub struct Relay {
     /// the credential they logged in with.
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant, Option<String>)>>,
     tokens: Option<TokenSource>,
-    /// For implicit TLS (ours, so the socket keeps TCP_NODELAY).
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// For implicit TLS (ours, so the socket keeps TCP_NODELAY); the error
+    /// says why the CA certificates could not be loaded.
+    tls: Result<Arc<rustls::ClientConfig>, String>,
     /// Sends in flight to this relay, at most `pool_size`.
     pub slots: Arc<Semaphore>,
 }
@@ -110,7 +116,9 @@ fn temporary(context: &str) -> impl Fn(String) -> SendOutcome + '_ {
 }
 
 fn classify(e: lettre::transport::smtp::Error) -> SendOutcome {
-    if e.is_permanent() {
+    // A client error (8BITMIME or SMTPUTF8 needed but not offered) will be
+    // the same on every attempt.
+    if e.is_permanent() || e.is_client() {
         SendOutcome::Permanent(e.to_string())
     } else {
         SendOutcome::Temporary(e.to_string())
@@ -123,9 +131,8 @@ impl Relay {
             .then_some(config.oauth.as_ref())
             .flatten()
             .map(|o| TokenSource::new(&format!("relay:{name}"), o));
-        let tls = (config.tls == TlsMode::Implicit)
-            .then(|| crate::channel::imap::tls_config(config.ca_file.as_deref()).ok())
-            .flatten();
+        let tls = crate::channel::imap::tls_config(config.ca_file.as_deref())
+            .map_err(|e| format!("{e:#}"));
         Relay {
             name: name.to_string(),
             config: config.clone(),
@@ -134,6 +141,11 @@ impl Relay {
             tls,
             slots: Arc::new(Semaphore::new(config.pool_size as usize)),
         }
+    }
+
+    /// Sends this relay takes at once.
+    pub fn pool_size(&self) -> usize {
+        self.config.pool_size as usize
     }
 
     fn timeout(&self) -> Duration {
@@ -166,7 +178,7 @@ impl Relay {
         tcp.set_nodelay(true)
             .map_err(|e| SendOutcome::Temporary(format!("{address}: {e}")))?;
         let stream = match (&c.tls, &self.tls) {
-            (TlsMode::Implicit, Some(tls)) => {
+            (TlsMode::Implicit, Ok(tls)) => {
                 let name =
                     rustls::pki_types::ServerName::try_from(c.host.clone()).map_err(|e| {
                         SendOutcome::Permanent(format!("bad host name {}: {e}", c.host))
@@ -179,11 +191,8 @@ impl Relay {
                     })?;
                 Stream::Tls(Box::new(tls))
             }
-            (TlsMode::Implicit, None) => {
-                return Err(SendOutcome::Temporary(format!(
-                    "relay {}: cannot load its CA certificates",
-                    self.name
-                )))
+            (TlsMode::Implicit, Err(e)) => {
+                return Err(SendOutcome::Temporary(format!("relay {}: {e}", self.name)))
             }
             _ => Stream::Plain(tcp),
         };
@@ -301,22 +310,24 @@ impl Relay {
     ) -> SendOutcome {
         // A parked connection, if one is fresh and logged in with the
         // current credential; otherwise a new one.
-        let reused = {
-            let mut idle = self.idle.lock().await;
-            let mut found = None;
-            while let Some((conn, parked, used)) = idle.pop() {
-                if parked.elapsed() < MAX_IDLE && used == secret {
-                    found = Some(conn);
-                    break;
-                }
-                tokio::spawn(async move {
-                    let mut conn = conn;
-                    conn.abort().await;
-                });
+        let mut reused = None;
+        loop {
+            let parked = {
+                let mut idle = self.idle.lock().await;
+                idle.pop()
+            };
+            let Some((mut conn, parked_at, used)) = parked else {
+                break;
+            };
+            let usable = parked_at.elapsed() < MAX_IDLE
+                && used == secret
+                && (parked_at.elapsed() < CHECK_AFTER || conn.test_connected().await);
+            if usable {
+                reused = Some(conn);
+                break;
             }
-            found
-        };
-        let was_reused = reused.is_some();
+            tokio::spawn(async move { conn.abort().await });
+        }
         let mut conn = match reused {
             Some(conn) => conn,
             None => match self.connect(secret.as_deref()).await {
@@ -324,19 +335,7 @@ impl Relay {
                 Err(outcome) => return outcome,
             },
         };
-        let mut result = conn.send(envelope, raw).await;
-        // A parked connection the server closed meanwhile: one more try on a
-        // fresh one (nothing was accepted on the dead one).
-        if let (true, Err(e)) = (was_reused, &result) {
-            if !e.is_permanent() && !e.is_transient() {
-                conn.abort().await;
-                conn = match self.connect(secret.as_deref()).await {
-                    Ok(conn) => conn,
-                    Err(outcome) => return outcome,
-                };
-                result = conn.send(envelope, raw).await;
-            }
-        }
+        let result = conn.send(envelope, raw).await;
         let outcome = match result {
             Ok(response) => SendOutcome::Sent(
                 format!(

@@ -142,6 +142,13 @@ struct Batch<'a> {
     new_tickets: Vec<NewTicket>,
     new_messages: Vec<NewMessage<'a>>,
     participants: Vec<(i64, i64, &'static str)>,
+    /// The last `find_ticket` matched only by a body marker: the sender may
+    /// be anyone who saw a quoted reply, so it does not become a participant.
+    weak_match: bool,
+    /// Outbound messages a bounce in this batch failed: (message, ticket,
+    /// reason). Their notes are written after the flush, because on SQLite
+    /// the batch has reserved the next message ids.
+    bounced: Vec<(i64, i64, String)>,
     events: Vec<(i64, &'static str, String)>,
     receipts_out: Vec<Receipt>,
 }
@@ -390,6 +397,7 @@ impl<'a> Batch<'a> {
         contact: Option<i64>,
     ) -> Result<Found, sqlx::Error> {
         let keys = thread_keys(message);
+        self.weak_match = false;
         if !message.synthetic_id {
             if let Some((ticket, direction)) =
                 self.known_ids.get(&(team_id, message.message_id.clone()))
@@ -428,6 +436,7 @@ impl<'a> Batch<'a> {
             ids::ticket_of_body(secret, &message.body_text, message.body_html.as_deref())
         {
             if let Some(ticket) = self.live_ticket_of_team(conn, ticket, team_id).await? {
+                self.weak_match = true;
                 return Ok(Found::Ticket(ticket));
             }
         }
@@ -887,7 +896,9 @@ impl<'a> Batch<'a> {
                         );
                     }
                     self.touched.insert(ticket.id);
-                    if let Some(contact) = contact {
+                    // Replies go to participants by default: bounces, auto-
+                    // replies and marker-only matches do not make one.
+                    if let (Some(contact), false, false) = (contact, automatic, self.weak_match) {
                         self.participants.push((ticket.id, contact, "participant"));
                     }
                     self.event(
@@ -959,14 +970,20 @@ impl<'a> Batch<'a> {
         };
         if message.flags.bounce && !message.flags.bounced_message_ids.is_empty() {
             let detail = bounce_detail(message);
-            mark_bounced(
+            // A hostile report can name any number of messages; a real one
+            // names one or a few.
+            let ids = &message.flags.bounced_message_ids;
+            let failed = mark_bounced(
                 conn,
                 self.backend,
                 channel.team_id,
-                &message.flags.bounced_message_ids,
+                &ids[..ids.len().min(MAX_BOUNCED_IDS)],
                 &detail,
             )
             .await?;
+            for (message_id, ticket_id) in failed {
+                self.bounced.push((message_id, ticket_id, detail.clone()));
+            }
         }
         self.receipt(channel, inbound, &outcome, Some(message_row));
         Ok(outcome)
@@ -1210,6 +1227,8 @@ pub async fn apply_batch(
         new_tickets: Vec::new(),
         new_messages: Vec::new(),
         participants: Vec::new(),
+        weak_match: false,
+        bounced: Vec::new(),
         events: Vec::new(),
         receipts_out: Vec::new(),
     };
@@ -1224,6 +1243,9 @@ pub async fn apply_batch(
         );
     }
     batch.flush(conn, now).await?;
+    for (message, ticket, reason) in &batch.bounced {
+        crate::outbound::outbox::note_failure(conn, dir, *ticket, *message, reason, now).await?;
+    }
     Ok(outcomes)
 }
 
@@ -1247,18 +1269,24 @@ fn bounce_detail(message: &ParsedMessage) -> String {
     format!("bounced: {detail}")
 }
 
+/// Bounced Message-IDs looked at per report.
+const MAX_BOUNCED_IDS: usize = 10;
+
 /// A bounce marks the outbound message it reports on as failed, with what
-/// the bounce says. (The bounce itself is threaded onto the same ticket.)
+/// the bounce says, and returns (message, ticket) of each newly failed one.
+/// (The bounce itself is threaded onto the same ticket.)
 async fn mark_bounced(
     conn: &mut AnyConnection,
     backend: Backend,
     team_id: i64,
     ids: &[String],
     detail: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let sql = format!(
         "UPDATE messages SET delivery_state = 'failed', delivery_detail = {}
-         WHERE team_id = {} AND direction = 'outbound' AND message_id IN ({})",
+         WHERE team_id = {} AND direction = 'outbound' AND delivery_state <> 'failed'
+           AND ticket_id IS NOT NULL AND message_id IN ({})
+         RETURNING id, ticket_id",
         placeholders(backend, 1, 1),
         placeholders(backend, 2, 1),
         placeholders(backend, 3, ids.len())
@@ -1267,6 +1295,10 @@ async fn mark_bounced(
     for id in ids {
         query = query.bind(id);
     }
-    query.execute(&mut *conn).await?;
-    Ok(())
+    query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }

@@ -128,7 +128,9 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO team_addresses (team_id, address, name, is_default, active) VALUES ($1, $2, $3, 0, 1)
                      ON CONFLICT (address) DO UPDATE SET team_id = excluded.team_id, name = excluded.name,
-                       active = 1",
+                       active = 1,
+                       is_default = CASE WHEN team_addresses.team_id = excluded.team_id
+                                         THEN team_addresses.is_default ELSE 0 END",
                 )
                 .bind(id)
                 .bind(address.address.to_lowercase())

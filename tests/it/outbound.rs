@@ -732,7 +732,8 @@ async fn bad_replies_are_refused_before_anything_is_queued() {
             422,
             "attachments[0]",
         ),
-        ("sam-token", json!({ "body": "x" }), 403, ""),
+        // Another team's ticket looks like a missing one.
+        ("sam-token", json!({ "body": "x" }), 404, ""),
         ("wrong-token", json!({ "body": "x" }), 401, ""),
     ];
     for (token, body, want, field) in cases {
