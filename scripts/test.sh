@@ -35,15 +35,18 @@ if ! pg_ok; then
   pg_ok || { log "PostgreSQL is still not reachable at $PG_URL"; exit 1; }
 fi
 
-# Dovecot: the IMAP tests start their own throwaway instances.
-if ! command -v dovecot >/dev/null 2>&1 || [ ! -e /usr/share/dovecot/dh.pem ]; then
+# Dovecot: the IMAP tests start their own throwaway instances; LMTP lets
+# the Postfix tests deliver into one.
+if ! command -v dovecot >/dev/null 2>&1 || [ ! -e /usr/share/dovecot/dh.pem ] \
+  || [ ! -e /usr/lib/dovecot/lmtp ]; then
   log "installing Dovecot"
-  apt_install dovecot-imapd
+  apt_install dovecot-imapd dovecot-lmtpd
 fi
 
-# Postfix's smtp-sink: the outbound tests send replies to it. Installing
-# postfix starts nothing here (no init system); only the sink binary is used.
-if [ ! -x /usr/sbin/smtp-sink ]; then
+# Postfix: the outbound tests send replies to its smtp-sink, and to
+# throwaway Postfix instances (STARTTLS, AUTH, delivery into Dovecot) that
+# they start themselves. Installing it starts nothing here (no init system).
+if [ ! -x /usr/sbin/smtp-sink ] || [ ! -x /usr/sbin/postfix ]; then
   log "installing Postfix (for smtp-sink)"
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt_install postfix

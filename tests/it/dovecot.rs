@@ -60,6 +60,23 @@ impl Dovecot {
         Self::start_full(oauth_introspection, "")
     }
 
+    /// A Dovecot that Postfix can deliver into (LMTP on `lmtp_port`) and
+    /// authenticate SMTP clients against (auth on `auth_port`).
+    pub fn start_for_postfix(
+        oauth_introspection: Option<&str>,
+        lmtp_port: u16,
+        auth_port: u16,
+    ) -> Dovecot {
+        Self::start_full(
+            oauth_introspection.map(str::to_string),
+            &format!(
+                "protocols = imap lmtp\n\
+                 service lmtp {{\n  inet_listener lmtp {{\n    port = {lmtp_port}\n  }}\n}}\n\
+                 service auth {{\n  inet_listener auth-postfix {{\n    port = {auth_port}\n  }}\n}}\n"
+            ),
+        )
+    }
+
     fn start_full(oauth_introspection: Option<String>, extra: &str) -> Dovecot {
         let dir = tempfile::tempdir().unwrap();
         // Dovecot's unprivileged processes must traverse and write these.
@@ -127,7 +144,8 @@ first_valid_uid = 1
 mail_location = maildir:~/Maildir
 {oauth_passdb}passdb {{
   driver = passwd-file
-  mechanisms = plain login
+  # "none": lookups without a login (LMTP delivery checks the user exists).
+  mechanisms = plain login none
   args = scheme=PLAIN username_format=%n {d}/users
 }}
 userdb {{

@@ -650,13 +650,13 @@ async fn check_reports_what_works_for_each_mailbox() {
 /// A provider stand-in: `/token` rotates refresh tokens (the old one dies),
 /// `/introspect` tells Dovecot whether an access token is live.
 #[derive(Default)]
-struct FakeProvider {
+pub struct FakeProvider {
     live_refresh: String,
     issued: Vec<String>,
     refresh_calls: Vec<String>,
 }
 
-async fn fake_oauth(
+pub async fn fake_oauth(
     first_refresh: &str,
 ) -> (String, std::sync::Arc<std::sync::Mutex<FakeProvider>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,6 +8,7 @@ mod harness;
 mod http;
 mod imap;
 mod outbound;
+mod postfix;
 mod quarantine;
 mod smtp;
 mod threading;

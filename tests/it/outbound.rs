@@ -18,9 +18,18 @@ use mailroom::outbound::Outbox;
 use mailroom::pipeline::Pipeline;
 use mailroom::store::Store;
 
-/// A config with a relay on `smtp_port`, two support addresses, a status that
-/// needs a property, a rule for replies, and agents with API tokens.
+/// A config with a relay on `smtp_port` (none for 0: `extra` brings its
+/// own), two support addresses, a status that needs a property, a rule for
+/// replies, and agents with API tokens.
 pub fn outbound_config(db_url: &str, smtp_port: u16, extra: &str) -> Config {
+    let relay = if smtp_port == 0 {
+        String::new()
+    } else {
+        format!(
+            "[relays.sink]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+             username = \"mailroom\"\npassword = \"relay-password\"\ntimeout_secs = 5\n"
+        )
+    };
     let text = format!(
         r#"
 [database]
@@ -34,13 +43,7 @@ max_attempts = 4
 poll_interval_ms = 100
 lease_secs = 30
 
-[relays.sink]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-username = "mailroom"
-password = "relay-password"
-timeout_secs = 5
+{relay}
 
 [pipelines.support]
 statuses = [
