@@ -707,8 +707,13 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                                 t.contacts.join(", ")
                             );
                             for m in &ticket.messages {
+                                let delivery = match (&m.delivery_state, &m.delivery_detail) {
+                                    (Some(state), Some(detail)) => format!(" [{state}: {detail}]"),
+                                    (Some(state), None) => format!(" [{state}]"),
+                                    _ => String::new(),
+                                };
                                 println!(
-                                    "\n--- {} {} <{}> {}",
+                                    "\n--- {} {} <{}> {}{delivery}",
                                     m.direction,
                                     m.from,
                                     m.message_id,

@@ -37,6 +37,12 @@ pub struct MessageView {
     pub attachments: Vec<String>,
     pub body_text: String,
     pub has_html: bool,
+    /// Outbound messages: `queued`, `sent` or `failed`, and the relay's
+    /// answer or the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -148,7 +154,7 @@ impl Store {
     pub async fn ticket_messages(&self, ticket_id: i64) -> Result<Vec<MessageView>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT id, message_id, direction, from_addr, from_name, to_addrs, cc_addrs, subject, received_at,
-               sent_at, flags, body_text, body_html
+               sent_at, flags, body_text, body_html, delivery_state, delivery_detail
              FROM messages WHERE ticket_id = $1 ORDER BY id",
         )
         .bind(ticket_id)
@@ -184,6 +190,8 @@ impl Store {
                     .collect(),
                 body_text: row.try_get(11)?,
                 has_html: row.try_get::<Option<String>, _>(12)?.is_some(),
+                delivery_state: row.try_get(13)?,
+                delivery_detail: row.try_get(14)?,
                 attachments,
             });
         }

@@ -526,6 +526,13 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     assert_eq!(sent.rcpt_to, vec!["carol@customer.test"]);
     let text = String::from_utf8_lossy(&sent.message);
     assert!(text.contains(queued["message_id"].as_str().unwrap()));
+    let shown = w.run(&["ticket", "show", "1"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("--- outbound support@example.com"),
+        "{shown}"
+    );
+    assert!(shown.contains("[sent: 250"), "{shown}");
 
     Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
