@@ -38,6 +38,43 @@ pub struct Config {
     pub relays: BTreeMap<String, RelayConfig>,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub instance: InstanceConfig,
+}
+
+/// This process among several sharing one database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceConfig {
+    /// Names this instance in outbox claims and mailbox leases; the host name
+    /// when unset. Give each instance on one host its own.
+    pub name: Option<String>,
+    /// How long a mailbox belongs to the instance polling it without a
+    /// renewal. Another instance takes the mailbox over after this when the
+    /// holder dies; it is renewed every third of it.
+    pub mailbox_lease_secs: u64,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            name: None,
+            mailbox_lease_secs: 60,
+        }
+    }
+}
+
+impl InstanceConfig {
+    /// The configured name, or this machine's host name.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "mailroom".into())
+        })
+    }
 }
 
 /// An SMTP relay (submission server) replies are sent through.
@@ -104,9 +141,6 @@ pub struct OutboxConfig {
     /// How often to look for replies queued by other processes (`mailroom
     /// reply`, other instances); replies queued in-process are sent at once.
     pub poll_interval_ms: u64,
-    /// This instance's name in outbox claims; the host name when unset. Give
-    /// each instance on one host its own.
-    pub instance: Option<String>,
 }
 
 impl Default for OutboxConfig {
@@ -117,7 +151,6 @@ impl Default for OutboxConfig {
             retry_max_ms: 3_600_000,
             lease_secs: 300,
             poll_interval_ms: 1_000,
-            instance: None,
         }
     }
 }
@@ -1131,6 +1164,20 @@ impl Config {
         for (key, agent) in &self.agents {
             if let Some(Err(e)) = agent.api_token.as_ref().map(Secret::resolve) {
                 problem(format!("agents.{key}.api_token"), e);
+            }
+        }
+        if self.instance.mailbox_lease_secs < 3 {
+            problem(
+                "instance.mailbox_lease_secs".into(),
+                "must be at least 3 (it is renewed every third)".into(),
+            );
+        }
+        if let Some(name) = &self.instance.name {
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                problem(
+                    "instance.name".into(),
+                    "must be a non-empty single line".into(),
+                );
             }
         }
         let outbox = &self.outbox;

@@ -44,7 +44,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tasks.spawn(async move { (name, maildir.run(pipeline, token).await) });
             }
             ChannelKind::Imap => {
-                let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?;
+                let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?
+                    .with_lease(
+                        config.instance.name(),
+                        Duration::from_secs(config.instance.mailbox_lease_secs),
+                    );
                 let (pipeline, token, name) =
                     (pipeline.clone(), shutdown.child_token(), name.clone());
                 tasks.spawn(async move { (name, mailbox.run(pipeline, token).await) });

@@ -327,8 +327,11 @@ async fn outbox_command(command: OutboxCommand, config: &Config) -> u8 {
             // A name of its own: a daemon starting on this host releases
             // claims under the host name, and must not release ours.
             let mut config = config.clone();
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            config.outbox.instance = Some(format!("{}/flush/{}", host.trim(), std::process::id()));
+            config.instance.name = Some(format!(
+                "{}/flush/{}",
+                config.instance.name(),
+                std::process::id()
+            ));
             let outbox = Arc::new(mailroom::outbound::Outbox::new(
                 store.clone(),
                 Arc::new(pipeline.directory().clone()),
@@ -553,10 +556,15 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                 let mut all = serde_json::Map::new();
                 for (name, channel) in &channels {
                     let state: serde_json::Value = store.channel_state(name).await?;
-                    all.insert(
-                        name.clone(),
-                        serde_json::json!({ "kind": channel.kind.as_str(), "state": state }),
-                    );
+                    let mut entry =
+                        serde_json::json!({ "kind": channel.kind.as_str(), "state": state });
+                    // Which instance polls the mailbox (several may share the database).
+                    if let Some((holder, until)) =
+                        store.lease_holder(&format!("imap:{name}")).await?
+                    {
+                        entry["lease"] = serde_json::json!({ "holder": holder, "expires_at": until });
+                    }
+                    all.insert(name.clone(), entry);
                 }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&all)?);
@@ -567,8 +575,12 @@ async fn dispatch(command: Command, config: Config) -> u8 {
                             serde_json::Value::Null => "-".to_string(),
                             v => v.to_string(),
                         };
+                        let holder = match value["lease"]["holder"].as_str() {
+                            Some(h) => format!(" held_by={h}"),
+                            None => String::new(),
+                        };
                         println!(
-                        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}",
+                        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}{holder}",
                         value["kind"].as_str().unwrap_or("?"),
                         field("connected"),
                         field("backlog"),

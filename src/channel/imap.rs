@@ -212,6 +212,9 @@ pub struct ImapChannel {
     tls: Arc<rustls::ClientConfig>,
     /// XOAUTH2 access tokens, when `auth = "xoauth2"`.
     oauth: Option<TokenSource>,
+    /// (instance name, lease time): poll only while holding the mailbox's
+    /// lease. None: poll unconditionally (tools, tests).
+    lease: Option<(String, Duration)>,
 }
 
 type ImapSession = Session<Conn>;
@@ -228,7 +231,14 @@ impl ImapChannel {
             oauth: config.oauth.as_ref().map(|o| TokenSource::new(name, o)),
             config: config.clone(),
             max_message_bytes,
+            lease: None,
         })
+    }
+
+    /// Polls only while `instance` holds this mailbox's lease.
+    pub fn with_lease(mut self, instance: String, ttl: Duration) -> ImapChannel {
+        self.lease = Some((instance, ttl));
+        self
     }
 
     fn host(&self) -> &str {
@@ -414,8 +424,48 @@ impl ImapChannel {
         appended
     }
 
-    /// Runs the mailbox until `shutdown`, reconnecting with backoff.
+    /// Runs the mailbox until `shutdown`, only while this instance holds its
+    /// lease (`imap:<channel>`): several instances on one database never
+    /// poll the same mailbox at once. A standby instance takes over when
+    /// the holder's lease expires.
     pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let store = pipeline.store().clone();
+        let Some((holder, ttl)) = self.lease.clone() else {
+            return self.run_holding(&pipeline, &shutdown).await;
+        };
+        let name = format!("imap:{}", self.name);
+        loop {
+            if !crate::store::lease::acquire(&store, &name, &holder, ttl, &shutdown).await {
+                return Ok(());
+            }
+            tracing::info!(mailbox = %self.name, %holder, "Mailbox lease taken.");
+            let session = shutdown.child_token();
+            // If this task is dropped (aborted), the renewals stop with it.
+            let _stop_renewing = session.clone().drop_guard();
+            crate::store::lease::keep(
+                store.clone(),
+                name.clone(),
+                holder.clone(),
+                ttl,
+                session.clone(),
+            );
+            let result = self.run_holding(&pipeline, &session).await;
+            session.cancel(); // stops the renewals
+            if shutdown.is_cancelled() || result.is_err() {
+                let _ = store.release_lease(&name, &holder).await;
+                return result;
+            }
+            // The lease was lost: stand by until it can be taken again.
+        }
+    }
+
+    async fn run_holding(
+        &self,
+        pipeline: &Pipeline,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let pipeline = pipeline.clone();
+        let shutdown = shutdown.clone();
         let store = pipeline.store().clone();
         let mut failures: u32 = 0;
         tracing::info!(mailbox = %self.name, host = self.host(), folder = %self.config.folder, "Starting IMAP mailbox.");

@@ -54,15 +54,6 @@ pub struct Outbox {
     pub wake: Arc<Notify>,
 }
 
-/// This machine's host name, the default instance name in claims.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "mailroom".into())
-}
-
 impl Outbox {
     pub fn new(store: Store, dir: Arc<Directory>, config: Arc<Config>) -> Outbox {
         let relays = config
@@ -71,7 +62,7 @@ impl Outbox {
             .map(|(name, relay)| (name.clone(), Arc::new(Relay::new(name, relay))))
             .collect();
         Outbox {
-            instance: config.outbox.instance.clone().unwrap_or_else(host_name),
+            instance: config.instance.name(),
             store,
             dir,
             config,

@@ -3,6 +3,7 @@
 //! the migrations differ. All timestamps are unix milliseconds.
 
 pub mod directory;
+pub mod lease;
 pub mod quarantine;
 pub mod readout;
 

@@ -818,3 +818,61 @@ async fn xoauth2_with_a_token_command_and_a_refused_token() {
     assert!(s.last_error.unwrap().contains("authentication failed"));
     assert_eq!(app.store().counts().await.unwrap().messages, 0);
 }
+
+crate::both_backends!(
+    a_mailbox_is_polled_by_one_instance_at_a_time_and_taken_over_when_its_holder_dies,
+    |backend| async move {
+        let server = Dovecot::start();
+        let app = TestApp::with_config(backend, &channel("inbox", server.imap_port, "")).await;
+        let instance = |name: &str| {
+            ImapChannel::new(
+                "inbox",
+                &app.config.channels["inbox"],
+                app.config.ingest.max_message_bytes,
+            )
+            .unwrap()
+            .with_lease(name.to_string(), Duration::from_secs(3))
+        };
+        let lease = || async {
+            app.store()
+                .lease_holder("imap:inbox")
+                .await
+                .unwrap()
+                .map(|h| h.0)
+        };
+        let a_stop = CancellationToken::new();
+        let a = tokio::spawn(instance("a").run(app.pipeline.clone(), a_stop.clone()));
+        wait_for_state(&app, "inbox", "instance a connected", |s| s.connected).await;
+        // A second instance on the same database stands by.
+        let other = TestApp::pipeline_for(&app.config).await;
+        let b_stop = CancellationToken::new();
+        let b = tokio::spawn(instance("b").run(other, b_stop.clone()));
+        let mut client = server.client().await;
+        dovecot::append(&mut client, "INBOX", &thread_of_five()[..2]).await;
+        wait_for(&app, "2 messages", |c| c.messages == 2).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            lease().await.as_deref(),
+            Some("a"),
+            "a keeps renewing its lease"
+        );
+
+        // a dies without a word: its lease runs out and b takes the mailbox.
+        a.abort();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lease().await.as_deref() != Some("b") {
+            assert!(Instant::now() < deadline, "b never took over");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dovecot::append(&mut client, "INBOX", &thread_of_five()[2..3]).await;
+        wait_for(&app, "the third message, fetched by b", |c| c.messages == 3).await;
+        let counts = app.store().counts().await.unwrap();
+        assert_eq!(counts.receipts, 3, "nothing taken twice");
+
+        // A clean stop gives the lease up at once.
+        b_stop.cancel();
+        b.await.unwrap().unwrap();
+        assert_eq!(lease().await, None);
+        a_stop.cancel();
+    }
+);

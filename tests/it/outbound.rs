@@ -645,7 +645,7 @@ crate::both_backends!(
         let number = app.customer_mail(CUSTOMER).await;
         // A second instance on the same database, with its own name.
         let mut other_config = app.config.clone();
-        other_config.outbox.instance = Some("other".into());
+        other_config.instance.name = Some("other".into());
         app.run_outbox();
         let other = Arc::new(Outbox::new(
             app.store().clone(),
