@@ -69,12 +69,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let outbox = outbox.clone();
         tasks.spawn(async move { ("outbox".to_string(), outbox.run(token).await) });
     }
-    if config.http.bind.is_some() {
+    if let Some(bind) = &config.http.bind {
+        // Bound here, so a port in use stops the start with a clear error
+        // and READY=1 below means the listener accepts.
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {bind}: {e}"))?;
         let state = Arc::new(HttpState::new(pipeline.clone(), config.clone()).with_outbox(wake));
         let token = shutdown.child_token();
-        tasks.spawn(async move { ("http".to_string(), crate::http::serve(state, token).await) });
+        tasks.spawn(async move {
+            let served = crate::http::serve_on(listener, state, token).await;
+            ("http".to_string(), served)
+        });
     }
     tracing::info!(tasks = tasks.len(), database = ?store.backend(), "mailroom started.");
+    // systemd (Type=notify): migrations ran, every task runs, the listener
+    // is bound. Outside systemd these are no-ops.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval / 2).await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
 
     let failure = tokio::select! {
         _ = stop_signal() => {
@@ -87,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => anyhow::anyhow!("a channel task panicked: {e}"),
         }),
     };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     // A send in progress gets its whole relay timeout: cut off, it would be
     // sent again after a restart.

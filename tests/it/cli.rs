@@ -580,3 +580,42 @@ fn check_probes_every_relay() {
         "{text}"
     );
 }
+
+#[test]
+fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let w = Workdir::new();
+    let socket_path = w.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = w
+        .cmd(&["run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Ready means ready: the spool is being watched.
+    let cur = w.path().join("spool/cur");
+    drop_into_spool(
+        w.path(),
+        "1.a",
+        &mail("ann@c.test", "r1@c.test", "Ready?", "", "yes"),
+    );
+    wait_for("the message acknowledged", || {
+        std::fs::read_dir(&cur)
+            .map(|d| d.count() == 1)
+            .unwrap_or(false)
+    });
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(daemon.wait().unwrap().success());
+}

@@ -972,23 +972,29 @@ password = "{password}"
     drop(db);
 }
 
-crate::both_backends!(a_relay_that_hangs_up_mid_transaction_gets_the_reply_later_once, |backend| async move {
-    // The relay drops the connection right after DATA: nothing was taken.
-    let port = free_port();
-    let mut sink = SmtpSink::start_on(port, &["-q", "DATA"]);
-    let app = OutApp::start(backend, port).await;
-    let number = app.customer_mail(CUSTOMER).await;
-    let (_, queued) = app.reply(number, "alice-token", json!({ "body": "hello" })).await;
-    let message = queued["message"].as_i64().unwrap();
-    app.flush().await;
-    let view = app.delivery(message).await;
-    assert_eq!(view["delivery_state"], "queued", "{view}");
-    assert_eq!(sink.count(), 0);
-    // The relay behaves again: the retry delivers it, once.
-    sink.stop();
-    let sink = SmtpSink::start_on(port, &[]);
-    app.run_outbox();
-    app.wait_state(message, "sent", Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.count(), 1);
-});
+crate::both_backends!(
+    a_relay_that_hangs_up_mid_transaction_gets_the_reply_later_once,
+    |backend| async move {
+        // The relay drops the connection right after DATA: nothing was taken.
+        let port = free_port();
+        let mut sink = SmtpSink::start_on(port, &["-q", "DATA"]);
+        let app = OutApp::start(backend, port).await;
+        let number = app.customer_mail(CUSTOMER).await;
+        let (_, queued) = app
+            .reply(number, "alice-token", json!({ "body": "hello" }))
+            .await;
+        let message = queued["message"].as_i64().unwrap();
+        app.flush().await;
+        let view = app.delivery(message).await;
+        assert_eq!(view["delivery_state"], "queued", "{view}");
+        assert_eq!(sink.count(), 0);
+        // The relay behaves again: the retry delivers it, once.
+        sink.stop();
+        let sink = SmtpSink::start_on(port, &[]);
+        app.run_outbox();
+        app.wait_state(message, "sent", Duration::from_secs(15))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink.count(), 1);
+    }
+);
