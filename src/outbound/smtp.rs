@@ -130,7 +130,7 @@ impl Relay {
         let tokens = (config.auth == ImapAuth::Xoauth2)
             .then_some(config.oauth.as_ref())
             .flatten()
-            .map(|o| TokenSource::new(&format!("relay:{name}"), o));
+            .map(|o| TokenSource::new(&format!("relay:{name}"), &smtp_oauth(o)));
         let tls = crate::channel::imap::tls_config(config.ca_file.as_deref())
             .map_err(|e| format!("{e:#}"));
         Relay {
@@ -363,6 +363,16 @@ impl Relay {
         }
         outcome
     }
+}
+
+/// A relay's OAuth settings: Microsoft 365 needs the SMTP scope (the
+/// provider default is the IMAP one); Google's one scope covers both.
+fn smtp_oauth(config: &crate::config::OAuthConfig) -> crate::config::OAuthConfig {
+    let mut config = config.clone();
+    if config.scope.is_none() && config.provider == crate::config::OAuthProvider::Microsoft {
+        config.scope = Some("https://outlook.office.com/SMTP.Send offline_access".into());
+    }
+    config
 }
 
 fn envelope(mail_from: &str, rcpt_to: &[String]) -> Result<lettre::address::Envelope, String> {
