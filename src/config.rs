@@ -40,6 +40,16 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub instance: InstanceConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` here (e.g. `127.0.0.1:9464`); off when unset.
+    pub bind: Option<String>,
 }
 
 /// This process among several sharing one database.

@@ -82,6 +82,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ("http".to_string(), served)
         });
     }
+    if let Some(bind) = &config.metrics.bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics.bind: cannot listen on {bind}: {e}"))?;
+        crate::metrics::install();
+        let (store, config, token) = (store.clone(), config.clone(), shutdown.child_token());
+        tasks.spawn(async move {
+            let served = crate::metrics::serve(listener, store, config, token).await;
+            ("metrics".to_string(), served)
+        });
+    }
     tracing::info!(tasks = tasks.len(), database = ?store.backend(), "mailroom started.");
     // systemd (Type=notify): migrations ran, every task runs, the listener
     // is bound. Outside systemd these are no-ops.

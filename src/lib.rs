@@ -8,6 +8,7 @@
 //! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
 //! - [`outbound`]: agents' replies: compose, outbox, SMTP relays.
 //! - [`http`]: the HTTP listener (health, webhooks, forms, the reply API).
+//! - [`metrics`]: Prometheus counters and queue depths on their own listener.
 //! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
 
 pub mod channel;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
 pub mod store;

@@ -97,6 +97,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
                 })
                 .on_response(
                     |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        metrics::counter!("mailroom_http_requests_total", "status" => response.status().as_str().to_string()).increment(1);
                         tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "Request served.");
                     },
                 ),

@@ -316,6 +316,17 @@ impl Outbox {
             }
         }
         for (row, outcome) in done {
+            let result = match &outcome {
+                SendOutcome::Sent(_) => "sent",
+                SendOutcome::Temporary(_)
+                    if row.attempts < i64::from(self.config.outbox.max_attempts) =>
+                {
+                    "retry"
+                }
+                _ => "failed",
+            };
+            metrics::counter!("mailroom_replies_total", "relay" => row.relay.clone(), "result" => result)
+                .increment(1);
             match &outcome {
                 SendOutcome::Sent(answer) => {
                     tracing::info!(message = row.message, ticket = row.ticket, relay = %row.relay, %answer, "Reply sent.");

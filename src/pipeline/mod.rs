@@ -305,10 +305,19 @@ impl Pipeline {
             }
         }
         tracing::debug!(messages = results.len(), elapsed = ?started.elapsed(), "Batch committed.");
-        Ok(results
+        let results: Vec<Disposition> = results
             .into_iter()
             .map(|d| d.expect("every message has a disposition"))
-            .collect())
+            .collect();
+        for d in &results {
+            let outcome = match d {
+                Disposition::Applied(o) => o.name(),
+                Disposition::Quarantined { .. } => "quarantined",
+                Disposition::Refused { .. } => "refused",
+            };
+            metrics::counter!("mailroom_messages_total", "outcome" => outcome).increment(1);
+        }
+        Ok(results)
     }
 
     /// Re-runs the failing apply once more to capture its error text for the

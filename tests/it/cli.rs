@@ -619,3 +619,56 @@ fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn metrics_count_messages_and_show_queue_depths() {
+    let w = Workdir::new();
+    let port = crate::smtp::free_port();
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.path().join("config/mailroom.toml"))
+        .unwrap();
+    write!(config, "\n[metrics]\nbind = \"127.0.0.1:{port}\"\n").unwrap();
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop_into_spool(
+        w.path(),
+        "1.a",
+        &mail("ann@c.test", "m1@c.test", "Metrics", "", "count me"),
+    );
+    let cur = w.path().join("spool/cur");
+    wait_for("the message acknowledged", || {
+        std::fs::read_dir(&cur)
+            .map(|d| d.count() == 1)
+            .unwrap_or(false)
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let text = agent
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        text.contains("mailroom_messages_total{outcome=\"created\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailroom_outbox_replies{state=\"queued\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("mailroom_quarantine_messages 0"), "{text}");
+}

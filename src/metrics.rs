@@ -1,0 +1,126 @@
+//! Prometheus metrics, served on their own listener (`[metrics] bind`) so
+//! they can stay on an internal address. Counters are kept in-process
+//! (the `metrics` facade); queue depths are read from the store at scrape
+//! time, so they are right across instances.
+//!
+//! - `mailroom_messages_total{outcome}`: created, appended, duplicate,
+//!   recorded, quarantined, refused.
+//! - `mailroom_replies_total{relay,result}`: sent, retry, failed.
+//! - `mailroom_http_requests_total{status}`.
+//! - `mailroom_outbox_replies{state}`, `mailroom_quarantine_messages`,
+//!   `mailroom_mailbox_connected{channel}`, `mailroom_mailbox_backlog{channel}`.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::imap::ImapState;
+use crate::config::{ChannelKind, Config};
+use crate::store::Store;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder already installed (tests): keep using ours for rendering.
+            let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_counter!("mailroom_messages_total", "Inbound messages by outcome.");
+            metrics::describe_counter!("mailroom_replies_total", "Reply send attempts by result.");
+            metrics::describe_counter!("mailroom_http_requests_total", "HTTP requests by status.");
+            metrics::describe_gauge!("mailroom_outbox_replies", "Outbox rows by state.");
+            metrics::describe_gauge!(
+                "mailroom_quarantine_messages",
+                "Messages in the quarantine."
+            );
+            metrics::describe_gauge!(
+                "mailroom_mailbox_connected",
+                "1 while an IMAP mailbox is connected."
+            );
+            metrics::describe_gauge!(
+                "mailroom_mailbox_backlog",
+                "Messages waiting in an IMAP mailbox."
+            );
+            handle
+        })
+        .clone()
+}
+
+struct Exposition {
+    handle: PrometheusHandle,
+    store: Store,
+    config: Config,
+}
+
+async fn scrape(State(state): State<Arc<Exposition>>) -> Response {
+    if let Err(e) = refresh(&state).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e}\n"),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.handle.render(),
+    )
+        .into_response()
+}
+
+/// Reads the queue depths from the store into gauges.
+async fn refresh(state: &Exposition) -> Result<(), sqlx::Error> {
+    let outbox = state.store.outbox_counts().await?;
+    for (label, value) in [
+        ("queued", outbox.queued),
+        ("sent", outbox.sent),
+        ("failed", outbox.failed),
+    ] {
+        metrics::gauge!("mailroom_outbox_replies", "state" => label).set(value as f64);
+    }
+    let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
+        .fetch_one(state.store.pool())
+        .await?;
+    metrics::gauge!("mailroom_quarantine_messages").set(quarantined as f64);
+    for (name, channel) in &state.config.channels {
+        if channel.kind != ChannelKind::Imap {
+            continue;
+        }
+        let s: ImapState = state.store.channel_state(name).await?;
+        metrics::gauge!("mailroom_mailbox_connected", "channel" => name.clone())
+            .set(if s.connected { 1.0 } else { 0.0 });
+        metrics::gauge!("mailroom_mailbox_backlog", "channel" => name.clone())
+            .set(s.backlog as f64);
+    }
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = Arc::new(Exposition {
+        handle: install(),
+        store,
+        config,
+    });
+    tracing::info!(address = %listener.local_addr()?, "Metrics listener ready.");
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
