@@ -453,6 +453,11 @@ pub struct ChannelConfig {
     /// IMAP: use IDLE when the server offers it.
     #[serde(default = "yes")]
     pub idle: bool,
+    /// IMAP: what to take on the very first connect to a mailbox that
+    /// already holds mail: `all` (the default: a backfill), `unseen` (unread
+    /// mail only), or `new` (nothing already there).
+    #[serde(default)]
+    pub first_sync: FirstSync,
     /// IMAP: messages fetched per round trip.
     #[serde(default = "default_fetch_batch")]
     pub fetch_batch: usize,
@@ -557,6 +562,16 @@ impl ChannelKind {
             ChannelKind::Form => "form",
         }
     }
+}
+
+/// What an IMAP channel takes on its first connect to a mailbox.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstSync {
+    #[default]
+    All,
+    Unseen,
+    New,
 }
 
 /// What happens at the source once a message is committed.

@@ -24,7 +24,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::oauth::{TokenSource, XOAuth2};
-use crate::config::{After, ChannelConfig, ImapAuth, TlsMode};
+use crate::config::{After, ChannelConfig, FirstSync, ImapAuth, TlsMode};
 use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
 use crate::store::{now_ms, Store};
 
@@ -126,6 +126,10 @@ pub struct ImapState {
     pub backlog: usize,
     #[serde(default)]
     pub oversized: Vec<Oversized>,
+    /// `first_sync = "unseen"` in progress: unread mail up to this UID is
+    /// still being taken; mail already read there is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen_until: Option<u32>,
 }
 
 impl Store {
@@ -537,12 +541,27 @@ impl ImapChannel {
         let mut state: ImapState = store.channel_state(&self.name).await.map_err(db)?;
         let uidvalidity = mailbox.uid_validity.unwrap_or(0);
         if state.uidvalidity != Some(uidvalidity) {
-            if state.uidvalidity.is_some() {
+            let first_connect = state.uidvalidity.is_none();
+            if !first_connect {
                 tracing::warn!(mailbox = %self.name, old = ?state.uidvalidity, new = uidvalidity,
                     "UIDVALIDITY changed; re-scanning the folder (already stored messages are recognised).");
             }
             state.uidvalidity = Some(uidvalidity);
             state.last_uid = 0;
+            // What an existing mailbox's old mail means on the very first
+            // connect; a UIDVALIDITY change always re-scans everything.
+            let existing = mailbox.uid_next.unwrap_or(1).saturating_sub(1);
+            match (first_connect, self.config.first_sync) {
+                (true, FirstSync::New) => {
+                    tracing::info!(mailbox = %self.name, skipped_up_to = existing, "First connect: taking only mail that arrives from now on.");
+                    state.last_uid = existing;
+                }
+                (true, FirstSync::Unseen) => {
+                    tracing::info!(mailbox = %self.name, "First connect: taking unread mail and mail that arrives from now on.");
+                    state.unseen_until = Some(existing);
+                }
+                _ => {}
+            }
         }
         state.connected = true;
         state.idle = can_idle && self.config.idle;
@@ -636,17 +655,33 @@ impl ImapChannel {
         let limit = self.command_timeout();
         let store = pipeline.store();
         let db = |e: sqlx::Error| Failure::Database(e.to_string());
-        let query = format!("UID {}:*", state.last_uid.saturating_add(1));
-        let found = deadline(limit, "UID SEARCH", async {
-            session
-                .uid_search(&query)
-                .await
-                .map_err(other("UID SEARCH"))
-        })
-        .await?;
-        // "n:*" always matches the highest UID, even when it is below n.
-        let mut uids: Vec<u32> = found.into_iter().filter(|&u| u > state.last_uid).collect();
+        let mut searches = vec![format!("UID {}:*", state.last_uid.saturating_add(1))];
+        // First sync of `first_sync = "unseen"`: unread mail up to the mark,
+        // and everything after it.
+        if let Some(until) = state.unseen_until {
+            searches[0] = format!("UID {}:*", until.saturating_add(1));
+            if state.last_uid < until {
+                searches.push(format!("UID {}:{until} UNSEEN", state.last_uid + 1));
+            }
+        }
+        let floor = state.unseen_until.unwrap_or(0).max(state.last_uid);
+        let mut uids: Vec<u32> = Vec::new();
+        for (i, query) in searches.iter().enumerate() {
+            let found = deadline(limit, "UID SEARCH", async {
+                session.uid_search(query).await.map_err(other("UID SEARCH"))
+            })
+            .await?;
+            // "n:*" always matches the highest UID, even when it is below n.
+            uids.extend(found.into_iter().filter(|&u| {
+                if i == 0 {
+                    u > floor
+                } else {
+                    u > state.last_uid
+                }
+            }));
+        }
         uids.sort_unstable();
+        uids.dedup();
         state.backlog = uids.len();
         tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
         let mut taken = 0;
@@ -730,6 +765,15 @@ impl ImapChannel {
             if shutdown.is_cancelled() {
                 break;
             }
+        }
+        if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
+            // The unread mail is in; read mail below the mark stays behind.
+            state.last_uid = state.last_uid.max(until);
+            state.unseen_until = None;
+            store
+                .set_channel_state(&self.name, state)
+                .await
+                .map_err(db)?;
         }
         if taken > 0 {
             tracing::info!(mailbox = %self.name, messages = taken, last_uid = state.last_uid, "Mailbox synced.");

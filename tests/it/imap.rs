@@ -876,3 +876,69 @@ crate::both_backends!(
         a_stop.cancel();
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sync_unseen_takes_unread_mail_and_new_mail_only() {
+    use futures::TryStreamExt;
+    let server = Dovecot::start();
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..4]).await;
+    client.select("INBOX").await.unwrap();
+    let _: Vec<_> = client
+        .uid_store("1:2", "+FLAGS (\\Seen)")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel(
+            "inbox",
+            server.imap_port,
+            "first_sync = \"unseen\"\nafter = \"keep\"",
+        ),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for_state(&app, "inbox", "the first sync", |s| {
+        s.connected && s.last_uid == 4
+    })
+    .await;
+    assert_eq!(
+        app.store().counts().await.unwrap().messages,
+        2,
+        "the two unread ones"
+    );
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[4..]).await;
+    wait_for(&app, "the new message", |c| c.messages == 3).await;
+    running.stop().await;
+    // A restart does not go back to the mail that was already read.
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for_state(&app, "inbox", "reconnected", |s| s.connected).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sync_new_leaves_existing_mail_alone() {
+    let server = Dovecot::start();
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..3]).await;
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", server.imap_port, "first_sync = \"new\""),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    wait_for_state(&app, "inbox", "connected", |s| {
+        s.connected && s.last_uid == 3
+    })
+    .await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[3..4]).await;
+    wait_for(&app, "the new message", |c| c.messages == 1).await;
+    running.stop().await;
+    let flags = dovecot::flags(&mut client, "INBOX").await;
+    assert!(flags[0].1.is_empty(), "old mail untouched: {flags:?}");
+}
