@@ -56,8 +56,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InstanceConfig {
-    /// Names this instance in outbox claims and mailbox leases; the host name
-    /// when unset. Give each instance on one host its own.
+    /// Names this instance in outbox claims, mailbox leases and `mailroom
+    /// status`; the host name when unset.
     pub name: Option<String>,
     /// How long a mailbox belongs to the instance polling it without a
     /// renewal. Another instance takes the mailbox over after this when the
@@ -75,6 +75,17 @@ impl Default for InstanceConfig {
 }
 
 impl InstanceConfig {
+    /// This process's identity in leases and claims: the name plus the
+    /// process id and a random tag, fixed for the life of the process. Two
+    /// processes never share one, even with the same name on one host, so
+    /// neither can take the other's mailbox or reply; a crashed process's
+    /// leases and claims are taken over when they expire.
+    pub fn holder_id(&self) -> String {
+        static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let tag = TAG.get_or_init(|| hex::encode(rand::random::<[u8; 3]>()));
+        format!("{}/{}/{tag}", self.name(), std::process::id())
+    }
+
     /// The configured name, or this machine's host name.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -159,7 +170,7 @@ impl Default for OutboxConfig {
             max_attempts: 10,
             retry_base_ms: 30_000,
             retry_max_ms: 3_600_000,
-            lease_secs: 300,
+            lease_secs: 120,
             poll_interval_ms: 1_000,
         }
     }

@@ -46,7 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ChannelKind::Imap => {
                 let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?
                     .with_lease(
-                        config.instance.name(),
+                        config.instance.holder_id(),
                         Duration::from_secs(config.instance.mailbox_lease_secs),
                     );
                 let (pipeline, token, name) =

@@ -324,18 +324,10 @@ async fn outbox_command(command: OutboxCommand, config: &Config) -> u8 {
     let store = pipeline.store().clone();
     let code = match command {
         OutboxCommand::Flush => {
-            // A name of its own: a daemon starting on this host releases
-            // claims under the host name, and must not release ours.
-            let mut config = config.clone();
-            config.instance.name = Some(format!(
-                "{}/flush/{}",
-                config.instance.name(),
-                std::process::id()
-            ));
             let outbox = Arc::new(mailroom::outbound::Outbox::new(
                 store.clone(),
                 Arc::new(pipeline.directory().clone()),
-                Arc::new(config),
+                Arc::new(config.clone()),
             ));
             let handled = outbox.run_until_idle().await;
             match store.outbox_counts().await {

@@ -7,13 +7,14 @@
 //!   recorded, quarantined, refused.
 //! - `mailroom_replies_total{relay,result}`: sent, retry, failed.
 //! - `mailroom_http_requests_total{status}`.
-//! - `mailroom_outbox_replies{state}`, `mailroom_quarantine_messages`,
-//!   `mailroom_mailbox_connected{channel}`, `mailroom_mailbox_backlog{channel}`.
+//! - `mailroom_outbox_replies{state}` (queued, failed),
+//!   `mailroom_quarantine_messages`, `mailroom_mailbox_connected{channel}`,
+//!   `mailroom_mailbox_backlog{channel}`, `mailroom_database_up`.
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -37,7 +38,11 @@ pub fn install() -> PrometheusHandle {
             metrics::describe_counter!("mailroom_messages_total", "Inbound messages by outcome.");
             metrics::describe_counter!("mailroom_replies_total", "Reply send attempts by result.");
             metrics::describe_counter!("mailroom_http_requests_total", "HTTP requests by status.");
-            metrics::describe_gauge!("mailroom_outbox_replies", "Outbox rows by state.");
+            metrics::describe_gauge!("mailroom_outbox_replies", "Replies queued or failed.");
+            metrics::describe_gauge!(
+                "mailroom_database_up",
+                "1 when the last scrape could read the database."
+            );
             metrics::describe_gauge!(
                 "mailroom_quarantine_messages",
                 "Messages in the quarantine."
@@ -62,13 +67,16 @@ struct Exposition {
 }
 
 async fn scrape(State(state): State<Arc<Exposition>>) -> Response {
-    if let Err(e) = refresh(&state).await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {e}\n"),
-        )
-            .into_response();
-    }
+    // The counters are worth having while the database is down; the gauges
+    // read from it keep their last values and `mailroom_database_up` says 0.
+    let up = match refresh(&state).await {
+        Ok(()) => 1.0,
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics: cannot read queue depths from the database.");
+            0.0
+        }
+    };
+    metrics::gauge!("mailroom_database_up").set(up);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.handle.render(),
@@ -78,13 +86,14 @@ async fn scrape(State(state): State<Arc<Exposition>>) -> Response {
 
 /// Reads the queue depths from the store into gauges.
 async fn refresh(state: &Exposition) -> Result<(), sqlx::Error> {
-    let outbox = state.store.outbox_counts().await?;
-    for (label, value) in [
-        ("queued", outbox.queued),
-        ("sent", outbox.sent),
-        ("failed", outbox.failed),
-    ] {
-        metrics::gauge!("mailroom_outbox_replies", "state" => label).set(value as f64);
+    // Queued and failed only: sent rows grow for ever (the counter
+    // `mailroom_replies_total{result="sent"}` covers them).
+    for label in ["queued", "failed"] {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = $1")
+            .bind(label)
+            .fetch_one(state.store.pool())
+            .await?;
+        metrics::gauge!("mailroom_outbox_replies", "state" => label).set(n as f64);
     }
     let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
         .fetch_one(state.store.pool())

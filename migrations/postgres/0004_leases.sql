@@ -6,3 +6,6 @@ CREATE TABLE leases (
     holder      TEXT NOT NULL,
     expires_at  BIGINT NOT NULL
 );
+
+-- Failed replies are counted (metrics, status) and listed often.
+CREATE INDEX outbox_failed ON outbox (id) WHERE state = 'failed';

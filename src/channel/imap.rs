@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -206,6 +207,17 @@ fn login_failure(error: async_imap::error::Error, username: &str, host: &str) ->
         }
         e => Failure::Other(format!("login: {e}")),
     }
+}
+
+/// Failed sessions in a row after which an instance gives a mailbox's
+/// lease up (another host may reach the server).
+const GIVE_UP_AFTER: u32 = 3;
+
+/// Why `run_holding` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Stopped,
+    GaveUp,
 }
 
 /// One IMAP mailbox.
@@ -431,11 +443,16 @@ impl ImapChannel {
     /// Runs the mailbox until `shutdown`, only while this instance holds its
     /// lease (`imap:<channel>`): several instances on one database never
     /// poll the same mailbox at once. A standby instance takes over when
-    /// the holder's lease expires.
+    /// the holder's lease expires, or when the holder gives the lease up
+    /// after failing to reach the mailbox several times in a row (another
+    /// host may reach it).
     pub async fn run(self, pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = pipeline.store().clone();
         let Some((holder, ttl)) = self.lease.clone() else {
-            return self.run_holding(&pipeline, &shutdown).await;
+            return self
+                .run_holding(&pipeline, &shutdown, None)
+                .await
+                .map(|_| ());
         };
         let name = format!("imap:{}", self.name);
         loop {
@@ -446,53 +463,79 @@ impl ImapChannel {
             let session = shutdown.child_token();
             // If this task is dropped (aborted), the renewals stop with it.
             let _stop_renewing = session.clone().drop_guard();
+            let lost = Arc::new(AtomicBool::new(false));
             crate::store::lease::keep(
                 store.clone(),
                 name.clone(),
                 holder.clone(),
                 ttl,
                 session.clone(),
+                lost.clone(),
             );
-            let result = self.run_holding(&pipeline, &session).await;
+            let ended = self.run_holding(&pipeline, &session, Some(&lost)).await;
             session.cancel(); // stops the renewals
-            if shutdown.is_cancelled() || result.is_err() {
+            if shutdown.is_cancelled() || ended.is_err() {
                 let _ = store.release_lease(&name, &holder).await;
-                return result;
+                return ended.map(|_| ());
             }
-            // The lease was lost: stand by until it can be taken again.
+            if ended.is_ok_and(|e| e == Ended::GaveUp) {
+                // Let a standby that may reach the server have a go first.
+                let _ = store.release_lease(&name, &holder).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ttl) => {}
+                }
+            }
+            // Otherwise the lease was lost: stand by until it can be taken again.
         }
     }
 
+    /// Runs sessions until `shutdown`. With a lease (`lost` set when it is
+    /// gone), nothing is written to the mailbox's state once it is lost, and
+    /// after `GIVE_UP_AFTER` failed sessions in a row it returns `GaveUp`.
     async fn run_holding(
         &self,
         pipeline: &Pipeline,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
+        lost: Option<&AtomicBool>,
+    ) -> anyhow::Result<Ended> {
         let pipeline = pipeline.clone();
         let shutdown = shutdown.clone();
         let store = pipeline.store().clone();
         let mut failures: u32 = 0;
+        let still_ours = || !lost.is_some_and(|l| l.load(Ordering::SeqCst));
         tracing::info!(mailbox = %self.name, host = self.host(), folder = %self.config.folder, "Starting IMAP mailbox.");
         loop {
             let mut healthy = false;
-            let result = self.session(&pipeline, &shutdown, &mut healthy).await;
+            let result = self.session(&pipeline, &shutdown, &mut healthy, lost).await;
             if healthy {
                 failures = 0;
             }
-            let mut state: ImapState = store.channel_state(&self.name).await.unwrap_or_default();
-            state.connected = false;
-            state.idle = false;
+            // A state that cannot be read is not overwritten (with defaults).
+            let read: Result<ImapState, _> = store.channel_state(&self.name).await;
             let error = match result {
                 Ok(()) => {
-                    let _ = store.set_channel_state(&self.name, &state).await;
-                    return Ok(());
+                    if let (Ok(mut state), true) = (read, still_ours()) {
+                        state.connected = false;
+                        state.idle = false;
+                        let _ = store.set_channel_state(&self.name, &state).await;
+                    }
+                    return Ok(Ended::Stopped);
                 }
                 Err(e) => e,
             };
             failures += 1;
-            state.last_error = Some(error.to_string());
-            state.last_error_at = Some(now_ms());
-            let _ = store.set_channel_state(&self.name, &state).await;
+            if let (Ok(mut state), true) = (read, still_ours()) {
+                state.connected = false;
+                state.idle = false;
+                state.last_error = Some(error.to_string());
+                state.last_error_at = Some(now_ms());
+                let _ = store.set_channel_state(&self.name, &state).await;
+            }
+            if lost.is_some() && failures >= GIVE_UP_AFTER {
+                tracing::warn!(mailbox = %self.name, failures, error = %error, "Giving the mailbox lease up so another instance can try.");
+                return Ok(Ended::GaveUp);
+            }
             let wait = match &error {
                 // A wrong password will not fix itself in a second; do not hammer the server.
                 Failure::Auth(_) => Duration::from_secs(300).max(retry_delay(failures)),
@@ -500,7 +543,7 @@ impl ImapChannel {
             };
             tracing::error!(mailbox = %self.name, error = %error, retry_in_s = wait.as_secs_f32(), "IMAP mailbox failed.");
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Ended::Stopped),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -512,6 +555,7 @@ impl ImapChannel {
         pipeline: &Pipeline,
         shutdown: &CancellationToken,
         healthy: &mut bool,
+        lost: Option<&AtomicBool>,
     ) -> Result<(), Failure> {
         let limit = self.command_timeout();
         let store = pipeline.store();
@@ -548,19 +592,33 @@ impl ImapChannel {
             }
             state.uidvalidity = Some(uidvalidity);
             state.last_uid = 0;
-            // What an existing mailbox's old mail means on the very first
-            // connect; a UIDVALIDITY change always re-scans everything.
-            let existing = mailbox.uid_next.unwrap_or(1).saturating_sub(1);
-            match (first_connect, self.config.first_sync) {
-                (true, FirstSync::New) => {
-                    tracing::info!(mailbox = %self.name, skipped_up_to = existing, "First connect: taking only mail that arrives from now on.");
-                    state.last_uid = existing;
+            state.unseen_until = None;
+            if self.config.first_sync != FirstSync::All {
+                // The highest UID already there: from UIDNEXT, or by asking.
+                let existing = match mailbox.uid_next {
+                    Some(next) => next.saturating_sub(1),
+                    None => deadline(limit, "UID SEARCH", async {
+                        session.uid_search("ALL").await.map_err(other("UID SEARCH"))
+                    })
+                    .await?
+                    .into_iter()
+                    .max()
+                    .unwrap_or(0),
+                };
+                match (first_connect, self.config.first_sync) {
+                    (true, FirstSync::New) => {
+                        tracing::info!(mailbox = %self.name, skipped_up_to = existing, "First connect: taking only mail that arrives from now on.");
+                        state.last_uid = existing;
+                    }
+                    // A first connect with "unseen", or a UIDVALIDITY change
+                    // with "unseen" or "new": the old mail was (mostly) never
+                    // taken, so only unread mail is; what is stored already is
+                    // recognised as a duplicate.
+                    _ => {
+                        tracing::info!(mailbox = %self.name, "Taking unread mail and mail that arrives from now on.");
+                        state.unseen_until = Some(existing);
+                    }
                 }
-                (true, FirstSync::Unseen) => {
-                    tracing::info!(mailbox = %self.name, "First connect: taking unread mail and mail that arrives from now on.");
-                    state.unseen_until = Some(existing);
-                }
-                _ => {}
             }
         }
         state.connected = true;
@@ -581,7 +639,7 @@ impl ImapChannel {
         };
         loop {
             let taken = self
-                .sync(&mut session, pipeline, &mut state, &actions, shutdown)
+                .sync(&mut session, pipeline, &mut state, &actions, shutdown, lost)
                 .await?;
             if shutdown.is_cancelled() {
                 let _ = timeout(Duration::from_secs(2), session.logout()).await;
@@ -651,8 +709,10 @@ impl ImapChannel {
         state: &mut ImapState,
         actions: &AfterActions,
         shutdown: &CancellationToken,
+        lost: Option<&AtomicBool>,
     ) -> Result<usize, Failure> {
         let limit = self.command_timeout();
+        let lease_lost = || lost.is_some_and(|l| l.load(Ordering::SeqCst));
         let store = pipeline.store();
         let db = |e: sqlx::Error| Failure::Database(e.to_string());
         let mut searches = vec![format!("UID {}:*", state.last_uid.saturating_add(1))];
@@ -686,6 +746,10 @@ impl ImapChannel {
         tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
         let mut taken = 0;
         for chunk in uids.chunks(self.config.fetch_batch) {
+            // Stopping (or the lease is gone): take nothing more.
+            if shutdown.is_cancelled() {
+                break;
+            }
             let set = uid_set(chunk);
             let sizes: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
                 let stream = session
@@ -758,13 +822,14 @@ impl ImapChannel {
             state.last_uid = *chunk.last().expect("chunks are not empty");
             state.last_success = Some(now_ms());
             state.backlog = state.backlog.saturating_sub(chunk.len());
+            // The new holder writes the state now; ours would move it back.
+            if lease_lost() {
+                break;
+            }
             store
                 .set_channel_state(&self.name, state)
                 .await
                 .map_err(db)?;
-            if shutdown.is_cancelled() {
-                break;
-            }
         }
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
             // The unread mail is in; read mail below the mark stays behind.

@@ -62,7 +62,7 @@ impl Outbox {
             .map(|(name, relay)| (name.clone(), Arc::new(Relay::new(name, relay))))
             .collect();
         Outbox {
-            instance: config.instance.name(),
+            instance: config.instance.holder_id(),
             store,
             dir,
             config,
@@ -73,12 +73,6 @@ impl Outbox {
 
     /// Sends until `shutdown`; a send in progress is finished and recorded first.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Claims this instance held when it last stopped are void: it is not
-        // sending them any more.
-        let released = self.release_own_claims().await?;
-        if released > 0 {
-            tracing::warn!(released, instance = %self.instance, "Took back replies claimed before a restart.");
-        }
         let orphans = sqlx::query("SELECT DISTINCT relay FROM outbox WHERE state = 'queued'")
             .fetch_all(self.store.pool())
             .await?;
@@ -104,6 +98,9 @@ impl Outbox {
         // as it has free slots, so a claimed row starts sending at once and
         // its lease never runs down while it waits behind others.
         let mut busy: HashMap<String, usize> = HashMap::new();
+        // Which relay each task sends to, so a task that panics still frees
+        // its slot.
+        let mut task_relay: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut handled = 0;
         let mut stopping = false;
         let mut failures = 0u32;
@@ -128,23 +125,25 @@ impl Outbox {
                                 claimed_any = true;
                                 *busy.entry(name.clone()).or_default() += 1;
                                 let me = self.clone();
-                                inflight.spawn(async move { me.send(row).await });
+                                let task = inflight.spawn(async move { me.send(row).await });
+                                task_relay.insert(task.id(), name.clone());
                             }
                         }
                         Err(e) => {
                             failures += 1;
                             idle_for = crate::pipeline::backoff(failures);
-                            tracing::error!(error = %e, "Cannot claim outbox rows; retrying.");
+                            tracing::error!(relay = %name, error = %e, "Cannot claim outbox rows; retrying.");
                             // `flush`: finish what is in flight, then stop.
                             if shutdown.is_none() {
                                 stopping = true;
                             }
-                            break;
                         }
                     }
                 }
                 if let Some(due) = next_due {
-                    let wait = (due - now_ms()).max(0) as u64;
+                    // At least a few ms: a due row locked by another
+                    // instance's claim in progress must not make this spin.
+                    let wait = (due - now_ms()).max(10) as u64;
                     idle_for = idle_for.min(Duration::from_millis(wait));
                 }
                 if !claimed_any && inflight.is_empty() && shutdown.is_none() {
@@ -169,21 +168,35 @@ impl Outbox {
                 continue;
             }
             tokio::select! {
-                Some(joined) = inflight.join_next() => {
-                    let mut done = Vec::new();
-                    done.extend(joined.ok());
-                    while let Some(joined) = inflight.try_join_next() {
-                        done.extend(joined.ok());
+                Some(joined) = inflight.join_next_with_id() => {
+                    let mut joins = vec![joined];
+                    while let Some(joined) = inflight.try_join_next_with_id() {
+                        joins.push(joined);
                     }
-                    for (row, _) in &done {
-                        if let Some(n) = busy.get_mut(&row.relay) {
-                            *n = n.saturating_sub(1);
+                    let mut done = Vec::new();
+                    for joined in joins {
+                        let id = match &joined {
+                            Ok((id, _)) => *id,
+                            Err(e) => e.id(),
+                        };
+                        if let Some(relay) = task_relay.remove(&id) {
+                            if let Some(n) = busy.get_mut(&relay) {
+                                *n = n.saturating_sub(1);
+                            }
+                        }
+                        match joined {
+                            Ok((_, result)) => done.push(result),
+                            // The claim stays until its lease ends; then the
+                            // reply is tried again.
+                            Err(e) => tracing::error!(error = %e, "A send task failed."),
                         }
                     }
                     handled += done.len();
                     self.record_all(done).await;
                 }
                 _ = self.wake.notified() => {}
+                // Rows of other relays fall due while sends are in flight.
+                _ = tokio::time::sleep(idle_for) => {}
                 _ = stop => stopping = true,
             }
         }
@@ -274,20 +287,6 @@ impl Outbox {
         }
         w.commit().await?;
         Ok((claimed, next_due))
-    }
-
-    async fn release_own_claims(&self) -> Result<u64, sqlx::Error> {
-        let mut w = self.store.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL
-             WHERE claimed_by = $1 AND state = 'queued'",
-        )
-        .bind(&self.instance)
-        .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
-        w.commit().await?;
-        Ok(done)
     }
 
     /// Records outcomes; retried with backoff while the database is down, as

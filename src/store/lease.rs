@@ -8,7 +8,10 @@ use std::time::Duration;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{Backend, Store};
 
 impl Store {
     /// Takes `name` for `holder` until now + `ttl`, or renews it. False when
@@ -19,18 +22,22 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let now = now_ms();
+        // The database's clock, not ours: instances on hosts whose clocks
+        // disagree still agree on when a lease ends.
+        let now = match self.backend() {
+            Backend::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        };
         let mut w = self.begin_write().await?;
-        let taken = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+        let taken = sqlx::query(&format!(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, {now} + $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-             WHERE leases.holder = excluded.holder OR leases.expires_at < $4
-             RETURNING holder",
-        )
+             WHERE leases.holder = excluded.holder OR leases.expires_at < {now}
+             RETURNING holder"
+        ))
         .bind(name)
         .bind(holder)
-        .bind(now + ttl.as_millis() as i64)
-        .bind(now)
+        .bind(ttl.as_millis() as i64)
         .fetch_optional(&mut *w.tx)
         .await?
         .is_some();
@@ -88,30 +95,43 @@ pub async fn acquire(
 }
 
 /// Renews the lease every third of `ttl` until `done` is cancelled. When
-/// the lease is lost (another instance took it) or cannot be renewed for
-/// two thirds of its life, cancels `done` so the work stops before anyone
-/// else can start it.
-pub fn keep(store: Store, name: String, holder: String, ttl: Duration, done: CancellationToken) {
+/// the lease is lost (another instance took it), or no renewal succeeded
+/// within two thirds of its life (each attempt is time-boxed, and measured
+/// from before it started), sets `lost` and cancels `done`, so the work
+/// stops before anyone else can have started it.
+pub fn keep(
+    store: Store,
+    name: String,
+    holder: String,
+    ttl: Duration,
+    done: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
     tokio::spawn(async move {
-        let mut renewed_at = tokio::time::Instant::now();
+        let mut last_renewal_start = tokio::time::Instant::now();
+        let give_up = |reason: &str| {
+            tracing::warn!(%name, %reason, "Lease no longer held; stopping this work.");
+            lost.store(true, Ordering::SeqCst);
+            done.cancel();
+        };
         loop {
             tokio::select! {
                 _ = done.cancelled() => return,
                 _ = tokio::time::sleep(ttl / 3) => {}
             }
-            match store.take_lease(&name, &holder, ttl).await {
-                Ok(true) => renewed_at = tokio::time::Instant::now(),
-                Ok(false) => {
-                    tracing::warn!(%name, "Lease lost to another instance; stopping this work.");
-                    done.cancel();
-                    return;
+            let started = tokio::time::Instant::now();
+            let renewed =
+                tokio::time::timeout(ttl / 3, store.take_lease(&name, &holder, ttl)).await;
+            match renewed {
+                Ok(Ok(true)) => last_renewal_start = started,
+                Ok(Ok(false)) => return give_up("another instance took it"),
+                Ok(Err(_)) | Err(_) if last_renewal_start.elapsed() >= ttl * 2 / 3 => {
+                    return give_up("it could not be renewed in time")
                 }
-                Err(e) if renewed_at.elapsed() >= ttl * 2 / 3 => {
-                    tracing::warn!(%name, error = %e, "Cannot renew the lease in time; stopping this work.");
-                    done.cancel();
-                    return;
+                Ok(Err(e)) => {
+                    tracing::warn!(%name, error = %e, "Cannot renew the lease; retrying.")
                 }
-                Err(e) => tracing::warn!(%name, error = %e, "Cannot renew the lease; retrying."),
+                Err(_) => tracing::warn!(%name, "Renewing the lease timed out; retrying."),
             }
         }
     });

@@ -424,8 +424,8 @@ fn add_relay(w: &Workdir, port: u16) {
         .unwrap();
     write!(
         config,
-        "\n[relays.local]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 20\n\
-         \n[outbox]\nretry_base_ms = 100\nretry_max_ms = 200\npoll_interval_ms = 100\nlease_secs = 120\n"
+        "\n[relays.local]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 3\n\
+         \n[outbox]\nretry_base_ms = 100\nretry_max_ms = 200\npoll_interval_ms = 100\nlease_secs = 4\n"
     )
     .unwrap();
 }
@@ -507,8 +507,9 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     assert_eq!(rows[0]["state"], "queued");
     assert_eq!(rows[0]["attempts"], 1, "claimed once, never finished");
 
-    // The relay comes back on the same port; the restarted daemon takes its
-    // own stale claim back at once (the lease has 2 minutes left) and sends.
+    // The relay comes back on the same port; the restarted daemon (a new
+    // process, so a new claimant) takes the dead one's claim over when its
+    // 4 s lease ends, and sends.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     hole.join().unwrap();
     held.lock().unwrap().clear();

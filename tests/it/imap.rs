@@ -942,3 +942,49 @@ async fn first_sync_new_leaves_existing_mail_alone() {
     let flags = dovecot::flags(&mut client, "INBOX").await;
     assert!(flags[0].1.is_empty(), "old mail untouched: {flags:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_reach_the_mailbox_hands_it_to_one_that_can() {
+    let server = Dovecot::start();
+    let app = TestApp::with_config(Backend::Sqlite, &channel("inbox", server.imap_port, "")).await;
+    let reachable = app.config.channels["inbox"].clone();
+    let mut unreachable = reachable.clone();
+    unreachable.port = Some(crate::smtp::free_port()); // nothing listens there
+    let ttl = Duration::from_secs(3);
+    let lease = || async {
+        app.store()
+            .lease_holder("imap:inbox")
+            .await
+            .unwrap()
+            .map(|h| h.0)
+    };
+    let stop = CancellationToken::new();
+    let cut_off = ImapChannel::new("inbox", &unreachable, app.config.ingest.max_message_bytes)
+        .unwrap()
+        .with_lease("cut-off".into(), ttl);
+    let a = tokio::spawn(cut_off.run(app.pipeline.clone(), stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lease().await.as_deref() != Some("cut-off") {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthy = ImapChannel::new("inbox", &reachable, app.config.ingest.max_message_bytes)
+        .unwrap()
+        .with_lease("healthy".into(), ttl);
+    let other = TestApp::pipeline_for(&app.config).await;
+    let b = tokio::spawn(healthy.run(other, stop.clone()));
+    let mut client = server.client().await;
+    dovecot::append(&mut client, "INBOX", &thread_of_five()[..1]).await;
+    // Three failed sessions later the first gives the lease up.
+    wait_for(&app, "the message, through the healthy instance", |c| {
+        c.messages == 1
+    })
+    .await;
+    assert_eq!(lease().await.as_deref(), Some("healthy"));
+    stop.cancel();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
