@@ -277,6 +277,64 @@ mod tests {
         assert_eq!(&reply[..22], &fresh[..22]);
     }
 
+    /// Random text made of the characters the parsers look for.
+    fn noise(rng: &mut impl rand::Rng, len: usize) -> String {
+        const PIECES: &[&str] = &[
+            "mr",
+            ".",
+            "-",
+            "@",
+            "t",
+            "0",
+            "9",
+            "f",
+            "a",
+            "\u{2060}",
+            "\u{2063}",
+            "\u{200B}",
+            "\u{200C}",
+            "mailroom-ref:",
+            "é",
+            "\u{1F600}",
+            " ",
+            "\n",
+            "<",
+            ">",
+        ];
+        (0..len)
+            .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+            .collect()
+    }
+
+    #[test]
+    fn hostile_text_never_panics_and_never_verifies() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..80);
+            let text = noise(&mut rng, len);
+            assert_eq!(ticket_of_message_id(SECRET, &text), None, "{text:?}");
+            assert_eq!(ticket_of_body(SECRET, &text, Some(&text)), None, "{text:?}");
+        }
+        // A marker cut short, or with a bit flipped, does not verify either.
+        let marker = text_marker(SECRET, 5);
+        let chars: Vec<char> = marker.chars().collect();
+        for cut in 0..chars.len() - 1 {
+            let cut: String = chars[..cut].iter().collect();
+            assert_eq!(ticket_of_body(SECRET, &cut, None), None);
+        }
+        let flipped: String = chars
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| match (i, c) {
+                (9, ZW_ZERO) => ZW_ONE,
+                (9, ZW_ONE) => ZW_ZERO,
+                (_, c) => c,
+            })
+            .collect();
+        assert_eq!(ticket_of_body(SECRET, &flipped, None), None);
+    }
+
     #[test]
     fn header_values_with_line_breaks_are_refused() {
         assert!(check_header_value("subject", "Hi").is_ok());

@@ -169,6 +169,12 @@ pub fn parse_recipient(field: &str, input: &str) -> Result<Recipient, ReplyError
             format!("{address:?} is not an email address"),
         ));
     }
+    if !address.is_ascii() {
+        return Err(invalid(
+            field,
+            format!("{address:?}: internationalized (non-ASCII) addresses are not supported yet"),
+        ));
+    }
     Ok(Recipient {
         address: address.to_lowercase(),
         name,
@@ -810,4 +816,53 @@ pub async fn set_default_address(
     w.commit().await?;
     tracing::info!(team = team_key, %address, actor = %actor.label(), "Team default address changed.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_parsed_or_refused_with_the_field_named() {
+        let ok = parse_recipient("to", " Carol Customer <Carol@Customer.test> ").unwrap();
+        assert_eq!(ok.address, "carol@customer.test");
+        assert_eq!(ok.name.as_deref(), Some("Carol Customer"));
+        let quoted = parse_recipient("cc", "\"Doe, Jane\" <jane@x.test>").unwrap();
+        assert_eq!(quoted.name.as_deref(), Some("Doe, Jane"));
+        for bad in [
+            "",
+            "nobody",
+            "a@b",
+            "a@.test",
+            "a b@x.test",
+            "a@x.test\r\nBcc: v@x.test",
+            "<a@x.test",
+            "ü@x.test",
+            "a@@x.test",
+        ] {
+            match parse_recipient("to", bad) {
+                Err(ReplyError::Invalid { field, .. }) => assert_eq!(field, "to"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics_the_recipient_parser() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet: Vec<char> = "ab@.<> \"\\,;:\r\n\0é\u{1F600}x".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..40);
+            let input: String = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            if let Ok(r) = parse_recipient("to", &input) {
+                assert!(
+                    !r.address.contains(['\r', '\n', '\0', '<', '>', ' ']),
+                    "{input:?}"
+                );
+            }
+        }
+    }
 }
