@@ -6,7 +6,10 @@ COPY . .
 RUN cargo build --release --locked --bin mailroom
 
 FROM debian:bookworm-slim
-RUN useradd --system --home /var/lib/mailroom --create-home mailroom
+# The system CA roots: IMAP and SMTP certificates are verified against them.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /var/lib/mailroom --create-home mailroom
 COPY --from=build /src/target/release/mailroom /usr/local/bin/mailroom
 COPY config/mailroom.toml /etc/mailroom/mailroom.toml
 USER mailroom
