@@ -20,6 +20,9 @@ use crate::config::{Config, StatusKind};
 use crate::store::directory::Directory;
 use crate::store::{classify_error, now_ms, Backend, ErrorClass, Store};
 
+/// The PostgreSQL NOTIFY channel a queued reply is announced on.
+pub const NOTIFY_CHANNEL: &str = "mailroom_outbox";
+
 /// A claimed outbox row with the bytes to send.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -73,6 +76,9 @@ impl Outbox {
 
     /// Sends until `shutdown`; a send in progress is finished and recorded first.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Replies queued by other instances or `mailroom reply` wake us at
+        // once on PostgreSQL; `poll_interval_ms` remains the fallback.
+        self.store.on_notify(NOTIFY_CHANNEL, self.wake.clone());
         let orphans = sqlx::query("SELECT DISTINCT relay FROM outbox WHERE state = 'queued'")
             .fetch_all(self.store.pool())
             .await?;

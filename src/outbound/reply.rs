@@ -666,6 +666,8 @@ async fn queue_reply_once(
         .execute(&mut **tx)
         .await?;
     }
+    // Other instances' outboxes hear of it at commit (PostgreSQL).
+    store.notify(tx, super::outbox::NOTIFY_CHANNEL).await?;
     let owner_key = match owner {
         Some(id) => sqlx::query("SELECT key FROM agents WHERE id = $1")
             .bind(id)

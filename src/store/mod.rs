@@ -35,6 +35,9 @@ pub struct Store {
     /// in SQLite's busy handler, which sleeps in steps) keeps latency low.
     /// Other processes on the same file are handled by `BEGIN IMMEDIATE`.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// PostgreSQL: the URL, for a LISTEN connection of its own (a secret:
+    /// never logged).
+    pg_url: Option<Arc<str>>,
 }
 
 /// How a database error should be handled by the caller.
@@ -145,6 +148,7 @@ impl Store {
             pool,
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            pg_url: (backend == Backend::Postgres).then(|| Arc::from(url.as_str())),
         })
     }
 
@@ -178,6 +182,47 @@ impl Store {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// PostgreSQL: calls `wake` whenever a transaction NOTIFYs `channel`,
+    /// until the store closes (reconnecting as needed). SQLite: does nothing.
+    pub fn on_notify(&self, channel: &'static str, wake: Arc<tokio::sync::Notify>) {
+        let Some(url) = self.pg_url.clone() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut failures = 0;
+            while !pool.is_closed() {
+                let listened = async {
+                    let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+                    listener.listen(channel).await?;
+                    loop {
+                        listener.recv().await?;
+                        wake.notify_one();
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                if let Err(e) = listened.await {
+                    failures += 1;
+                    tracing::warn!(%channel, error = %e, "LISTEN connection lost; polling until it is back.");
+                    tokio::time::sleep(crate::pipeline::backoff(failures)).await;
+                }
+            }
+        });
+    }
+
+    /// Tells other instances (PostgreSQL LISTEN) that `channel` has work;
+    /// sent when the transaction commits. SQLite: nothing (they poll).
+    pub async fn notify(&self, tx: &mut Tx, channel: &str) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(channel)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -998,3 +998,37 @@ crate::both_backends!(
         assert_eq!(sink.count(), 1);
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_reply_queued_elsewhere_wakes_the_outbox_at_once() {
+    let sink = SmtpSink::start(&[]);
+    let app = OutApp::start(Backend::Postgres, sink.port).await;
+    let number = app.customer_mail(CUSTOMER).await;
+    // An outbox that would poll only once a minute.
+    let mut slow = app.config.clone();
+    slow.outbox.poll_interval_ms = 60_000;
+    let outbox = Arc::new(Outbox::new(
+        app.store().clone(),
+        Arc::new(app.pipeline.directory().clone()),
+        Arc::new(slow),
+    ));
+    let stop = CancellationToken::new();
+    tokio::spawn(outbox.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await; // LISTEN is up
+                                                          // Queued by another process (no in-process wake), as `mailroom reply` does.
+    mailroom::outbound::queue_reply(
+        app.store(),
+        app.pipeline.directory(),
+        &app.config,
+        &mailroom::outbound::Actor::Ops,
+        number,
+        mailroom::outbound::ReplyRequest {
+            body_text: Some("Right away".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    stop.cancel();
+}
