@@ -673,3 +673,31 @@ fn metrics_count_messages_and_show_queue_depths() {
     );
     assert!(text.contains("mailroom_quarantine_messages 0"), "{text}");
 }
+
+#[test]
+fn reply_takes_its_body_from_stdin_and_names_what_is_wrong() {
+    let sink = crate::smtp::SmtpSink::start(&[]);
+    let w = Workdir::new();
+    add_relay(&w, sink.port);
+    let customer = mail("carol@customer.test", "s1@customer.test", "Stdin", "", "hi");
+    assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
+    let out = w.pipe(
+        &["reply", "1", "--body-file", "-", "--status", "nope"],
+        &[],
+        b"Hello from stdin",
+    );
+    assert_eq!(code(&out), 65);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("status: \"nope\" is not a status"), "{err}");
+    let out = w.pipe(
+        &["reply", "1", "--body-file", "-", "--json"],
+        &[],
+        b"Hello from stdin",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let flushed = w.run(&["outbox", "flush"]);
+    assert_eq!(code(&flushed), 0);
+    assert!(String::from_utf8_lossy(&flushed.stdout).contains("sent 1"));
+    let sent = &sink.messages()[0];
+    assert!(String::from_utf8_lossy(&sent.message).contains("Hello from stdin"));
+}

@@ -1032,3 +1032,57 @@ async fn on_postgresql_a_reply_queued_elsewhere_wakes_the_outbox_at_once() {
     sink.wait_for(1, Duration::from_secs(10)).await;
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_web_form_ticket_goes_to_the_submitter_without_a_synthetic_parent() {
+    let sink = SmtpSink::start(&[]);
+    let form = r#"
+[channels.web]
+kind = "form"
+team = "support"
+pipeline = "support"
+allowed_origins = ["https://www.example.com"]
+
+[http]
+bind = "127.0.0.1:0"
+"#;
+    let app = OutApp::start_with(Backend::Sqlite, sink.port, form).await;
+    let (status, created) = app
+        .api(
+            "POST",
+            "/forms/web",
+            "unused",
+            &[("origin", "https://www.example.com")],
+            Some(json!({ "name": "Fiona Form", "email": "fiona@customer.test", "subject": "Quote", "body": "How much?" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let number = created["ticket_number"].as_i64().unwrap();
+    let (status, _) = app
+        .reply(number, "alice-token", json!({ "body": "42 EUR" }))
+        .await;
+    assert_eq!(status, 202);
+    app.flush().await;
+    let got = sink.wait_for(1, Duration::from_secs(10)).await.remove(0);
+    assert_eq!(got.rcpt_to, vec!["fiona@customer.test"]);
+    let parsed = MessageParser::default().parse(&got.message).unwrap();
+    assert_eq!(
+        parsed.to().unwrap().first().unwrap().name(),
+        Some("Fiona Form")
+    );
+    // The form's message has a made-up Message-ID: nothing to answer to.
+    assert!(
+        parsed.in_reply_to().is_empty(),
+        "{:?}",
+        parsed.in_reply_to()
+    );
+    let references = header(&parsed, "References");
+    assert!(
+        references.contains(".t.") && !references.contains("mailroom.invalid"),
+        "{references}"
+    );
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("Re: [#{number}] Quote").as_str())
+    );
+}
