@@ -731,6 +731,12 @@ async fn bad_replies_are_refused_before_anything_is_queued() {
         ("alice-token", json!({ "body": "" }), 422, "body"),
         (
             "alice-token",
+            json!({ "body": "x", "in_reply_to": 99_999 }),
+            422,
+            "in_reply_to",
+        ),
+        (
+            "alice-token",
             json!({ "body": "x", "attachments": [{ "filename": "a\r\nb", "content_base64": "eA==" }] }),
             422,
             "attachments[0]",
@@ -1084,5 +1090,50 @@ bind = "127.0.0.1:0"
     assert_eq!(
         parsed.subject(),
         Some(format!("Re: [#{number}] Quote").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlook_threading_explicit_recipients_and_an_html_only_body() {
+    use base64::Engine as _;
+    let sink = SmtpSink::start(&[]);
+    let app = OutApp::start(Backend::Sqlite, sink.port).await;
+    // An Outlook customer: its conversation header must carry on.
+    let conversation = [7u8; 22];
+    let index = base64::engine::general_purpose::STANDARD.encode(conversation);
+    let outlook = format!(
+        "From: Olga <olga@customer.test>\r\nTo: support@example.com\r\nSubject: VPN\r\n\
+         Message-ID: <o1@customer.test>\r\nThread-Index: {index}\r\nThread-Topic: VPN\r\n\r\nVPN down\r\n"
+    );
+    let number = app.customer_mail(outlook.as_bytes()).await;
+    let (status, _) = app
+        .reply(
+            number,
+            "alice-token",
+            json!({
+                "body_html": "<p>Try <b>reconnecting</b>.</p>",
+                "to": ["Olga Manager <olga.boss@customer.test>"],
+            }),
+        )
+        .await;
+    assert_eq!(status, 202);
+    app.flush().await;
+    let got = sink.wait_for(1, Duration::from_secs(10)).await.remove(0);
+    assert_eq!(
+        got.rcpt_to,
+        vec!["olga.boss@customer.test"],
+        "the chosen To only"
+    );
+    let parsed = MessageParser::default().parse(&got.message).unwrap();
+    let ours = base64::engine::general_purpose::STANDARD
+        .decode(header(&parsed, "Thread-Index"))
+        .unwrap();
+    assert_eq!(&ours[..22], &conversation, "same Outlook conversation");
+    assert_eq!(ours.len(), 27, "one child block");
+    assert!(parsed.body_html(0).unwrap().contains("<b>reconnecting</b>"));
+    let text = parsed.body_text(0).unwrap();
+    assert!(
+        text.contains("Try") && text.contains("reconnecting") && !text.contains("<b>"),
+        "{text}"
     );
 }
