@@ -79,11 +79,14 @@ impl Outbox {
         // Replies queued by other instances or `mailroom reply` wake us at
         // once on PostgreSQL; `poll_interval_ms` remains the fallback.
         self.store.on_notify(NOTIFY_CHANNEL, self.wake.clone());
-        let orphans = sqlx::query("SELECT DISTINCT relay FROM outbox WHERE state = 'queued'")
+        // A warning only: the database may be briefly away, and the worker
+        // copes with that on its own.
+        let queued_relays = sqlx::query("SELECT DISTINCT relay FROM outbox WHERE state = 'queued'")
             .fetch_all(self.store.pool())
-            .await?;
-        for row in orphans {
-            let relay: String = row.try_get(0)?;
+            .await
+            .unwrap_or_default();
+        for row in queued_relays {
+            let relay: String = row.try_get(0).unwrap_or_default();
             if !self.relays.contains_key(&relay) {
                 tracing::error!(%relay, "Replies are queued for a relay that is not configured; they wait until it is added back.");
             }

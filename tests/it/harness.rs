@@ -183,18 +183,7 @@ impl TestApp {
     }
 
     pub async fn feed(&self, channel: &str, data: &[u8]) -> Disposition {
-        self.pipeline
-            .process(
-                vec![RawMessage {
-                    channel: channel.into(),
-                    source: None,
-                    data: Arc::new(data.to_vec()),
-                }],
-                OnBadInput::Quarantine,
-            )
-            .await
-            .unwrap()
-            .remove(0)
+        feed_with(&self.pipeline, channel, data).await
     }
 
     /// Feeds a message and returns what applying it did (panics if quarantined).
@@ -208,6 +197,31 @@ impl TestApp {
     pub async fn apply_file(&self, path: impl AsRef<Path>) -> Outcome {
         let data = std::fs::read(fixture(path)).unwrap();
         self.apply("pipe", &data).await
+    }
+}
+
+/// Runs one message through `pipeline` on `channel`.
+pub async fn feed_with(pipeline: &Pipeline, channel: &str, raw: &[u8]) -> Disposition {
+    pipeline
+        .process(
+            vec![RawMessage {
+                channel: channel.into(),
+                source: None,
+                data: Arc::new(raw.to_vec()),
+            }],
+            OnBadInput::Quarantine,
+        )
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+/// Runs one message through `pipeline` on `channel` and returns what
+/// applying it did (panics if it was not applied).
+pub async fn apply_with(pipeline: &Pipeline, channel: &str, raw: &[u8]) -> Outcome {
+    match feed_with(pipeline, channel, raw).await {
+        Disposition::Applied(outcome) => outcome,
+        other => panic!("expected the message to be applied, got {other:?}"),
     }
 }
 

@@ -157,23 +157,7 @@ impl OutApp {
     }
 
     pub async fn pipeline_apply(&self, channel: &str, raw: &[u8]) -> mailroom::pipeline::Outcome {
-        let result = self
-            .pipeline
-            .process(
-                vec![mailroom::pipeline::RawMessage {
-                    channel: channel.into(),
-                    source: None,
-                    data: Arc::new(raw.to_vec()),
-                }],
-                mailroom::pipeline::OnBadInput::Quarantine,
-            )
-            .await
-            .unwrap()
-            .remove(0);
-        match result {
-            mailroom::pipeline::Disposition::Applied(o) => o,
-            other => panic!("not applied: {other:?}"),
-        }
+        apply_with(&self.pipeline, channel, raw).await
     }
 
     pub async fn api(
@@ -924,22 +908,7 @@ password = "{password}"
         Arc::new(pipeline.directory().clone()),
         Arc::new(config.clone()),
     ));
-    let outcome = match pipeline
-        .process(
-            vec![mailroom::pipeline::RawMessage {
-                channel: "pipe".into(),
-                source: None,
-                data: Arc::new(CUSTOMER.to_vec()),
-            }],
-            mailroom::pipeline::OnBadInput::Quarantine,
-        )
-        .await
-        .unwrap()
-        .remove(0)
-    {
-        mailroom::pipeline::Disposition::Applied(o) => o,
-        other => panic!("{other:?}"),
-    };
+    let outcome = apply_with(&pipeline, "pipe", CUSTOMER).await;
     let number = number_of(pipeline.store(), ticket_of(&outcome)).await;
     mailroom::outbound::queue_reply(
         pipeline.store(),
