@@ -989,8 +989,26 @@ async fn on_postgresql_a_reply_queued_elsewhere_wakes_the_outbox_at_once() {
     ));
     let stop = CancellationToken::new();
     tokio::spawn(outbox.run(stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await; // LISTEN is up
-                                                          // Queued by another process (no in-process wake), as `mailroom reply` does.
+    // Wait until its LISTEN connection is up (a NOTIFY before it is lost).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+        if listening > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox never LISTENed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Queued by another process (no in-process wake), as `mailroom reply` does.
     mailroom::outbound::queue_reply(
         app.store(),
         app.pipeline.directory(),
