@@ -1343,6 +1343,15 @@ fn looks_like_address(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Asserts validation names each of `expected`; returns every key it named.
+    fn assert_problems(config: &Config, expected: &[&str]) -> Vec<String> {
+        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
+        for key in expected {
+            assert!(keys.iter().any(|k| k == key), "missing {key} in {keys:?}");
+        }
+        keys
+    }
+
     fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
         let path = dir.path().join("mailroom.toml");
         std::fs::write(&path, text).unwrap();
@@ -1439,21 +1448,18 @@ mod tests {
             "#,
         );
         let config = Config::load_unvalidated(&path).unwrap();
-        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
-        for expected in [
-            "channels.a.host",
-            "channels.a.username",
-            "channels.a.password",
-            "channels.a.move_to",
-            "channels.b.oauth.token_url",
-            "channels.b.oauth.client_id",
-            "channels.b.oauth.refresh_token",
-        ] {
-            assert!(
-                keys.iter().any(|k| k == expected),
-                "missing {expected} in {keys:?}"
-            );
-        }
+        let keys = assert_problems(
+            &config,
+            &[
+                "channels.a.host",
+                "channels.a.username",
+                "channels.a.password",
+                "channels.a.move_to",
+                "channels.b.oauth.token_url",
+                "channels.b.oauth.client_id",
+                "channels.b.oauth.refresh_token",
+            ],
+        );
         assert!(
             !keys.iter().any(|k| k == "channels.b.password"),
             "xoauth2 needs no password"
@@ -1512,20 +1518,17 @@ mod tests {
             "#,
         );
         let config = Config::load_unvalidated(&path).unwrap();
-        let keys: Vec<String> = config.validate().into_iter().map(|p| p.key).collect();
-        for expected in [
-            "relays.a.timeout_secs",
-            "relays.b.oauth",
-            "teams.t.addresses[0].relay",
-            "teams.t.addresses[1].relay",
-            "teams.t.addresses[1].sent_copy.channel",
-            "pipelines.p.status_after_reply",
-        ] {
-            assert!(
-                keys.iter().any(|k| k == expected),
-                "missing {expected} in {keys:?}"
-            );
-        }
+        assert_problems(
+            &config,
+            &[
+                "relays.a.timeout_secs",
+                "relays.b.oauth",
+                "teams.t.addresses[0].relay",
+                "teams.t.addresses[1].relay",
+                "teams.t.addresses[1].sent_copy.channel",
+                "pipelines.p.status_after_reply",
+            ],
+        );
         assert!(config.relay_for("t", "a@t.test").is_none());
     }
 }

@@ -8,6 +8,7 @@
 //! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
 //! - [`outbound`]: agents' replies: compose, outbox, SMTP relays.
 //! - [`http`]: the HTTP listener (health, webhooks, forms, the reply API).
+//! - [`net`]: TCP/TLS sockets and the TLS client config, for IMAP and SMTP.
 //! - [`metrics`]: Prometheus counters and queue depths on their own listener.
 //! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
 
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod pipeline;
 pub mod store;

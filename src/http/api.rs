@@ -54,6 +54,22 @@ fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Box<Res
     })
 }
 
+/// The agent behind the request and its JSON body, or the 401/422 to send.
+fn authenticated_json<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Actor, T), Box<Response>> {
+    let actor = authenticate(state, headers)?;
+    let body = serde_json::from_slice(body).map_err(|e| {
+        Box::new(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid JSON body: {e}"),
+        ))
+    })?;
+    Ok((actor, body))
+}
+
 fn reply_error(e: ReplyError) -> Response {
     match e {
         ReplyError::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
@@ -122,18 +138,9 @@ pub async fn reply(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let actor = match authenticate(&state, &headers) {
-        Ok(a) => a,
+    let (actor, body) = match authenticated_json::<ReplyBody>(&state, &headers, &body) {
+        Ok(parsed) => parsed,
         Err(r) => return *r,
-    };
-    let body: ReplyBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid JSON body: {e}"),
-            )
-        }
     };
     let mut attachments = Vec::with_capacity(body.attachments.len());
     for (i, a) in body.attachments.into_iter().enumerate() {
@@ -265,18 +272,9 @@ pub async fn default_address(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let actor = match authenticate(&state, &headers) {
-        Ok(a) => a,
+    let (actor, body) = match authenticated_json::<DefaultAddressBody>(&state, &headers, &body) {
+        Ok(parsed) => parsed,
         Err(r) => return *r,
-    };
-    let body: DefaultAddressBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid JSON body: {e}"),
-            )
-        }
     };
     match crate::outbound::reply::set_default_address(
         state.pipeline.store(),

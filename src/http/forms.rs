@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{auth, problem, HttpState};
 use crate::config::{ChannelConfig, ChannelKind};
+use crate::pipeline::parse::SYNTHETIC_DOMAIN;
 use crate::pipeline::{Disposition, Hints, Outcome, RawMessage};
 
 /// Default per-IP limit for browser forms without a configured one.
@@ -306,9 +307,9 @@ pub async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(|key| hex::encode(Sha256::digest(format!("form\0{name}\0{key}"))));
     let message_id = match &idempotency {
-        Some(hash) => format!("form-{}@mailroom.invalid", &hash[..32]),
+        Some(hash) => format!("form-{}{SYNTHETIC_DOMAIN}", &hash[..32]),
         None => format!(
-            "form-{}@mailroom.invalid",
+            "form-{}{SYNTHETIC_DOMAIN}",
             hex::encode(rand::random::<[u8; 16]>())
         ),
     };

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::smtp::{Relay, SendOutcome};
 use crate::channel::imap::ImapChannel;
 use crate::config::{Config, StatusKind};
+use crate::pipeline::parse::SYNTHETIC_DOMAIN;
 use crate::store::directory::Directory;
 use crate::store::{classify_error, now_ms, Backend, ErrorClass, Store};
 
@@ -566,7 +567,7 @@ pub(crate) async fn note_failure(
         "The reply \"{subject}\" to {} was not delivered.\n\n{reason}\n\nThe customer has not received it.",
         if to.is_empty() { "its recipients".to_string() } else { to.join(", ") }
     );
-    let note_id = format!("note.{message}.{now}@mailroom.invalid");
+    let note_id = format!("note.{message}.{now}{SYNTHETIC_DOMAIN}");
     sqlx::query(
         "INSERT INTO messages (ticket_id, team_id, direction, message_id, synthetic_id, from_addr, subject,
            body_text, flags, fingerprint, received_at)

@@ -421,9 +421,7 @@ async fn queue_reply_once(
     };
     // Over-long IDs (a hostile or broken client's) would make a header line
     // relays refuse; they are left out.
-    // IDs we made up for mail without one (forms, `@mailroom.invalid`) mean
-    // nothing to the customer's client either.
-    let usable = |id: &String| id.len() <= MAX_ID_LEN && !id.ends_with("@mailroom.invalid");
+    let usable = |id: &String| id.len() <= MAX_ID_LEN;
     let parent_id = parent_id.filter(usable);
     chain.retain(usable);
     chain.extend(parent_id.clone());

@@ -4,22 +4,18 @@
 //! writes; with Nagle's algorithm on, the `.` waits for the peer's delayed
 //! ACK (40 ms on Linux), which capped a connection at ~22 messages/s.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
-};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::channel::oauth::TokenSource;
 use crate::config::{ImapAuth, RelayConfig, TlsMode};
+use crate::net::Conn;
 use crate::store::Store;
 
 /// What one send attempt came to.
@@ -50,65 +46,14 @@ pub struct Relay {
     /// the credential they logged in with.
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant, Option<String>)>>,
     tokens: Option<TokenSource>,
+    /// The configured password, read once (from the config, env or file)
+    /// rather than for every message; the error says why it could not be.
+    password: Option<Result<String, String>>,
     /// For implicit TLS (ours, so the socket keeps TCP_NODELAY); the error
     /// says why the CA certificates could not be loaded.
     tls: Result<Arc<rustls::ClientConfig>, String>,
     /// Sends in flight to this relay, at most `pool_size`.
     pub slots: Arc<Semaphore>,
-}
-
-/// Our socket: plain TCP (STARTTLS is layered on by lettre) or implicit TLS.
-#[derive(Debug)]
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncTokioStream for Stream {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        match self {
-            Stream::Plain(s) => s.peer_addr(),
-            Stream::Tls(s) => s.get_ref().0.peer_addr(),
-        }
-    }
 }
 
 fn temporary(context: &str) -> impl Fn(String) -> SendOutcome + '_ {
@@ -131,13 +76,13 @@ impl Relay {
             .then_some(config.oauth.as_ref())
             .flatten()
             .map(|o| TokenSource::new(&format!("relay:{name}"), &smtp_oauth(o)));
-        let tls = crate::channel::imap::tls_config(config.ca_file.as_deref())
-            .map_err(|e| format!("{e:#}"));
+        let tls = crate::net::tls_config(config.ca_file.as_deref()).map_err(|e| format!("{e:#}"));
         Relay {
             name: name.to_string(),
             config: config.clone(),
             idle: Mutex::new(Vec::new()),
             tokens,
+            password: config.password.as_ref().map(|p| p.resolve()),
             tls,
             slots: Arc::new(Semaphore::new(config.pool_size as usize)),
         }
@@ -161,9 +106,9 @@ impl Relay {
 
     /// The password or current access token, if the relay wants a login.
     async fn secret(&self, store: &Store) -> Result<Option<String>, String> {
-        match (&self.tokens, &self.config.password) {
+        match (&self.tokens, &self.password) {
             (Some(tokens), _) => tokens.token(store).await.map(Some),
-            (None, Some(password)) => password.resolve().map(Some),
+            (None, Some(password)) => password.clone().map(Some),
             (None, None) => Ok(None),
         }
     }
@@ -189,12 +134,12 @@ impl Relay {
                     .map_err(|e| {
                         SendOutcome::Temporary(format!("TLS handshake with {address} failed: {e}"))
                     })?;
-                Stream::Tls(Box::new(tls))
+                Conn::Tls(Box::new(tls))
             }
             (TlsMode::Implicit, Err(e)) => {
                 return Err(SendOutcome::Temporary(format!("relay {}: {e}", self.name)))
             }
-            _ => Stream::Plain(tcp),
+            _ => Conn::Plain(tcp),
         };
         let hello = self.hello();
         let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
@@ -385,4 +330,27 @@ fn envelope(mail_from: &str, rcpt_to: &[String]) -> Result<lettre::address::Enve
         .map(|a| parse(a))
         .collect::<Result<Vec<_>, _>>()?;
     lettre::address::Envelope::new(Some(parse(mail_from)?), to).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsoft_relays_ask_for_the_smtp_scope_unless_told_otherwise() {
+        let oauth = |v: serde_json::Value| -> crate::config::OAuthConfig {
+            serde_json::from_value(v).unwrap()
+        };
+        let microsoft = smtp_oauth(&oauth(serde_json::json!({ "provider": "microsoft" })));
+        assert_eq!(
+            microsoft.scope().as_deref(),
+            Some("https://outlook.office.com/SMTP.Send offline_access")
+        );
+        let chosen = smtp_oauth(&oauth(
+            serde_json::json!({ "provider": "microsoft", "scope": "x" }),
+        ));
+        assert_eq!(chosen.scope().as_deref(), Some("x"));
+        let google = smtp_oauth(&oauth(serde_json::json!({ "provider": "google" })));
+        assert_eq!(google.scope().as_deref(), Some("https://mail.google.com/"));
+    }
 }

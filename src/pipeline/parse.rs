@@ -65,6 +65,10 @@ pub enum ParseError {
     NotAMessage,
 }
 
+/// The domain of Message-IDs mailroom makes up (for mail without one, web
+/// forms, internal notes). `.invalid` is reserved, so no real mail has it.
+pub const SYNTHETIC_DOMAIN: &str = "@mailroom.invalid";
+
 /// Parses a raw RFC 5322 message. Never panics on bad input by design, but
 /// callers still run it isolated (see `pipeline::isolate`) because it is the
 /// code that meets the most hostile bytes.
@@ -81,8 +85,12 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
 
     let fingerprint = fingerprint(&message, raw);
     let (message_id, synthetic_id) = match message.message_id().map(clean_id) {
-        Some(id) if !id.is_empty() => (id, false),
-        _ => (format!("{}@mailroom.invalid", &fingerprint[..32]), true),
+        // An ID we made up earlier (a web form's) is as synthetic as a new one.
+        Some(id) if !id.is_empty() => {
+            let made_up = id.ends_with(SYNTHETIC_DOMAIN);
+            (id, made_up)
+        }
+        _ => (format!("{}{SYNTHETIC_DOMAIN}", &fingerprint[..32]), true),
     };
 
     let from = first_mailbox(message.from())
@@ -390,6 +398,12 @@ mod tests {
         let first = parse(raw).unwrap();
         assert!(first.synthetic_id);
         assert!(first.message_id.ends_with("@mailroom.invalid"));
+        let form =
+            parse(b"Message-ID: <form-1@mailroom.invalid>\nFrom: a@b.test\n\nBody\n").unwrap();
+        assert!(
+            form.synthetic_id,
+            "an ID we made up earlier stays synthetic"
+        );
         assert_eq!(first.message_id, parse(raw).unwrap().message_id);
     }
 

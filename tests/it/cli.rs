@@ -593,6 +593,7 @@ fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let mut daemon = w
         .cmd(&["run"])
         .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "300000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -600,6 +601,9 @@ fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // WatchdogSec=0.3 s: pinged at half that.
+    let n = socket.recv(&mut buf).expect("a watchdog ping");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
     // Ready means ready: the spool is being watched.
     let cur = w.path().join("spool/cur");
     drop_into_spool(
@@ -616,8 +620,13 @@ fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
         .args(["-TERM", &daemon.id().to_string()])
         .status()
         .unwrap();
-    let n = socket.recv(&mut buf).expect("STOPPING=1");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    // Watchdog pings may come first.
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
     assert!(daemon.wait().unwrap().success());
 }
 

@@ -141,6 +141,11 @@ create_tickets = false
 {extra}
 "#
     );
+    config_from_toml(&text)
+}
+
+/// Loads (and validates) a config from TOML text, as `mailroom` would.
+pub fn config_from_toml(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailroom.toml");
     std::fs::write(&path, text).unwrap();

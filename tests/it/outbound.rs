@@ -88,10 +88,7 @@ pipeline = "support"
 {extra}
 "#
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mailroom.toml");
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    config_from_toml(&text)
 }
 
 /// A pipeline, an HTTP listener with the agent API, and an outbox that the
