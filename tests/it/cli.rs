@@ -53,6 +53,15 @@ impl Workdir {
         child.wait_with_output().unwrap()
     }
 
+    /// `mailroom run` in the background, output discarded.
+    fn daemon(&self) -> std::process::Child {
+        self.cmd(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.run(args);
         assert!(
@@ -63,6 +72,21 @@ impl Workdir {
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
+}
+
+fn sigterm(daemon: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// SIGTERM, and the daemon must drain and exit 0.
+fn stop_gracefully(daemon: &mut std::process::Child) {
+    sigterm(daemon);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "daemon exit: {status:?}");
 }
 
 fn code(out: &Output) -> i32 {
@@ -383,13 +407,7 @@ fn daemon_takes_mail_from_the_spool_and_stops_gracefully() {
     let raw = w.run(&["quarantine", "show", &id, "--raw"]);
     assert_eq!(raw.stdout, big);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = daemon.wait().unwrap();
-    assert!(status.success(), "daemon exit: {status:?}");
+    stop_gracefully(&mut daemon);
 
     // With the limit raised, a retry applies it and clears the entry.
     let retry = w.run(&["quarantine", "retry", &id]);
@@ -492,12 +510,7 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     let queued: serde_json::Value = serde_json::from_slice(&queued.stdout).unwrap();
     assert_eq!(outbox(&w)[0]["state"], "queued");
 
-    let mut daemon = w
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = w.daemon();
     wait_for("the daemon to connect to the relay", || {
         !held.lock().unwrap().is_empty()
     });
@@ -514,12 +527,7 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     hole.join().unwrap();
     held.lock().unwrap().clear();
     let sink = crate::smtp::SmtpSink::start_on(port, &[]);
-    let mut daemon = w
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = w.daemon();
     wait_for("the reply to be sent", || outbox(&w)[0]["state"] == "sent");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.count(), 1, "sent exactly once");
@@ -535,24 +543,11 @@ fn a_reply_queued_before_a_crash_is_sent_once_after_restart() {
     );
     assert!(shown.contains("[sent: 250"), "{shown}");
 
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    stop_gracefully(&mut daemon);
     // After a clean stop and another start, nothing goes out again.
-    let mut daemon = w
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = w.daemon();
     std::thread::sleep(Duration::from_millis(1500));
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    stop_gracefully(&mut daemon);
     assert_eq!(sink.count(), 1);
 }
 
@@ -616,10 +611,7 @@ fn daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
             .map(|d| d.count() == 1)
             .unwrap_or(false)
     });
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&daemon);
     // Watchdog pings may come first.
     loop {
         let n = socket.recv(&mut buf).expect("STOPPING=1");
@@ -639,12 +631,7 @@ fn metrics_count_messages_and_show_queue_depths() {
         .open(w.path().join("config/mailroom.toml"))
         .unwrap();
     write!(config, "\n[metrics]\nbind = \"127.0.0.1:{port}\"\n").unwrap();
-    let mut daemon = w
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = w.daemon();
     drop_into_spool(
         w.path(),
         "1.a",
@@ -667,11 +654,7 @@ fn metrics_count_messages_and_show_queue_depths() {
         .body_mut()
         .read_to_string()
         .unwrap();
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    stop_gracefully(&mut daemon);
     assert!(
         text.contains("mailroom_messages_total{outcome=\"created\"} 1"),
         "{text}"
