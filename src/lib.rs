@@ -1,24 +1,29 @@
 //! mailroom: the email channel of a help desk.
 //!
 //! # Layout
-//! - [`config`]: typed TOML config with env overrides and whole-file validation.
-//! - [`store`]: sqlx over SQLite or PostgreSQL; config sync, read-outs, quarantine.
-//! - [`pipeline`]: parse → classify → thread → apply, exactly once per message.
-//! - [`channel`]: where mail comes from (Maildir spool; IMAP and HTTP build on it).
-//! - [`ingest`]: `mailroom ingest` — MTA pipe and backfill from files.
-//! - [`outbound`]: agents' replies: compose, outbox, SMTP relays.
-//! - [`http`]: the HTTP listener (health, webhooks, forms, the reply API).
-//! - [`net`]: TCP/TLS sockets and the TLS client config, for IMAP and SMTP.
-//! - [`metrics`]: Prometheus counters and queue depths on their own listener.
-//! - [`daemon`]: `mailroom run` — starts channels, stops them gracefully.
+//! Layers point down, never up (`tests/it/layers.rs` enforces the table in
+//! `docs/ARCHITECTURE.md`):
+//!
+//! - [`cli`], [`app`]: the command line, and the daemon's supervision.
+//! - [`channel`], [`http`], [`metrics`]: where work comes from — IMAP
+//!   mailboxes, spools, the MTA pipe and backfill; web forms, webhooks and
+//!   the agent API; Prometheus.
+//! - [`outbound`]: agents' replies — plan, compose, outbox, SMTP relays.
+//! - [`pipeline`]: parse → classify → thread (pure) → apply, exactly once.
+//! - [`store`]: the only place with SQL; SQLite or PostgreSQL.
+//! - Leaves: [`config`], [`net`] (sockets, TLS, OAuth tokens, the IMAP
+//!   client), [`mail`] (addresses, our identifiers), [`crypto`], [`retry`].
 
+pub mod app;
 pub mod channel;
+pub mod cli;
 pub mod config;
-pub mod daemon;
+pub mod crypto;
 pub mod http;
-pub mod ingest;
+pub mod mail;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod pipeline;
+pub mod retry;
 pub mod store;

@@ -21,8 +21,8 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::imap::ImapState;
-use crate::config::{ChannelKind, Config};
+use crate::config::Config;
+use crate::store::channels::ImapState;
 use crate::store::Store;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -89,18 +89,13 @@ async fn refresh(state: &Exposition) -> Result<(), sqlx::Error> {
     // Queued and failed only: sent rows grow for ever (the counter
     // `mailroom_replies_total{result="sent"}` covers them).
     for label in ["queued", "failed"] {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = $1")
-            .bind(label)
-            .fetch_one(state.store.pool())
-            .await?;
+        let n = state.store.outbox_count(label).await?;
         metrics::gauge!("mailroom_outbox_replies", "state" => label).set(n as f64);
     }
-    let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
-        .fetch_one(state.store.pool())
-        .await?;
+    let quarantined = state.store.quarantine_count().await?;
     metrics::gauge!("mailroom_quarantine_messages").set(quarantined as f64);
     for (name, channel) in &state.config.channels {
-        if channel.kind != ChannelKind::Imap {
+        if channel.imap().is_none() {
             continue;
         }
         let s: ImapState = state.store.channel_state(name).await?;

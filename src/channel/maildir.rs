@@ -8,18 +8,30 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::After;
-use crate::pipeline::{backoff, Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::config::{MaildirAfter, MaildirConfig};
+use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::retry::Backoff;
 
 pub struct MaildirChannel {
     pub name: String,
     pub path: PathBuf,
     pub poll_interval: Duration,
-    pub after: After,
+    pub after: MaildirAfter,
     pub batch_size: usize,
 }
 
 impl MaildirChannel {
+    /// The channel `name` with its config; `batch_size` files per commit.
+    pub fn new(name: &str, config: &MaildirConfig, batch_size: usize) -> MaildirChannel {
+        MaildirChannel {
+            name: name.to_string(),
+            path: config.path.clone(),
+            poll_interval: config.poll_interval(),
+            after: config.after,
+            batch_size,
+        }
+    }
+
     /// Creates `new/`, `cur/` and `tmp/` if missing, so a fresh checkout works.
     pub fn prepare(&self) -> std::io::Result<()> {
         for sub in ["new", "cur", "tmp"] {
@@ -56,7 +68,7 @@ impl MaildirChannel {
                 Err(e) => {
                     failures += 1;
                     tracing::error!(channel = %self.name, error = %e, "Maildir batch not committed; will retry.");
-                    backoff(failures + 3)
+                    Backoff::STORE.delay(failures + 3)
                 }
             };
             tokio::select! {
@@ -96,12 +108,15 @@ impl MaildirChannel {
             match disposition {
                 Disposition::Applied(outcome) => tracing::info!(
                     channel = %self.name, file = %file.display(), outcome = outcome.name(),
-                    ticket = ?outcome.ticket_id(), "Message ingested."
+                    ticket = outcome.ticket_id(), "Message ingested."
                 ),
                 Disposition::Quarantined { id, reason } => tracing::warn!(
                     channel = %self.name, file = %file.display(), quarantine = id, %reason, "Message quarantined."
                 ),
-                Disposition::Refused { .. } => unreachable!("maildir quarantines bad input"),
+                // Not with OnBadInput::Quarantine; logged should it happen.
+                Disposition::Refused { reason } => tracing::warn!(
+                    channel = %self.name, file = %file.display(), %reason, "Message refused."
+                ),
             }
             // The message is committed (or kept in quarantine): acknowledge it.
             if let Err(e) = self.acknowledge(file) {
@@ -134,9 +149,8 @@ impl MaildirChannel {
 
     fn acknowledge(&self, file: &Path) -> std::io::Result<()> {
         match self.after {
-            After::Delete => std::fs::remove_file(file),
-            // Validation allows only move and delete for a maildir.
-            _ => {
+            MaildirAfter::Delete => std::fs::remove_file(file),
+            MaildirAfter::Move => {
                 let name = file
                     .file_name()
                     .and_then(|n| n.to_str())

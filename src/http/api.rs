@@ -16,9 +16,9 @@ use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 
 use super::{problem, unavailable, HttpState};
+use crate::crypto::constant_time_eq;
 use crate::outbound::compose::NewAttachment;
 use crate::outbound::{queue_reply, Actor, ReplyError, ReplyRequest};
 use crate::store::{classify_error, ErrorClass};
@@ -40,13 +40,13 @@ fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Actor, Box<Res
     // which agents exist.
     let mut found = None;
     for (token, agent) in &state.agent_tokens {
-        if super::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             found = Some(agent);
         }
     }
     let agent =
         found.ok_or_else(|| Box::new(problem(StatusCode::UNAUTHORIZED, "unknown API token")))?;
-    Actor::agent(&state.config, state.pipeline.directory(), agent).ok_or_else(|| {
+    Actor::agent(state.pipeline.directory(), agent).ok_or_else(|| {
         Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "this token's agent is not configured any more",
@@ -210,52 +210,16 @@ pub async fn message(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let row = sqlx::query(
-        "SELECT m.id, t.number, m.team_id, m.direction, m.message_id, m.from_addr, m.to_addrs, m.subject,
-                m.delivery_state, m.delivery_detail, m.sent_at, o.attempts
-         FROM messages m JOIN tickets t ON t.id = m.ticket_id
-         LEFT JOIN outbox o ON o.message_id = m.id WHERE m.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(state.pipeline.store().pool())
-    .await;
-    let row = match row {
-        Ok(Some(row)) => row,
-        Ok(None) => {
-            return problem(
-                StatusCode::NOT_FOUND,
-                format!("message {id} does not exist"),
-            )
-        }
-        Err(e) => return store_error(e),
-    };
-    let view = (|| -> Result<(i64, Value), sqlx::Error> {
-        let team: i64 = row.try_get(2)?;
-        let to: Vec<String> =
-            serde_json::from_str(&row.try_get::<String, _>(6)?).unwrap_or_default();
-        Ok((
-            team,
-            json!({
-                "message": row.try_get::<i64, _>(0)?,
-                "ticket": row.try_get::<i64, _>(1)?,
-                "direction": row.try_get::<String, _>(3)?,
-                "message_id": row.try_get::<String, _>(4)?,
-                "from": row.try_get::<String, _>(5)?,
-                "to": to,
-                "subject": row.try_get::<String, _>(7)?,
-                "delivery_state": row.try_get::<Option<String>, _>(8)?,
-                "delivery_detail": row.try_get::<Option<String>, _>(9)?,
-                "sent_at": row.try_get::<Option<i64>, _>(10)?,
-                "attempts": row.try_get::<Option<i64>, _>(11)?,
-            }),
-        ))
-    })();
-    match view {
-        Ok((team, _)) if !actor.can_access_team(team) => problem(
+    let not_found = || {
+        problem(
             StatusCode::NOT_FOUND,
             format!("message {id} does not exist"),
-        ),
-        Ok((_, view)) => Json(view).into_response(),
+        )
+    };
+    match state.pipeline.store().message_delivery(id).await {
+        Ok(Some(view)) if actor.can_access_team(view.team_id) => Json(json!(view)).into_response(),
+        // Another team's message answers like a missing one.
+        Ok(_) => not_found(),
         Err(e) => store_error(e),
     }
 }

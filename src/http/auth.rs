@@ -13,11 +13,10 @@ use std::sync::Mutex;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::problem;
-use crate::config::ChannelConfig;
+use crate::config::Secret;
+pub use crate::crypto::constant_time_eq;
 
 /// How far a signed request's timestamp may be from now, in seconds.
 pub const WINDOW_SECS: i64 = 300;
@@ -31,7 +30,9 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// Records the signature; false if it was already used.
     fn first_use(&self, signature: &str, now: i64) -> bool {
-        let mut seen = self.seen.lock().expect("replay guard lock");
+        // A poisoned lock only means another request panicked mid-update;
+        // the map is still usable.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, at| now - *at <= WINDOW_SECS);
         seen.insert(signature.to_string(), now).is_none()
     }
@@ -39,11 +40,9 @@ impl ReplayGuard {
 
 /// Computes the signature header value for a body (for senders and tests).
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let stamp = timestamp.to_string();
+    let mac = crate::crypto::hmac_sha256(secret.as_bytes(), &[stamp.as_bytes(), b".", body]);
+    format!("sha256={}", hex::encode(mac))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -64,15 +63,21 @@ fn unauthorized(message: &'static str) -> Denied {
     Denied(message)
 }
 
+/// How a channel's callers prove who they are (either may be set).
+pub struct Credentials<'a> {
+    pub bearer: Option<&'a Secret>,
+    pub signing_secret: Option<&'a Secret>,
+}
+
 /// Accepts the request if it carries a valid bearer token or signature for
 /// this channel; otherwise returns the 401 to send.
 pub fn check(
-    channel: &ChannelConfig,
+    channel: &Credentials<'_>,
     headers: &HeaderMap,
     body: &[u8],
     replays: &ReplayGuard,
 ) -> Result<(), Denied> {
-    if let Some(token) = &channel.auth_token {
+    if let Some(token) = channel.bearer {
         let expected = token
             .resolve()
             .map_err(|_| unauthorized("server token unavailable"))?;
@@ -85,7 +90,7 @@ pub fn check(
             return Err(unauthorized("bearer token does not match"));
         }
     }
-    if let Some(secret) = &channel.signing_secret {
+    if let Some(secret) = channel.signing_secret {
         let secret = secret
             .resolve()
             .map_err(|_| unauthorized("server secret unavailable"))?;
@@ -119,13 +124,6 @@ pub fn check(
         return Ok(());
     }
     Err(unauthorized("missing Authorization: Bearer header"))
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

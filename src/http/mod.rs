@@ -21,20 +21,58 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ChannelKind, Config};
-use crate::pipeline::{CommitQueue, Disposition, Hints, Pipeline, PipelineError, RawMessage};
+use crate::config::Config;
+use crate::pipeline::{
+    CommitQueue, CommitWorker, Disposition, Hints, Pipeline, PipelineError, RawMessage,
+};
+
+/// What `/readyz` reports beside the database: whether the process has
+/// started its work (every channel task runs) and is not draining.
+#[derive(Debug)]
+pub struct Readiness {
+    started: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Not started yet: the daemon says when it is.
+    pub fn starting() -> Readiness {
+        Readiness {
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// A listener on its own has nothing else to start.
+    pub fn started() -> Readiness {
+        let ready = Readiness::starting();
+        ready.set_started();
+        ready
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    /// Stopping: a load balancer should send its traffic elsewhere.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}
 
 /// What every handler shares.
 pub struct HttpState {
     pub pipeline: Pipeline,
     /// Group commit for submissions arriving concurrently.
     pub commits: CommitQueue,
+    /// The group commit's worker, run by `serve_on` beside the listener.
+    commit_worker: std::sync::Mutex<Option<CommitWorker>>,
     pub config: Config,
-    /// Set once every channel task is running; `/readyz` reports it.
-    pub channels_started: AtomicBool,
+    /// Whether the process has started its work; `/readyz` reports it.
+    pub ready: Arc<Readiness>,
     /// Signatures seen inside the replay window (see `auth`).
     pub replays: auth::ReplayGuard,
-    /// Per-IP submission counts for browser forms.
+    /// Per-IP submission limits for browser forms.
     pub rate_limiter: forms::RateLimiter,
     /// Agent API tokens (resolved once) → agent key.
     pub agent_tokens: Vec<(String, String)>,
@@ -45,12 +83,14 @@ pub struct HttpState {
 
 impl HttpState {
     pub fn new(pipeline: Pipeline, config: Config) -> HttpState {
+        let (commits, worker) = CommitQueue::new(pipeline.clone(), 128);
         HttpState {
-            commits: CommitQueue::start(pipeline.clone(), 128),
+            commits,
+            commit_worker: std::sync::Mutex::new(Some(worker)),
             pipeline,
-            channels_started: AtomicBool::new(true),
+            ready: Arc::new(Readiness::started()),
             replays: Default::default(),
-            rate_limiter: Default::default(),
+            rate_limiter: forms::RateLimiter::new(&config),
             agent_tokens: config
                 .agents
                 .iter()
@@ -67,6 +107,12 @@ impl HttpState {
     /// Lets replies queued through the API wake this outbox at once.
     pub fn with_outbox(mut self, wake: Arc<tokio::sync::Notify>) -> HttpState {
         self.outbox_wake = Some(wake);
+        self
+    }
+
+    /// Reports this readiness (the daemon's) on `/readyz`.
+    pub fn with_readiness(mut self, ready: Arc<Readiness>) -> HttpState {
+        self.ready = ready;
         self
     }
 }
@@ -105,52 +151,45 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Binds `http.bind` and serves until `shutdown`.
-pub async fn serve(state: Arc<HttpState>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bind = state
-        .config
-        .http
-        .bind
-        .clone()
-        .expect("serve is only called with http.bind set");
-    let listener = tokio::net::TcpListener::bind(&bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("http.bind: cannot listen on {bind}: {e}"))?;
-    serve_on(listener, state, shutdown).await
-}
-
-/// Serves on an already bound listener until `shutdown` (tests bind port 0).
+/// Serves on an already bound listener until `shutdown` (tests bind port
+/// 0). Requests in progress are answered first, and the group commit's
+/// worker commits what they submitted before this returns.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: Arc<HttpState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "HTTP listener ready.");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await?;
-    Ok(())
+    let worker = state.commit_worker.lock().ok().and_then(|mut w| w.take());
+    let commits_done = CancellationToken::new();
+    let serve = async {
+        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        commits_done.cancel();
+        served
+    };
+    let commit = async {
+        if let Some(worker) = worker {
+            worker.run(&commits_done).await;
+        }
+    };
+    let (served, ()) = tokio::join!(serve, commit);
+    Ok(served?)
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
-    let database = sqlx::query("SELECT 1")
-        .execute(state.pipeline.store().pool())
-        .await
-        .is_ok();
-    let channels = state.channels_started.load(Ordering::Relaxed);
-    let status = if database && channels {
+    let database = state.pipeline.store().ping().await;
+    let started = state.ready.started.load(Ordering::SeqCst);
+    let draining = state.ready.draining.load(Ordering::SeqCst);
+    let status = if database && started && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "database": database, "channels_started": channels })),
-    )
-        .into_response()
+    let body = json!({ "database": database, "channels_started": started, "draining": draining });
+    (status, Json(body)).into_response()
 }
 
 /// An error answer: a status and a sentence saying what to fix.
@@ -176,14 +215,18 @@ async fn inbound(
         .config
         .channels
         .get(&channel)
-        .filter(|c| c.kind == ChannelKind::Webhook)
+        .and_then(|c| c.webhook())
     else {
         return problem(
             StatusCode::NOT_FOUND,
             format!("no webhook channel named {channel:?}"),
         );
     };
-    if let Err(denied) = auth::check(config, &headers, &body, &state.replays) {
+    let credentials = auth::Credentials {
+        bearer: config.auth_token.as_ref(),
+        signing_secret: config.signing_secret.as_ref(),
+    };
+    if let Err(denied) = auth::check(&credentials, &headers, &body, &state.replays) {
         return denied.into_response();
     }
     let raw = RawMessage {

@@ -9,21 +9,13 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
 use mail_builder::MessageBuilder;
 
-/// An address with an optional display name.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Recipient {
-    pub address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+use crate::mail::Mailbox;
 
-impl Recipient {
-    fn to_address(&self) -> Address<'static> {
-        Address::new_address(
-            self.name.as_deref().map(single_line),
-            single_line(&self.address),
-        )
-    }
+fn to_address(mailbox: &Mailbox) -> Address<'static> {
+    Address::new_address(
+        mailbox.name.as_deref().map(single_line),
+        single_line(&mailbox.address),
+    )
 }
 
 /// A header value with any control character (CR, LF, NUL, TAB …) turned
@@ -47,9 +39,9 @@ pub struct NewAttachment {
 /// Everything a rendered reply is made of.
 #[derive(Debug)]
 pub struct Draft<'a> {
-    pub from: &'a Recipient,
-    pub to: &'a [Recipient],
-    pub cc: &'a [Recipient],
+    pub from: &'a Mailbox,
+    pub to: &'a [Mailbox],
+    pub cc: &'a [Mailbox],
     pub subject: &'a str,
     pub message_id: &'a str,
     pub in_reply_to: Option<&'a str>,
@@ -63,13 +55,13 @@ pub struct Draft<'a> {
 }
 
 /// The rendered RFC 5322 bytes.
-fn list(people: &[Recipient]) -> Address<'static> {
-    Address::new_list(people.iter().map(Recipient::to_address).collect())
+fn list(people: &[Mailbox]) -> Address<'static> {
+    Address::new_list(people.iter().map(to_address).collect())
 }
 
 pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
     let mut builder = MessageBuilder::new()
-        .from(draft.from.to_address())
+        .from(to_address(draft.from))
         .subject(single_line(draft.subject))
         .message_id(single_line(draft.message_id))
         .date(Date::new(draft.date_ms.div_euclid(1000)))
@@ -164,11 +156,11 @@ mod tests {
 
     #[test]
     fn names_and_subjects_from_stored_mail_cannot_add_headers() {
-        let from = Recipient {
+        let from = Mailbox {
             address: "support@example.test".into(),
             name: Some("Support".into()),
         };
-        let to = [Recipient {
+        let to = [Mailbox {
             address: "c@customer.test".into(),
             name: Some("Evil\r\nBcc: victim@x.test".into()),
         }];
@@ -205,11 +197,11 @@ mod tests {
 
     #[test]
     fn rendered_message_has_no_bcc_and_parses_back() {
-        let from = Recipient {
+        let from = Mailbox {
             address: "support@example.test".into(),
             name: Some("Example Support".into()),
         };
-        let to = [Recipient {
+        let to = [Mailbox {
             address: "c@customer.test".into(),
             name: Some("Ünïcode Customer".into()),
         }];

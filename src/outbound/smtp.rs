@@ -13,9 +13,9 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::channel::oauth::TokenSource;
 use crate::config::{ImapAuth, RelayConfig, TlsMode};
-use crate::net::Conn;
+use crate::net::oauth::TokenSource;
+use crate::net::{tls_connect, Conn};
 use crate::store::Store;
 
 /// What one send attempt came to.
@@ -123,19 +123,9 @@ impl Relay {
         tcp.set_nodelay(true)
             .map_err(|e| SendOutcome::Temporary(format!("{address}: {e}")))?;
         let stream = match (&c.tls, &self.tls) {
-            (TlsMode::Implicit, Ok(tls)) => {
-                let name =
-                    rustls::pki_types::ServerName::try_from(c.host.clone()).map_err(|e| {
-                        SendOutcome::Permanent(format!("bad host name {}: {e}", c.host))
-                    })?;
-                let tls = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| {
-                        SendOutcome::Temporary(format!("TLS handshake with {address} failed: {e}"))
-                    })?;
-                Conn::Tls(Box::new(tls))
-            }
+            (TlsMode::Implicit, Ok(tls)) => tls_connect(tls, &c.host, tcp)
+                .await
+                .map_err(|e| SendOutcome::Temporary(format!("{address}: {e}")))?,
             (TlsMode::Implicit, Err(e)) => {
                 return Err(SendOutcome::Temporary(format!("relay {}: {e}", self.name)))
             }
@@ -271,7 +261,9 @@ impl Relay {
                 reused = Some(conn);
                 break;
             }
-            tokio::spawn(async move { conn.abort().await });
+            // Stale: dropping it closes the socket (a QUIT could hang on a
+            // peer that is gone).
+            drop(conn);
         }
         let mut conn = match reused {
             Some(conn) => conn,

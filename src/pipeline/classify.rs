@@ -4,6 +4,8 @@
 
 use mail_parser::{HeaderValue, Message, MimeHeaders, PartType};
 
+use crate::mail::ids::clean_id;
+
 /// What kind of automatic mail a message is. Several can be true at once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
@@ -149,14 +151,14 @@ fn bounced_ids(message: &Message<'_>) -> Vec<String> {
     let mut ids = Vec::new();
     for part in &message.parts {
         let id = match &part.body {
-            PartType::Message(inner) => inner.message_id().map(super::parse::clean_id),
+            PartType::Message(inner) => inner.message_id().map(clean_id),
             _ if part.is_content_type("text", "rfc822-headers") => {
                 let text = String::from_utf8_lossy(part.contents());
                 text.lines().find_map(|l| {
                     let (name, value) = l.split_once(':')?;
                     name.trim()
                         .eq_ignore_ascii_case("message-id")
-                        .then(|| super::parse::clean_id(value))
+                        .then(|| clean_id(value))
                 })
             }
             _ => None,

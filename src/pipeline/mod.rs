@@ -22,7 +22,10 @@ use serde::Serialize;
 pub use apply::{Inbound, Outcome};
 use parse::{ParseError, ParsedMessage};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::IngestConfig;
+use crate::retry::Backoff;
 use crate::store::directory::ChannelInfo;
 use crate::store::{classify_error, now_ms, Directory, ErrorClass, Store};
 
@@ -250,7 +253,7 @@ impl Pipeline {
                     });
                 }
                 Err(failure) => {
-                    tracing::warn!(channel = %raw.channel, source = ?raw.source, reason = %failure, "Message quarantined.");
+                    tracing::warn!(channel = %raw.channel, source = raw.source.as_deref().unwrap_or("-"), reason = %failure, "Message quarantined.");
                     let id = self.quarantine(&raw, &failure.to_string()).await?;
                     prepared.results[index] = Some(Disposition::Quarantined {
                         id,
@@ -259,7 +262,11 @@ impl Pipeline {
                 }
             }
         }
-        tracing::debug!(messages = prepared.results.len(), elapsed = ?started.elapsed(), "Batch parsed.");
+        tracing::debug!(
+            messages = prepared.results.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "Batch parsed."
+        );
         Ok(prepared)
     }
 
@@ -297,18 +304,21 @@ impl Pipeline {
                     }
                     Err(_) => {
                         let reason = self.last_error_text(raw).await;
-                        tracing::warn!(channel = %raw.channel, source = ?raw.source, %reason, "Message quarantined.");
+                        tracing::warn!(channel = %raw.channel, source = raw.source.as_deref().unwrap_or("-"), %reason, "Message quarantined.");
                         let id = self.quarantine(raw, &reason).await?;
                         Disposition::Quarantined { id, reason }
                     }
                 });
             }
         }
-        tracing::debug!(messages = results.len(), elapsed = ?started.elapsed(), "Batch committed.");
-        let results: Vec<Disposition> = results
-            .into_iter()
-            .map(|d| d.expect("every message has a disposition"))
-            .collect();
+        tracing::debug!(
+            messages = results.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "Batch committed."
+        );
+        // Every message has a disposition by now: parse failures were given
+        // one in `prepare`, the rest just above.
+        let results: Vec<Disposition> = results.into_iter().flatten().collect();
         for d in &results {
             let outcome = match d {
                 Disposition::Applied(o) => o.name(),
@@ -366,13 +376,11 @@ impl Pipeline {
             attempt += 1;
             let result: Result<Vec<Outcome>, sqlx::Error> = async {
                 let mut w = self.store.begin_write().await?;
+                // Channels were checked in `prepare`.
                 let batch: Vec<(&ChannelInfo, &Inbound)> = items
                     .iter()
-                    .map(|(_, raw, inbound)| {
-                        (
-                            self.dir.channel(&raw.channel).expect("checked in process"),
-                            inbound,
-                        )
+                    .filter_map(|(_, raw, inbound)| {
+                        Some((self.dir.channel(&raw.channel)?, inbound))
                     })
                     .collect();
                 let outcomes = apply::apply_batch(
@@ -396,7 +404,7 @@ impl Pipeline {
                         return Err(class);
                     }
                     tracing::debug!(error = %e, attempt, "Apply failed; retrying.");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(Backoff::STORE.delay(attempt)).await;
                 }
             }
         }
@@ -417,7 +425,7 @@ impl Pipeline {
                     if attempt < self.config.max_attempts
                         && classify_error(&e) != ErrorClass::Permanent =>
                 {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(Backoff::STORE.delay(attempt)).await;
                 }
                 Err(e) => {
                     return Err(PipelineError::Unavailable(format!(
@@ -441,6 +449,13 @@ pub struct CommitQueue {
     jobs: tokio::sync::mpsc::Sender<Job>,
 }
 
+/// The worker behind a [`CommitQueue`]; whoever serves the callers runs it.
+pub struct CommitWorker {
+    pipeline: Pipeline,
+    queue: tokio::sync::mpsc::Receiver<Job>,
+    max_batch: usize,
+}
+
 struct Job {
     raw: RawMessage,
     hints: Hints,
@@ -448,48 +463,15 @@ struct Job {
 }
 
 impl CommitQueue {
-    /// Starts the worker; it stops when every `CommitQueue` clone is dropped.
-    pub fn start(pipeline: Pipeline, max_batch: usize) -> CommitQueue {
-        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(max_batch * 4);
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
-                // Linger briefly for company: each transaction costs a fixed
-                // number of statements and an fsync, shared by its batch.
-                let linger = tokio::time::sleep(COMMIT_LINGER);
-                tokio::pin!(linger);
-                while batch.len() < max_batch {
-                    tokio::select! {
-                        job = queue.recv() => match job {
-                            Some(job) => batch.push(job),
-                            None => break,
-                        },
-                        _ = &mut linger => break,
-                    }
-                }
-                let (items, replies): (Vec<_>, Vec<_>) = batch
-                    .into_iter()
-                    .map(|j| ((j.raw, j.hints), j.reply))
-                    .unzip();
-                let result = match pipeline.prepare_with(items, OnBadInput::Refuse).await {
-                    Ok(prepared) => pipeline.commit(prepared).await,
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(dispositions) => {
-                        for (reply, disposition) in replies.into_iter().zip(dispositions) {
-                            let _ = reply.send(Ok(disposition));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-        });
-        CommitQueue { jobs }
+    /// A queue and its worker, committing up to `max_batch` at a time.
+    pub fn new(pipeline: Pipeline, max_batch: usize) -> (CommitQueue, CommitWorker) {
+        let (jobs, queue) = tokio::sync::mpsc::channel::<Job>(max_batch * 4);
+        let worker = CommitWorker {
+            pipeline,
+            queue,
+            max_batch,
+        };
+        (CommitQueue { jobs }, worker)
     }
 
     /// Queues one message (refusing unusable input) and waits until it is
@@ -509,9 +491,65 @@ impl CommitQueue {
     }
 }
 
-/// Exponential backoff with jitter: 50 ms, 100 ms, 200 ms … capped at 2 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
-    Duration::from_millis(base / 2 + jitter)
+impl CommitWorker {
+    /// Commits what is queued until `stop`; then takes no more and commits
+    /// what is already waiting, so no caller is left without an answer.
+    pub async fn run(mut self, stop: &CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                job = self.queue.recv() => job,
+                _ = stop.cancelled() => {
+                    self.queue.close();
+                    self.queue.recv().await
+                }
+            };
+            let Some(first) = first else {
+                return;
+            };
+            let batch = self.gather(first).await;
+            self.commit(batch).await;
+        }
+    }
+
+    /// Lingers briefly for company: each transaction costs a fixed number
+    /// of statements and an fsync, shared by its batch.
+    async fn gather(&mut self, first: Job) -> Vec<Job> {
+        let mut batch = vec![first];
+        let linger = tokio::time::sleep(COMMIT_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < self.max_batch {
+            tokio::select! {
+                job = self.queue.recv() => match job {
+                    Some(job) => batch.push(job),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        batch
+    }
+
+    async fn commit(&self, batch: Vec<Job>) {
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|j| ((j.raw, j.hints), j.reply))
+            .unzip();
+        let pipeline = &self.pipeline;
+        let result = match pipeline.prepare_with(items, OnBadInput::Refuse).await {
+            Ok(prepared) => pipeline.commit(prepared).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(dispositions) => {
+                for (reply, disposition) in replies.into_iter().zip(dispositions) {
+                    let _ = reply.send(Ok(disposition));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }

@@ -2,18 +2,13 @@
 //! owned. Pure: no I/O, so it can run on a blocking thread under a timeout.
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::classify::{classify, Flags};
-
-/// A mailbox (address plus display name) with the address normalised.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Mailbox {
-    pub address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
+use crate::crypto::sha256_hex;
+use crate::mail::address::normalize as normalize_address;
+use crate::mail::ids::{clean_id, SYNTHETIC_DOMAIN};
+pub use crate::mail::Mailbox;
 
 /// An attachment's metadata and contents (stored once by SHA-256).
 #[derive(Debug, Clone)]
@@ -65,12 +60,8 @@ pub enum ParseError {
     NotAMessage,
 }
 
-/// The domain of Message-IDs mailroom makes up (for mail without one, web
-/// forms, internal notes). `.invalid` is reserved, so no real mail has it.
-pub const SYNTHETIC_DOMAIN: &str = "@mailroom.invalid";
-
 /// Parses a raw RFC 5322 message. Never panics on bad input by design, but
-/// callers still run it isolated (see `pipeline::isolate`) because it is the
+/// callers still run it isolated (`Pipeline::parse`) because it is the
 /// code that meets the most hostile bytes.
 pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
@@ -190,10 +181,6 @@ fn strip_nul(s: String) -> String {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn fingerprint(message: &mail_parser::Message<'_>, raw: &[u8]) -> String {
     let mut hasher = Sha256::new();
     for name in ["Message-ID", "From", "To", "Cc", "Subject", "Date"] {
@@ -221,17 +208,6 @@ fn fingerprint(message: &mail_parser::Message<'_>, raw: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Strips angle brackets and whitespace from a Message-ID-like value.
-pub fn clean_id(id: &str) -> String {
-    id.trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect()
-}
-
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
     let ids: Vec<String> = match value {
         HeaderValue::Text(id) => vec![clean_id(id)],
@@ -239,15 +215,6 @@ fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
         _ => Vec::new(),
     };
     ids.into_iter().filter(|id| !id.is_empty()).collect()
-}
-
-pub fn normalize_address(address: &str) -> String {
-    address
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim()
-        .to_lowercase()
 }
 
 fn to_mailbox(addr: &mail_parser::Addr<'_>) -> Option<Mailbox> {

@@ -1,11 +1,22 @@
-//! The store: one sqlx `Any` pool over SQLite or PostgreSQL. The SQL is
-//! shared (`$N` placeholders, `ON CONFLICT`, `RETURNING` work on both); only
-//! the migrations differ. All timestamps are unix milliseconds.
+//! The store: one sqlx `Any` pool over SQLite or PostgreSQL, and the only
+//! place that runs SQL. One file per aggregate; rows are read into typed
+//! structs (`sqlx::FromRow`). The SQL is shared (`$N` placeholders,
+//! `ON CONFLICT`, `RETURNING` work on both); only the migrations differ.
+//! All timestamps are unix milliseconds.
 
+pub mod blobs;
+pub mod channels;
 pub mod directory;
-pub mod lease;
+pub mod events;
+pub mod inbound;
+pub mod leases;
+pub mod messages;
+pub mod oauth;
+pub mod outbox;
 pub mod quarantine;
-pub mod readout;
+pub mod replies;
+pub mod sql;
+pub mod tickets;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,7 +27,8 @@ use sqlx::{AnyPool, Transaction};
 
 use crate::config::DatabaseConfig;
 
-pub use directory::Directory;
+pub use directory::{Actor, Directory};
+pub use tickets::Counts;
 
 pub type Tx = Transaction<'static, sqlx::Any>;
 
@@ -141,9 +153,6 @@ impl Store {
             .map_err(|e| {
                 anyhow::anyhow!("cannot connect to the database ({}): {e}", redact_url(&url))
             })?;
-        if backend == Backend::Sqlite {
-            spawn_checkpointer(pool.clone());
-        }
         Ok(Store {
             pool,
             backend,
@@ -184,33 +193,74 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// Answers whether the database can be reached (`/readyz`, the watchdog).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
     /// PostgreSQL: calls `wake` whenever a transaction NOTIFYs `channel`,
-    /// until the store closes (reconnecting as needed). SQLite: does nothing.
-    pub fn on_notify(&self, channel: &'static str, wake: Arc<tokio::sync::Notify>) {
+    /// reconnecting as needed, until `stop`. SQLite: waits for `stop`. Run it
+    /// beside the work it wakes.
+    pub async fn listen(
+        &self,
+        channel: &'static str,
+        wake: &tokio::sync::Notify,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
         let Some(url) = self.pg_url.clone() else {
-            return;
+            return stop.cancelled().await;
         };
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let mut failures = 0;
-            while !pool.is_closed() {
-                let listened = async {
-                    let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-                    listener.listen(channel).await?;
-                    loop {
-                        listener.recv().await?;
-                        wake.notify_one();
-                    }
-                    #[allow(unreachable_code)]
-                    Ok::<(), sqlx::Error>(())
-                };
-                if let Err(e) = listened.await {
-                    failures += 1;
-                    tracing::warn!(%channel, error = %e, "LISTEN connection lost; polling until it is back.");
-                    tokio::time::sleep(crate::pipeline::backoff(failures)).await;
+        let mut failures = 0;
+        while !stop.is_cancelled() {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+                listener.listen(channel).await?;
+                loop {
+                    listener.recv().await?;
+                    wake.notify_one();
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            let result = tokio::select! {
+                result = listened => result,
+                _ = stop.cancelled() => return,
+            };
+            if let Err(e) = result {
+                failures += 1;
+                tracing::warn!(%channel, error = %e, "LISTEN connection lost; polling until it is back.");
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::retry::Backoff::STORE.delay(failures)) => {}
+                    _ = stop.cancelled() => return,
                 }
             }
-        });
+        }
+    }
+
+    /// SQLite: copies the WAL into the database file every second, off the
+    /// commit path, until `stop`. Left to `wal_autocheckpoint`, the commit
+    /// that crosses the threshold pays for the whole copy, which shows as
+    /// latency spikes under load; the autocheckpoint stays as a backstop at
+    /// a higher threshold. A PASSIVE checkpoint never blocks writers.
+    /// PostgreSQL: waits for `stop`.
+    pub async fn checkpoint_until(&self, stop: &tokio_util::sync::CancellationToken) {
+        if self.backend != Backend::Sqlite {
+            return stop.cancelled().await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "WAL checkpoint skipped.");
+            }
+        }
     }
 
     /// Tells other instances (PostgreSQL LISTEN) that `channel` has work;
@@ -240,30 +290,6 @@ impl WriteTx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
-}
-
-/// Copies the SQLite WAL into the database file every second, off the commit
-/// path: left to `wal_autocheckpoint`, the commit that crosses the threshold
-/// pays for the whole copy, which shows as latency spikes under load. The
-/// autocheckpoint stays as a backstop at a higher threshold. A PASSIVE
-/// checkpoint never blocks writers.
-fn spawn_checkpointer(pool: AnyPool) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if pool.is_closed() {
-                return;
-            }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                tracing::debug!(error = %e, "WAL checkpoint skipped.");
-            }
-        }
-    });
 }
 
 /// Durability and locking settings for every SQLite connection.

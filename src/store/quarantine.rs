@@ -2,14 +2,14 @@
 //! until ops retry or drop them.
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{now_ms, Store};
-use crate::pipeline::parse::sha256_hex;
+use super::{blobs, now_ms, Store};
+use crate::crypto::sha256_hex;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct QuarantineEntry {
     pub id: i64,
+    #[sqlx(rename = "channel_key")]
     pub channel: Option<String>,
     pub source: Option<String>,
     pub reason: String,
@@ -20,19 +20,6 @@ pub struct QuarantineEntry {
 }
 
 const COLUMNS: &str = "id, channel_key, source, reason, size, attempts, created_at, updated_at";
-
-fn entry(row: &sqlx::any::AnyRow) -> Result<QuarantineEntry, sqlx::Error> {
-    Ok(QuarantineEntry {
-        id: row.try_get(0)?,
-        channel: row.try_get(1)?,
-        source: row.try_get(2)?,
-        reason: row.try_get(3)?,
-        size: row.try_get(4)?,
-        attempts: row.try_get(5)?,
-        created_at: row.try_get(6)?,
-        updated_at: row.try_get(7)?,
-    })
-}
 
 impl Store {
     /// Stores the raw message (once per content) and its reason. Quarantining
@@ -47,13 +34,8 @@ impl Store {
         let sha = sha256_hex(raw);
         let now = now_ms();
         let mut w = self.begin_write().await?;
-        sqlx::query("INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-            .bind(&sha)
-            .bind(raw.len() as i64)
-            .bind(raw.to_vec())
-            .execute(&mut *w.tx)
-            .await?;
-        let id: i64 = sqlx::query(
+        blobs::put(&mut w.tx, &sha, raw).await?;
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO quarantine (channel_key, source, reason, raw_sha256, size, attempts, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)
              ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason,
@@ -67,17 +49,21 @@ impl Store {
         .bind(raw.len() as i64)
         .bind(now)
         .fetch_one(&mut *w.tx)
-        .await?
-        .try_get(0)?;
+        .await?;
         w.commit().await?;
         Ok(id)
     }
 
+    pub async fn quarantine_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
+            .fetch_one(self.pool())
+            .await
+    }
+
     pub async fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, sqlx::Error> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM quarantine ORDER BY id"))
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM quarantine ORDER BY id"))
             .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(entry).collect()
+            .await
     }
 
     /// The entry and its raw bytes.
@@ -85,44 +71,36 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Option<(QuarantineEntry, Vec<u8>)>, sqlx::Error> {
-        let Some(row) = sqlx::query(&format!(
-            "SELECT {COLUMNS}, raw_sha256 FROM quarantine WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?
-        else {
+        let entry: Option<QuarantineEntry> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM quarantine WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        let Some(entry) = entry else {
             return Ok(None);
         };
-        let sha: String = row.try_get(8)?;
-        let data: Vec<u8> = sqlx::query("SELECT data FROM blobs WHERE sha256 = $1")
-            .bind(sha)
+        let sha: String = sqlx::query_scalar("SELECT raw_sha256 FROM quarantine WHERE id = $1")
+            .bind(id)
             .fetch_one(self.pool())
-            .await?
-            .try_get(0)?;
-        Ok(Some((entry(&row)?, data)))
+            .await?;
+        let mut conn = self.pool().acquire().await?;
+        let data = blobs::get(&mut conn, &sha).await?;
+        Ok(Some((entry, data)))
     }
 
     /// Removes the entry; returns whether it existed. The raw blob stays when a
     /// stored message still refers to it.
     pub async fn quarantine_drop(&self, id: i64) -> Result<bool, sqlx::Error> {
         let mut w = self.begin_write().await?;
-        let Some(row) = sqlx::query("DELETE FROM quarantine WHERE id = $1 RETURNING raw_sha256")
-            .bind(id)
-            .fetch_optional(&mut *w.tx)
-            .await?
-        else {
+        let sha: Option<String> =
+            sqlx::query_scalar("DELETE FROM quarantine WHERE id = $1 RETURNING raw_sha256")
+                .bind(id)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        let Some(sha) = sha else {
             return Ok(false);
         };
-        let sha: String = row.try_get(0)?;
-        sqlx::query(
-            "DELETE FROM blobs WHERE sha256 = $1
-               AND NOT EXISTS (SELECT 1 FROM messages WHERE raw_sha256 = $1)
-               AND NOT EXISTS (SELECT 1 FROM attachments WHERE sha256 = $1)",
-        )
-        .bind(sha)
-        .execute(&mut *w.tx)
-        .await?;
+        blobs::drop_unused(&mut w.tx, &sha).await?;
         w.commit().await?;
         Ok(true)
     }

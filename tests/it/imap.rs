@@ -63,11 +63,7 @@ async fn state(app: &TestApp, name: &str) -> ImapState {
 }
 
 /// Polls until `done` holds for the store's counts, or fails after 20 s.
-async fn wait_for(
-    app: &TestApp,
-    what: &str,
-    done: impl Fn(&mailroom::store::readout::Counts) -> bool,
-) {
+async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&mailroom::store::Counts) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let counts = app.store().counts().await.unwrap();
@@ -949,7 +945,9 @@ async fn an_instance_that_cannot_reach_the_mailbox_hands_it_to_one_that_can() {
     let app = TestApp::with_config(Backend::Sqlite, &channel("inbox", server.imap_port, "")).await;
     let reachable = app.config.channels["inbox"].clone();
     let mut unreachable = reachable.clone();
-    unreachable.port = Some(crate::smtp::free_port()); // nothing listens there
+    if let mailroom::config::ChannelSettings::Imap(imap) = &mut unreachable.settings {
+        imap.port = Some(crate::smtp::free_port()); // nothing listens there
+    }
     let ttl = Duration::from_secs(3);
     let lease = || async {
         app.store()

@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod channel;
+mod validate;
+
+pub use channel::{
+    After, ChannelConfig, ChannelKind, ChannelSettings, FirstSync, FormConfig, FormFields,
+    ImapConfig, MaildirAfter, MaildirConfig, WebhookConfig,
+};
+pub use validate::Problems;
+
 /// Where the config file is looked for when neither `--config` nor
 /// `MAILROOM_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/mailroom.toml";
@@ -248,6 +257,18 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter such as `info` or `mailroom=debug,sqlx=warn`.
     pub level: String,
+    /// Colour in text logs: `auto` (only when stderr is a terminal, so
+    /// journald and files get plain text), `always` or `never`.
+    pub color: LogColor,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for LogConfig {
@@ -255,6 +276,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            color: LogColor::Auto,
         }
     }
 }
@@ -353,7 +375,7 @@ pub struct TeamConfig {
     pub assign_on_reply: bool,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -415,184 +437,6 @@ impl Role {
             Role::SuperAdmin => "super_admin",
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelConfig {
-    pub kind: ChannelKind,
-    pub team: String,
-    pub pipeline: String,
-    /// A channel that does not create tickets only appends to existing ones.
-    #[serde(default = "yes")]
-    pub create_tickets: bool,
-    /// Maildir channel: the folder whose `new/` is watched.
-    pub path: Option<PathBuf>,
-    /// How often to look for new mail: `new/` for a maildir (default 250 ms),
-    /// the mailbox for IMAP without IDLE (default 30 s).
-    pub poll_interval_ms: Option<u64>,
-    /// What happens to a message at its source once it is committed.
-    /// Maildir: `move` (into cur/, the default) or `delete`. IMAP:
-    /// `mark_seen` (the default), `move` (to `move_to`), `delete` or `keep`.
-    pub after: Option<After>,
-
-    /// IMAP: server host name (also the name its certificate must carry).
-    pub host: Option<String>,
-    /// IMAP: port; 993 for implicit TLS, 143 otherwise.
-    pub port: Option<u16>,
-    /// IMAP: `implicit` (the default), `starttls`, or `none` (plaintext; check warns).
-    #[serde(default)]
-    pub tls: TlsMode,
-    /// IMAP: extra CA certificates (PEM) to trust besides the system roots.
-    pub ca_file: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// IMAP: `login` (the default), `plain` (AUTHENTICATE PLAIN) or `xoauth2`
-    /// (Microsoft 365, Google; needs `oauth`).
-    #[serde(default)]
-    pub auth: ImapAuth,
-    /// IMAP: where XOAUTH2 access tokens come from.
-    pub oauth: Option<OAuthConfig>,
-    /// IMAP: the folder to take mail from.
-    #[serde(default = "default_folder")]
-    pub folder: String,
-    /// IMAP: destination folder for `after = "move"`.
-    pub move_to: Option<String>,
-    /// IMAP: where to move messages over `ingest.max_message_bytes`; they are
-    /// left in place and reported when unset.
-    pub oversize_folder: Option<String>,
-    /// IMAP: use IDLE when the server offers it.
-    #[serde(default = "yes")]
-    pub idle: bool,
-    /// IMAP: what to take on the very first connect to a mailbox that
-    /// already holds mail: `all` (the default: a backfill), `unseen` (unread
-    /// mail only), or `new` (nothing already there).
-    #[serde(default)]
-    pub first_sync: FirstSync,
-    /// IMAP: messages fetched per round trip.
-    #[serde(default = "default_fetch_batch")]
-    pub fetch_batch: usize,
-    /// IMAP: the longest any command may take (a FETCH gets more per megabyte).
-    #[serde(default = "default_command_timeout")]
-    pub command_timeout_secs: u64,
-
-    /// Webhook: callers must send `Authorization: Bearer <token>`.
-    pub auth_token: Option<Secret>,
-    /// Webhook or form: callers must sign the body with HMAC-SHA256 (see README).
-    pub signing_secret: Option<Secret>,
-
-    /// Form: which form field carries each part of the ticket.
-    #[serde(default)]
-    pub fields: FormFields,
-    /// Form: fields that must be present and non-empty (default: email and body).
-    pub required: Option<Vec<String>>,
-    /// Form (browser): Origin headers accepted; others get 403.
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    /// Form (browser): a field humans leave empty; a filled one is dropped.
-    pub honeypot: Option<String>,
-    /// Form: submissions per minute per client IP (browser forms: default 10).
-    pub rate_limit_per_minute: Option<u32>,
-    /// Form: thread submissions like mail (default: every submission is a new ticket).
-    #[serde(default)]
-    pub threaded: bool,
-    /// Form: status a new ticket starts in (default: the pipeline's).
-    pub status: Option<String>,
-}
-
-/// Form field names for the parts of a ticket; other fields become ticket properties.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FormFields {
-    pub subject: String,
-    pub body: String,
-    pub email: String,
-    pub name: String,
-}
-
-impl Default for FormFields {
-    fn default() -> Self {
-        Self {
-            subject: "subject".into(),
-            body: "body".into(),
-            email: "email".into(),
-            name: "name".into(),
-        }
-    }
-}
-
-fn default_folder() -> String {
-    "INBOX".into()
-}
-fn default_fetch_batch() -> usize {
-    200
-}
-fn default_command_timeout() -> u64 {
-    60
-}
-
-impl ChannelConfig {
-    pub fn poll_interval(&self) -> std::time::Duration {
-        let default = match self.kind {
-            ChannelKind::Imap => 30_000,
-            _ => 250,
-        };
-        std::time::Duration::from_millis(self.poll_interval_ms.unwrap_or(default))
-    }
-
-    pub fn after_action(&self) -> After {
-        self.after.unwrap_or(match self.kind {
-            ChannelKind::Imap => After::MarkSeen,
-            _ => After::Move,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelKind {
-    /// `mailroom ingest` fed by an MTA or by hand.
-    Pipe,
-    /// A watched Maildir folder (the laptop default: `./spool`).
-    Maildir,
-    /// An IMAP mailbox, with IDLE where the server offers it.
-    Imap,
-    /// Raw RFC 5322 messages posted to `POST /inbound/{channel}`.
-    Webhook,
-    /// A web form posted to `POST /forms/{channel}`.
-    Form,
-}
-
-impl ChannelKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::Pipe => "pipe",
-            ChannelKind::Maildir => "maildir",
-            ChannelKind::Imap => "imap",
-            ChannelKind::Webhook => "webhook",
-            ChannelKind::Form => "form",
-        }
-    }
-}
-
-/// What an IMAP channel takes on its first connect to a mailbox.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FirstSync {
-    #[default]
-    All,
-    Unseen,
-    New,
-}
-
-/// What happens at the source once a message is committed.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum After {
-    MarkSeen,
-    Move,
-    Delete,
-    Keep,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -689,40 +533,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl OAuthConfig {
-    /// What is missing for this OAuth setup to get tokens, keyed under `at`.
-    pub fn problems(&self, at: &str) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if self.token_command.is_some() {
-            return out;
-        }
-        if self.token_url().is_none() {
-            out.push((
-                format!("{at}.oauth.token_url"),
-                "needed with provider = \"custom\"".into(),
-            ));
-        }
-        if self.client_id.is_none() {
-            out.push((
-                format!("{at}.oauth.client_id"),
-                "needed for the refresh-token flow".into(),
-            ));
-        }
-        match &self.refresh_token {
-            None => out.push((
-                format!("{at}.oauth.refresh_token"),
-                "needed for the refresh-token flow (or set token_command)".into(),
-            )),
-            Some(secret) => {
-                if let Err(e) = secret.resolve() {
-                    out.push((format!("{at}.oauth.refresh_token"), e));
-                }
-            }
-        }
-        out
-    }
-}
-
 impl Secret {
     /// Reads the secret's value; the error names where it was looked for.
     pub fn resolve(&self) -> Result<String, String> {
@@ -813,431 +623,6 @@ impl Config {
             .map_err(load_err)
     }
 
-    /// Every problem found, each with its key. Empty means the config is usable.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
-
-        match self.database.url.resolve() {
-            Ok(url)
-                if url.starts_with("sqlite:")
-                    || url.starts_with("postgres:")
-                    || url.starts_with("postgresql:") => {}
-            Ok(_) => problem(
-                "database.url".into(),
-                "must start with sqlite:// or postgres://".into(),
-            ),
-            Err(e) => problem("database.url".into(), e),
-        }
-        if self.database.max_connections == 0 {
-            problem(
-                "database.max_connections".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.ingest.batch_size == 0 {
-            problem("ingest.batch_size".into(), "must be at least 1".into());
-        }
-        if self.ingest.max_attempts == 0 {
-            problem("ingest.max_attempts".into(), "must be at least 1".into());
-        }
-        if self.pipelines.is_empty() {
-            problem("pipelines".into(), "define at least one pipeline".into());
-        }
-        for (key, pipeline) in &self.pipelines {
-            let at = format!("pipelines.{key}");
-            let mut seen = std::collections::HashSet::new();
-            for (i, status) in pipeline.statuses.iter().enumerate() {
-                if status.name.trim().is_empty() {
-                    problem(
-                        format!("{at}.statuses[{i}].name"),
-                        "must not be empty".into(),
-                    );
-                }
-                if !seen.insert(status.name.as_str()) {
-                    problem(
-                        format!("{at}.statuses[{i}].name"),
-                        format!("status {:?} is listed twice", status.name),
-                    );
-                }
-            }
-            for kind in [StatusKind::Open, StatusKind::Closed] {
-                if !pipeline.statuses.iter().any(|s| s.kind == kind) {
-                    problem(
-                        format!("{at}.statuses"),
-                        format!(
-                            "needs at least one status with kind = \"{}\"",
-                            kind.as_str()
-                        ),
-                    );
-                }
-            }
-            if let Some(default) = &pipeline.default_status {
-                match pipeline.statuses.iter().find(|s| &s.name == default) {
-                    None => problem(
-                        format!("{at}.default_status"),
-                        format!("{default:?} is not one of this pipeline's statuses"),
-                    ),
-                    Some(s) if s.kind == StatusKind::Closed => problem(
-                        format!("{at}.default_status"),
-                        "a new ticket cannot start closed".into(),
-                    ),
-                    Some(_) => {}
-                }
-            }
-            if pipeline.new_ticket_after_days.is_some() && pipeline.follow_up != FollowUp::NewTicket
-            {
-                problem(
-                    format!("{at}.new_ticket_after_days"),
-                    "only applies with follow_up = \"new_ticket\"".into(),
-                );
-            }
-        }
-        if self.teams.is_empty() {
-            problem("teams".into(), "define at least one team".into());
-        }
-        let mut all_addresses = std::collections::HashMap::new();
-        for (key, team) in &self.teams {
-            let at = format!("teams.{key}");
-            if team.addresses.is_empty() {
-                problem(
-                    format!("{at}.addresses"),
-                    "needs at least one From address".into(),
-                );
-            }
-            if team.addresses.iter().filter(|a| a.default).count() > 1 {
-                problem(
-                    format!("{at}.addresses"),
-                    "only one address can be the default".into(),
-                );
-            }
-            for (i, address) in team.addresses.iter().enumerate() {
-                if !looks_like_address(&address.address) {
-                    problem(
-                        format!("{at}.addresses[{i}].address"),
-                        format!("{:?} is not an email address", address.address),
-                    );
-                }
-                if let Some(other) = all_addresses.insert(address.address.to_lowercase(), key) {
-                    if other != key {
-                        problem(
-                            format!("{at}.addresses[{i}].address"),
-                            format!("{} already belongs to team {other}", address.address),
-                        );
-                    }
-                }
-            }
-        }
-        for (key, agent) in &self.agents {
-            let at = format!("agents.{key}");
-            if !looks_like_address(&agent.email) {
-                problem(
-                    format!("{at}.email"),
-                    format!("{:?} is not an email address", agent.email),
-                );
-            }
-            for team in &agent.teams {
-                if !self.teams.contains_key(team) {
-                    problem(format!("{at}.teams"), format!("unknown team {team:?}"));
-                }
-            }
-        }
-        for (key, channel) in &self.channels {
-            let at = format!("channels.{key}");
-            if !self.teams.contains_key(&channel.team) {
-                problem(
-                    format!("{at}.team"),
-                    format!("unknown team {:?}", channel.team),
-                );
-            }
-            if !self.pipelines.contains_key(&channel.pipeline) {
-                problem(
-                    format!("{at}.pipeline"),
-                    format!("unknown pipeline {:?}", channel.pipeline),
-                );
-            }
-            if channel.poll_interval_ms == Some(0) {
-                problem(
-                    format!("{at}.poll_interval_ms"),
-                    "must be at least 1".into(),
-                );
-            }
-            match channel.kind {
-                ChannelKind::Maildir => {
-                    if channel.path.is_none() {
-                        problem(
-                            format!("{at}.path"),
-                            "a maildir channel needs a path".into(),
-                        );
-                    }
-                    if !matches!(channel.after_action(), After::Move | After::Delete) {
-                        problem(
-                            format!("{at}.after"),
-                            "a maildir channel can only \"move\" (to cur/) or \"delete\"".into(),
-                        );
-                    }
-                }
-                ChannelKind::Imap => {
-                    let oauth = channel.auth == ImapAuth::Xoauth2;
-                    for (field, missing) in [
-                        ("host", channel.host.is_none()),
-                        ("username", channel.username.is_none()),
-                        ("password", channel.password.is_none() && !oauth),
-                        ("oauth", channel.oauth.is_none() && oauth),
-                    ] {
-                        if missing {
-                            problem(
-                                format!("{at}.{field}"),
-                                format!("an imap channel needs a {field}"),
-                            );
-                        }
-                    }
-                    if let Some(Err(e)) = channel.password.as_ref().map(Secret::resolve) {
-                        problem(format!("{at}.password"), e);
-                    }
-                    if let (true, Some(o)) = (oauth, &channel.oauth) {
-                        for (k, m) in o.problems(&at) {
-                            problem(k, m);
-                        }
-                    }
-                    if channel.after_action() == After::Move && channel.move_to.is_none() {
-                        problem(
-                            format!("{at}.move_to"),
-                            "after = \"move\" needs a move_to folder".into(),
-                        );
-                    }
-                    if let Some(ca) = &channel.ca_file {
-                        if !ca.is_file() {
-                            problem(
-                                format!("{at}.ca_file"),
-                                format!("{} does not exist", ca.display()),
-                            );
-                        }
-                    }
-                    if channel.fetch_batch == 0 {
-                        problem(format!("{at}.fetch_batch"), "must be at least 1".into());
-                    }
-                }
-                ChannelKind::Webhook => {
-                    if channel.auth_token.is_none() && channel.signing_secret.is_none() {
-                        problem(
-                            format!("{at}.auth_token"),
-                            "a webhook channel needs auth_token or signing_secret: it must not accept anonymous posts"
-                                .into(),
-                        );
-                    }
-                    for (field, secret) in [
-                        ("auth_token", &channel.auth_token),
-                        ("signing_secret", &channel.signing_secret),
-                    ] {
-                        if let Some(Err(e)) = secret.as_ref().map(Secret::resolve) {
-                            problem(format!("{at}.{field}"), e);
-                        }
-                    }
-                    if self.http.bind.is_none() {
-                        problem(
-                            "http.bind".into(),
-                            format!("channel {key} is a webhook: set http.bind to listen"),
-                        );
-                    }
-                }
-                ChannelKind::Form => {
-                    if channel.signing_secret.is_none() && channel.allowed_origins.is_empty() {
-                        problem(
-                            format!("{at}.allowed_origins"),
-                            "a form needs signing_secret (server-to-server) or allowed_origins (browser forms)".into(),
-                        );
-                    }
-                    if let Some(status) = &channel.status {
-                        let known = self
-                            .pipelines
-                            .get(&channel.pipeline)
-                            .is_some_and(|p| p.statuses.iter().any(|s| &s.name == status));
-                        if !known {
-                            problem(
-                                format!("{at}.status"),
-                                format!(
-                                    "{status:?} is not a status of pipeline {}",
-                                    channel.pipeline
-                                ),
-                            );
-                        }
-                    }
-                    if self.http.bind.is_none() {
-                        problem(
-                            "http.bind".into(),
-                            format!("channel {key} is a form: set http.bind to listen"),
-                        );
-                    }
-                }
-                ChannelKind::Pipe => {}
-            }
-        }
-        self.validate_outbound(&mut problem);
-        problems
-    }
-
-    fn validate_outbound(&self, problem: &mut impl FnMut(String, String)) {
-        if let Some(Err(e)) = self.secret.as_ref().map(Secret::resolve) {
-            problem("secret".into(), e);
-        }
-        for (key, relay) in &self.relays {
-            let at = format!("relays.{key}");
-            if relay.host.trim().is_empty() {
-                problem(format!("{at}.host"), "must not be empty".into());
-            }
-            if relay.pool_size == 0 {
-                problem(format!("{at}.pool_size"), "must be at least 1".into());
-            }
-            if relay.timeout_secs == 0 {
-                problem(format!("{at}.timeout_secs"), "must be at least 1".into());
-            }
-            if relay.timeout_secs >= self.outbox.lease_secs {
-                problem(
-                    format!("{at}.timeout_secs"),
-                    format!(
-                        "must be shorter than outbox.lease_secs ({}), or another instance may send the same reply while this one still waits",
-                        self.outbox.lease_secs
-                    ),
-                );
-            }
-            if relay.username.is_some()
-                && relay.password.is_none()
-                && relay.auth != ImapAuth::Xoauth2
-            {
-                problem(
-                    format!("{at}.password"),
-                    "a username is set but no password (or set auth = \"xoauth2\" with oauth)"
-                        .into(),
-                );
-            }
-            if relay.password.is_some() && relay.username.is_none() {
-                problem(
-                    format!("{at}.username"),
-                    "a password is set but no username".into(),
-                );
-            }
-            if let Some(Err(e)) = relay.password.as_ref().map(Secret::resolve) {
-                problem(format!("{at}.password"), e);
-            }
-            if relay.auth == ImapAuth::Xoauth2 {
-                match (&relay.oauth, &relay.username) {
-                    (None, _) => problem(
-                        format!("{at}.oauth"),
-                        "auth = \"xoauth2\" needs oauth".into(),
-                    ),
-                    (_, None) => problem(
-                        format!("{at}.username"),
-                        "auth = \"xoauth2\" needs the mailbox's username".into(),
-                    ),
-                    (Some(o), Some(_)) => {
-                        for (k, m) in o.problems(&at) {
-                            problem(k, m);
-                        }
-                    }
-                }
-            }
-            if let Some(ca) = &relay.ca_file {
-                if !ca.is_file() {
-                    problem(
-                        format!("{at}.ca_file"),
-                        format!("{} does not exist", ca.display()),
-                    );
-                }
-            }
-        }
-        for (key, team) in &self.teams {
-            for (i, address) in team.addresses.iter().enumerate() {
-                let at = format!("teams.{key}.addresses[{i}]");
-                match &address.relay {
-                    Some(relay) if !self.relays.contains_key(relay) => problem(
-                        format!("{at}.relay"),
-                        format!("unknown relay {relay:?} (configured: {})", self.relay_names()),
-                    ),
-                    None if self.relays.len() > 1 && !self.relays.contains_key("default") => {
-                        problem(
-                            format!("{at}.relay"),
-                            format!(
-                                "several relays are configured ({}) and none is named \"default\": say which one this address uses",
-                                self.relay_names()
-                            ),
-                        )
-                    }
-                    _ => {}
-                }
-                if let Some(copy) = &address.sent_copy {
-                    let is_imap = self
-                        .channels
-                        .get(&copy.channel)
-                        .is_some_and(|c| c.kind == ChannelKind::Imap);
-                    if !is_imap {
-                        problem(
-                            format!("{at}.sent_copy.channel"),
-                            format!("{:?} is not an imap channel", copy.channel),
-                        );
-                    }
-                }
-                if let Some(name) = &address.name {
-                    if name.chars().any(|c| c.is_control()) {
-                        problem(
-                            format!("{at}.name"),
-                            "must not hold control characters (CR, LF …)".into(),
-                        );
-                    }
-                }
-            }
-        }
-        for (key, pipeline) in &self.pipelines {
-            if let Some(status) = &pipeline.status_after_reply {
-                if !pipeline.statuses.iter().any(|s| &s.name == status) {
-                    problem(
-                        format!("pipelines.{key}.status_after_reply"),
-                        format!("{status:?} is not one of this pipeline's statuses"),
-                    );
-                }
-            }
-        }
-        for (key, agent) in &self.agents {
-            if let Some(Err(e)) = agent.api_token.as_ref().map(Secret::resolve) {
-                problem(format!("agents.{key}.api_token"), e);
-            }
-        }
-        if self.instance.mailbox_lease_secs < 3 {
-            problem(
-                "instance.mailbox_lease_secs".into(),
-                "must be at least 3 (it is renewed every third)".into(),
-            );
-        }
-        if let Some(name) = &self.instance.name {
-            if name.trim().is_empty() || name.chars().any(char::is_control) {
-                problem(
-                    "instance.name".into(),
-                    "must be a non-empty single line".into(),
-                );
-            }
-        }
-        let outbox = &self.outbox;
-        for (field, value) in [
-            ("max_attempts", u64::from(outbox.max_attempts)),
-            ("retry_base_ms", outbox.retry_base_ms),
-            ("lease_secs", outbox.lease_secs),
-            ("poll_interval_ms", outbox.poll_interval_ms),
-        ] {
-            if value == 0 {
-                problem(format!("outbox.{field}"), "must be at least 1".into());
-            }
-        }
-    }
-
-    fn relay_names(&self) -> String {
-        let names: Vec<&str> = self.relays.keys().map(String::as_str).collect();
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    }
-
     /// The relay mail from `address` (of `team`) goes through, if any.
     pub fn relay_for(&self, team: &str, address: &str) -> Option<(&str, &RelayConfig)> {
         let chosen = self
@@ -1259,44 +644,13 @@ impl Config {
             .map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Settings that work but deserve a second look; `mailroom check` prints them.
-    pub fn warnings(&self) -> Vec<Problem> {
-        let mut warnings: Vec<Problem> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.kind == ChannelKind::Imap && c.tls == TlsMode::None)
-            .map(|(key, _)| Problem {
-                key: format!("channels.{key}.tls"),
-                message: "plaintext IMAP: the password and all mail cross the network unencrypted"
-                    .into(),
-            })
-            .collect();
-        for (key, relay) in &self.relays {
-            if relay.tls == TlsMode::None {
-                warnings.push(Problem {
-                    key: format!("relays.{key}.tls"),
-                    message:
-                        "plaintext SMTP: credentials and replies cross the network unencrypted"
-                            .into(),
-                });
-            }
-        }
-        if self.relays.is_empty() {
-            warnings.push(Problem {
-                key: "relays".into(),
-                message: "no SMTP relay is configured: replies cannot be sent until one is".into(),
-            });
-        }
-        warnings
-    }
-
     /// The channel `mailroom ingest` uses when `--channel` is not given: the
     /// only pipe channel, if there is exactly one.
     pub fn default_pipe_channel(&self) -> Result<&str, String> {
         let pipes: Vec<&str> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.kind == ChannelKind::Pipe)
+            .filter(|(_, c)| c.kind() == ChannelKind::Pipe)
             .map(|(k, _)| k.as_str())
             .collect();
         match pipes.as_slice() {
@@ -1324,19 +678,6 @@ fn nested_env_vars() -> config::Map<String, String> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("MAILROOM_") && k.contains("__"))
         .collect()
-}
-
-fn looks_like_address(s: &str) -> bool {
-    match s.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !s
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
-        }
-        None => false,
-    }
 }
 
 #[cfg(test)]

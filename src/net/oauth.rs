@@ -1,15 +1,29 @@
 //! Access tokens for XOAUTH2 (Microsoft 365, Google): refreshed from a
 //! refresh token before they expire, or printed by a configured command.
-//! A refresh token the provider rotates is written to the database before the
-//! new access token is used, so a restart never falls back to a dead one.
+//! A refresh token the provider rotates is written to the [`TokenStore`]
+//! (the database) before the new access token is used, so a restart never
+//! falls back to a dead one.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use sqlx::Row;
 
 use crate::config::OAuthConfig;
-use crate::store::{now_ms, Store};
+
+/// Where rotated refresh tokens are kept (the store implements it), by the
+/// key of the channel or relay they belong to.
+pub trait TokenStore: Sync {
+    fn refresh_token(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
+    fn save_refresh_token(
+        &self,
+        key: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
 
 /// A cached token is replaced this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -21,8 +35,11 @@ struct Cached {
     expires: Instant,
 }
 
+/// Access tokens for one channel or relay, cached until close to expiry.
 pub struct TokenSource {
-    channel: String,
+    /// The channel's key (relays: `relay:<name>`) under which rotated
+    /// refresh tokens are stored.
+    key: String,
     config: OAuthConfig,
     /// The current access token; a mutex so concurrent callers refresh once.
     cached: tokio::sync::Mutex<Option<Cached>>,
@@ -37,47 +54,17 @@ struct TokenResponse {
     error_description: Option<String>,
 }
 
-impl Store {
-    pub async fn oauth_refresh_token(&self, channel: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query("SELECT refresh_token FROM oauth_tokens WHERE channel_key = $1")
-            .bind(channel)
-            .fetch_optional(self.pool())
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()
-    }
-
-    pub async fn set_oauth_refresh_token(
-        &self,
-        channel: &str,
-        token: &str,
-    ) -> Result<(), sqlx::Error> {
-        let mut w = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO oauth_tokens (channel_key, refresh_token, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (channel_key) DO UPDATE SET refresh_token = excluded.refresh_token,
-               updated_at = excluded.updated_at",
-        )
-        .bind(channel)
-        .bind(token)
-        .bind(now_ms())
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await
-    }
-}
-
 impl TokenSource {
-    pub fn new(channel: &str, config: &OAuthConfig) -> TokenSource {
+    pub fn new(key: &str, config: &OAuthConfig) -> TokenSource {
         TokenSource {
-            channel: channel.to_string(),
+            key: key.to_string(),
             config: config.clone(),
             cached: tokio::sync::Mutex::new(None),
         }
     }
 
     /// A valid access token, refreshed when it is close to expiry.
-    pub async fn token(&self, store: &Store) -> Result<String, String> {
+    pub async fn token(&self, store: &impl TokenStore) -> Result<String, String> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
             if c.expires > Instant::now() + REFRESH_MARGIN {
@@ -103,9 +90,9 @@ impl TokenSource {
         *self.cached.lock().await = None;
     }
 
-    async fn refresh(&self, store: &Store) -> Result<(String, Duration), String> {
+    async fn refresh(&self, store: &impl TokenStore) -> Result<(String, Duration), String> {
         let stored = store
-            .oauth_refresh_token(&self.channel)
+            .refresh_token(&self.key)
             .await
             .map_err(|e| format!("cannot read the stored refresh token: {e}"))?;
         let refresh_token = match stored {
@@ -171,10 +158,10 @@ impl TokenSource {
         {
             // Persist before use: the old refresh token may already be dead.
             store
-                .set_oauth_refresh_token(&self.channel, &rotated)
+                .save_refresh_token(&self.key, &rotated)
                 .await
                 .map_err(|e| format!("cannot store the rotated refresh token: {e}"))?;
-            tracing::info!(mailbox = %self.channel, "OAuth refresh token rotated and stored.");
+            tracing::info!(key = %self.key, "OAuth refresh token rotated and stored.");
         }
         Ok((
             access_token,
@@ -207,24 +194,4 @@ async fn run_token_command(command: &str) -> Result<String, String> {
         return Err("oauth.token_command printed no single token".into());
     }
     Ok(token)
-}
-
-/// The XOAUTH2 SASL response (Microsoft and Google documentation).
-pub struct XOAuth2<'a> {
-    pub user: &'a str,
-    pub token: &'a str,
-    pub sent: bool,
-}
-
-impl async_imap::Authenticator for XOAuth2<'_> {
-    type Response = String;
-    fn process(&mut self, _challenge: &[u8]) -> String {
-        // After a failure the server sends a JSON error as a challenge; an
-        // empty answer ends the exchange so the tagged NO arrives.
-        if self.sent {
-            return String::new();
-        }
-        self.sent = true;
-        format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token)
-    }
 }

@@ -1,6 +1,6 @@
-//! `mailroom ingest`: one message from stdin for an MTA pipe (exit code tells
-//! the MTA what happened), or backfill from .eml files, mbox files and
-//! Maildir folders in batches.
+//! Backfill (`mailroom ingest PATH…`): .eml files, mbox files and Maildir
+//! folders, read one batch ahead on a blocking thread, parsed while the
+//! previous batch commits, and committed in batches.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -9,13 +9,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::pipeline::{Disposition, OnBadInput, Outcome, Pipeline, PipelineError, RawMessage};
-
-/// sysexits.h codes that MTAs understand.
-pub const EX_OK: u8 = 0;
-pub const EX_DATAERR: u8 = 65;
-pub const EX_SOFTWARE: u8 = 70;
-pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_CONFIG: u8 = 78;
 
 /// Totals printed at the end of a backfill.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -46,47 +39,6 @@ impl Summary {
             Disposition::Applied(Outcome::Recorded) => self.recorded += 1,
             Disposition::Quarantined { .. } => self.quarantined += 1,
             Disposition::Refused { .. } => self.failed += 1,
-        }
-    }
-}
-
-/// Reads one message from `input` and commits it. The exit code is the MTA's
-/// answer: 0 only after commit (or after the message was kept in the
-/// quarantine), 75 when the database is unreachable so the MTA retries, 65
-/// when the input is not usable mail.
-pub async fn ingest_one(pipeline: &Pipeline, channel: &str, mut input: impl Read) -> u8 {
-    let mut data = Vec::new();
-    if let Err(e) = input.read_to_end(&mut data) {
-        eprintln!("mailroom ingest: cannot read the message: {e}");
-        return EX_TEMPFAIL;
-    }
-    let raw = RawMessage {
-        channel: channel.to_string(),
-        source: Some("stdin".into()),
-        data: Arc::new(data),
-    };
-    match pipeline.process(vec![raw], OnBadInput::Refuse).await {
-        Ok(mut dispositions) => match dispositions.remove(0) {
-            Disposition::Applied(outcome) => {
-                tracing::info!(channel, outcome = outcome.name(), ticket = ?outcome.ticket_id(), "Message ingested.");
-                EX_OK
-            }
-            Disposition::Quarantined { id, reason } => {
-                eprintln!("mailroom ingest: message kept in quarantine #{id}: {reason}");
-                EX_OK
-            }
-            Disposition::Refused { reason } => {
-                eprintln!("mailroom ingest: unusable message: {reason}");
-                EX_DATAERR
-            }
-        },
-        Err(PipelineError::Unavailable(e)) => {
-            eprintln!("mailroom ingest: database unavailable, try again later: {e}");
-            EX_TEMPFAIL
-        }
-        Err(e @ PipelineError::UnknownChannel(_)) => {
-            eprintln!("mailroom ingest: {e}");
-            EX_CONFIG
         }
     }
 }
@@ -235,7 +187,7 @@ pub async fn ingest_paths(
             indicatif::ProgressStyle::with_template(
                 "{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}",
             )
-            .expect("valid template"),
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
         bar
     } else {
@@ -276,6 +228,35 @@ pub async fn ingest_paths(
         })
     };
 
+    // SQLite: keep the WAL short while batches commit (see `Store`).
+    let checkpoints = tokio_util::sync::CancellationToken::new();
+    let checkpointing = pipeline.store().checkpoint_until(&checkpoints);
+    let committing = async {
+        let result = commit_all(pipeline, &mut prepared_rx, &progress).await;
+        checkpoints.cancel();
+        result
+    };
+    let (summary, ()) = tokio::join!(committing, checkpointing);
+    let _ = preparer.await;
+    progress.finish_and_clear();
+    let _ = reader.await;
+    summary
+}
+
+/// What the preparer hands on: unreadable sources, the sources of the
+/// parsed batch, and the batch.
+type PreparedBatch = (
+    Vec<String>,
+    Vec<Option<String>>,
+    Result<crate::pipeline::Prepared, PipelineError>,
+);
+
+/// Commits prepared batches in order and counts what happened.
+async fn commit_all(
+    pipeline: &Pipeline,
+    prepared_rx: &mut tokio::sync::mpsc::Receiver<PreparedBatch>,
+    progress: &indicatif::ProgressBar,
+) -> Result<Summary, PipelineError> {
     let mut summary = Summary::default();
     while let Some((unreadable, sources, prepared)) = prepared_rx.recv().await {
         for line in unreadable {
@@ -304,8 +285,5 @@ pub async fn ingest_paths(
             summary.created, summary.appended, summary.duplicate
         ));
     }
-    let _ = preparer.await;
-    progress.finish_and_clear();
-    let _ = reader.await;
     Ok(summary)
 }

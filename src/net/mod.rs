@@ -1,6 +1,10 @@
-//! Sockets shared by the IMAP channel and the SMTP relays: plain TCP or
-//! TLS over it (rustls with the ring provider), and the client TLS config
-//! (system roots plus an optional CA file).
+//! The network below every protocol we speak: sockets (plain TCP or TLS
+//! over it, rustls with the ring provider), the client TLS config (system
+//! roots plus an optional CA file), XOAUTH2 token sources, and the IMAP
+//! client that both the IMAP channel and the Sent copy use.
+
+pub mod imap;
+pub mod oauth;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -63,6 +67,21 @@ impl lettre::transport::smtp::client::AsyncTokioStream for Conn {
             Conn::Tls(s) => s.get_ref().0.peer_addr(),
         }
     }
+}
+
+/// Secures `tcp` with TLS for `host`, verifying its certificate.
+pub async fn tls_connect(
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<Conn, String> {
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("bad host name {host}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
+    Ok(Conn::Tls(Box::new(stream)))
 }
 
 /// Builds the TLS client config: system roots plus an optional CA file.

@@ -9,12 +9,28 @@
 //! - A body marker for providers that rewrite Message-IDs: hidden text in the
 //!   HTML part and zero-width characters in the text part.
 //!
+//! Also: Message-ID clean-up, the synthetic domain of IDs we make up, and
+//! the header-value check for user input.
+//!
 //! Pure functions; the secret comes from the caller.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use crate::crypto::{constant_time_eq, hmac_sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+/// The domain of Message-IDs mailroom makes up (for mail without one, web
+/// forms, internal notes). `.invalid` is reserved, so no real mail has it.
+pub const SYNTHETIC_DOMAIN: &str = "@mailroom.invalid";
+
+/// Strips angle brackets, whitespace and control characters from a
+/// Message-ID-like value.
+pub fn clean_id(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
+}
 
 /// Hex digits of HMAC kept in a Message-ID tag (64 bits).
 const ID_TAG_HEX: usize = 16;
@@ -22,20 +38,13 @@ const ID_TAG_HEX: usize = 16;
 const MARKER_TAG_HEX: usize = 12;
 
 fn tag(secret: &[u8], data: &str, hex_len: usize) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(data.as_bytes());
-    let mut out = hex::encode(mac.finalize().into_bytes());
+    let mut out = hex::encode(hmac_sha256(secret, &[data.as_bytes()]));
     out.truncate(hex_len);
     out
 }
 
-/// Compares in constant time so a forger learns nothing from timing.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// A fresh Message-ID (without angle brackets) for a message on `ticket_id`.

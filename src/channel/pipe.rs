@@ -1,0 +1,60 @@
+//! `mailroom ingest` fed by an MTA: one message on stdin, and an exit code
+//! that tells the MTA what happened (sysexits.h), given only after commit.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+
+/// sysexits.h codes that MTAs understand.
+pub const EX_OK: u8 = 0;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_SOFTWARE: u8 = 70;
+pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_CONFIG: u8 = 78;
+
+/// Reads one message from `input` and commits it. The exit code is the MTA's
+/// answer: 0 only after commit (or after the message was kept in the
+/// quarantine), 75 when the database is unreachable so the MTA retries, 65
+/// when the input is not usable mail.
+pub async fn ingest_one(pipeline: &Pipeline, channel: &str, mut input: impl Read) -> u8 {
+    let mut data = Vec::new();
+    if let Err(e) = input.read_to_end(&mut data) {
+        eprintln!("mailroom ingest: cannot read the message: {e}");
+        return EX_TEMPFAIL;
+    }
+    let raw = RawMessage {
+        channel: channel.to_string(),
+        source: Some("stdin".into()),
+        data: Arc::new(data),
+    };
+    match pipeline.process(vec![raw], OnBadInput::Refuse).await {
+        Ok(mut dispositions) => match dispositions.remove(0) {
+            Disposition::Applied(outcome) => {
+                tracing::info!(
+                    channel,
+                    outcome = outcome.name(),
+                    ticket = outcome.ticket_id(),
+                    "Message ingested."
+                );
+                EX_OK
+            }
+            Disposition::Quarantined { id, reason } => {
+                eprintln!("mailroom ingest: message kept in quarantine #{id}: {reason}");
+                EX_OK
+            }
+            Disposition::Refused { reason } => {
+                eprintln!("mailroom ingest: unusable message: {reason}");
+                EX_DATAERR
+            }
+        },
+        Err(PipelineError::Unavailable(e)) => {
+            eprintln!("mailroom ingest: database unavailable, try again later: {e}");
+            EX_TEMPFAIL
+        }
+        Err(e @ PipelineError::UnknownChannel(_)) => {
+            eprintln!("mailroom ingest: {e}");
+            EX_CONFIG
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `mailroom status`: each channel's state (an IMAP mailbox's connection,
+//! backlog, last success and error, and which instance holds it) and the
+//! outbox's counts.
+
+use serde_json::{json, Map, Value};
+
+use super::readout;
+use crate::config::Config;
+use crate::store::Store;
+
+pub async fn run(config: &Config, json: bool) -> u8 {
+    readout(config, |store| async move {
+        let all = channels(config, &store).await?;
+        let outbox = store.outbox_counts().await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(0);
+        }
+        for (name, value) in &all {
+            print_channel(name, value);
+        }
+        println!(
+            "{:<16} {:<8} queued={} sent={} failed={}",
+            "outbox", "smtp", outbox.queued, outbox.sent, outbox.failed
+        );
+        Ok(0)
+    })
+    .await
+}
+
+async fn channels(config: &Config, store: &Store) -> anyhow::Result<Map<String, Value>> {
+    let mut all = Map::new();
+    for (name, channel) in &config.channels {
+        let state: Value = store.channel_state(name).await?;
+        let mut entry = json!({ "kind": channel.kind().as_str(), "state": state });
+        // Which instance polls the mailbox (several may share the database).
+        if let Some((holder, until)) = store.lease_holder(&format!("imap:{name}")).await? {
+            entry["lease"] = json!({ "holder": holder, "expires_at": until });
+        }
+        all.insert(name.clone(), entry);
+    }
+    Ok(all)
+}
+
+fn print_channel(name: &str, value: &Value) {
+    let state = &value["state"];
+    let field = |k: &str| match &state[k] {
+        Value::Null => "-".to_string(),
+        v => v.to_string(),
+    };
+    let holder = match value["lease"]["holder"].as_str() {
+        Some(h) => format!(" held_by={h}"),
+        None => String::new(),
+    };
+    println!(
+        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}{holder}",
+        value["kind"].as_str().unwrap_or("?"),
+        field("connected"),
+        field("backlog"),
+        field("last_success"),
+        field("last_error")
+    );
+}

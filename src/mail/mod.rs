@@ -1,0 +1,7 @@
+//! Mail vocabulary every layer shares, with no I/O: addresses (one type, one
+//! validation, one stored form) and the identifiers we put on our own mail.
+
+pub mod address;
+pub mod ids;
+
+pub use address::Mailbox;

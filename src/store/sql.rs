@@ -1,0 +1,134 @@
+//! Statement builders shared by the store's files: bind placeholders for
+//! generated statements, multi-row inserts, and `IN (…)` look-ups in chunks.
+
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, AnyConnection, Arguments};
+
+use super::Backend;
+
+/// Rows per multi-row statement and values per `IN (…)` list: far below the
+/// parameter limits of both backends.
+pub const CHUNK: usize = 400;
+
+/// Bind placeholders for generated statements. SQLite gets anonymous `?`:
+/// sqlx looks up every named parameter by name, which is quadratic in the
+/// number of parameters. Such statements must not also use `$N`.
+pub fn placeholders(backend: Backend, start: usize, count: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; count].join(", "),
+        Backend::Postgres => (start..start + count)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Adds one bind value to a generated statement's arguments.
+pub fn add<'q, T>(args: &mut AnyArguments<'q>, value: T)
+where
+    T: 'q + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
+{
+    // Encoding into AnyArguments only fails for types Any cannot hold (none
+    // of ours); the statement then fails with a clear error instead.
+    if let Err(e) = args.add(value) {
+        tracing::error!(error = %e, "A value could not be bound.");
+    }
+}
+
+/// A multi-row insert: `head VALUES (…), (…) tail`.
+pub struct Insert<'a> {
+    pub head: &'a str,
+    pub tail: &'a str,
+    /// Values per row.
+    pub width: usize,
+}
+
+/// Most bytes of data per generated statement (as the caller estimates).
+const MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
+
+impl Insert<'_> {
+    /// Writes `rows`, bound by `bind`, in statements of at most `CHUNK` rows
+    /// and about `MAX_STATEMENT_BYTES` of data (as `size` estimates it).
+    pub async fn run<T>(
+        &self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        rows: &[T],
+        size: impl Fn(&T) -> usize,
+        bind: impl Fn(&mut AnyArguments<'_>, &T),
+    ) -> Result<(), sqlx::Error> {
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len()
+                && end - start < CHUNK
+                && (end == start || bytes + size(&rows[end]) <= MAX_STATEMENT_BYTES)
+            {
+                bytes += size(&rows[end]);
+                end += 1;
+            }
+            let chunk = &rows[start..end];
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let start = r * self.width + 1;
+                    format!("({})", placeholders(backend, start, self.width))
+                })
+                .collect();
+            let sql = format!("{} VALUES {} {}", self.head, values.join(", "), self.tail);
+            let mut args = AnyArguments::default();
+            for row in chunk {
+                bind(&mut args, row);
+            }
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `template` (with one `{}` where the `IN` list goes) for `values`, a
+/// chunk at a time, and collects the rows.
+pub async fn select_in<T, V>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    template: &str,
+    values: &[V],
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
+    V: for<'q> sqlx::Encode<'q, Any> + sqlx::Type<Any> + Clone + Send + 'static,
+{
+    let mut out = Vec::new();
+    for chunk in values.chunks(CHUNK) {
+        let sql = template.replacen("{}", &placeholders(backend, 1, chunk.len()), 1);
+        let mut query = sqlx::query_as::<_, T>(&sql);
+        for value in chunk {
+            query = query.bind(value.clone());
+        }
+        out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+/// Runs the statement `template` (with one `{}` where the `IN` list goes)
+/// for `values`, a chunk at a time.
+pub async fn execute_in<V>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    template: &str,
+    values: &[V],
+) -> Result<(), sqlx::Error>
+where
+    V: for<'q> sqlx::Encode<'q, Any> + sqlx::Type<Any> + Clone + Send + 'static,
+{
+    for chunk in values.chunks(CHUNK) {
+        let sql = template.replacen("{}", &placeholders(backend, 1, chunk.len()), 1);
+        let mut query = sqlx::query(&sql);
+        for value in chunk {
+            query = query.bind(value.clone());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
