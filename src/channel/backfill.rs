@@ -97,6 +97,12 @@ fn walk_one(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
         }
         return true;
     }
+    walk_file(path, emit)
+}
+
+/// A file: an mbox (streamed, so a multi-gigabyte one does not have to fit
+/// in memory) when it starts with "From ", one message otherwise.
+fn walk_file(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -114,7 +120,6 @@ fn walk_one(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
         r.read_to_end(&mut data).map(|_| data)
     };
     if &head[..n] == b"From " {
-        // Streamed, so a multi-gigabyte mbox does not have to fit in memory.
         let file = match std::fs::File::open(path) {
             Ok(f) => std::io::BufReader::new(f),
             Err(e) => {
@@ -164,8 +169,33 @@ pub async fn ingest_paths(
     paths: Vec<PathBuf>,
     batch_size: usize,
 ) -> Result<Summary, PipelineError> {
-    // Reading runs on its own thread, one batch ahead of the pipeline.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Found>>(2);
+    let (reader, found) = read_ahead(paths, batch_size);
+    let (preparer, mut prepared_rx) = prepare_ahead(pipeline.clone(), channel.to_string(), found);
+    let progress = progress_bar();
+    // SQLite: keep the WAL short while batches commit (see `Store`).
+    let checkpoints = tokio_util::sync::CancellationToken::new();
+    let checkpointing = pipeline.store().checkpoint_until(&checkpoints);
+    let committing = async {
+        let result = commit_all(pipeline, &mut prepared_rx, &progress).await;
+        checkpoints.cancel();
+        result
+    };
+    let (summary, ()) = tokio::join!(committing, checkpointing);
+    let _ = preparer.await;
+    progress.finish_and_clear();
+    let _ = reader.await;
+    summary
+}
+
+/// Reading runs on its own thread, one batch ahead of the pipeline.
+fn read_ahead(
+    paths: Vec<PathBuf>,
+    batch_size: usize,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Vec<Found>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Found>>(2);
     let reader = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(batch_size);
         walk(&paths, &mut |found| {
@@ -180,67 +210,58 @@ pub async fn ingest_paths(
             let _ = tx.blocking_send(batch);
         }
     });
+    (reader, rx)
+}
 
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-
-    // Parsing the next batch overlaps with committing this one.
-    let (prepared_tx, mut prepared_rx) = tokio::sync::mpsc::channel(1);
-    let preparer = {
-        let pipeline = pipeline.clone();
-        let channel = channel.to_string();
-        tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                let mut raws = Vec::with_capacity(batch.len());
-                let mut unreadable = Vec::new();
-                for found in batch {
-                    match found.data {
-                        Ok(data) => raws.push(RawMessage {
-                            channel: channel.clone(),
-                            source: Some(found.source),
-                            data: Arc::new(data),
-                        }),
-                        Err(reason) => unreadable.push(format!("{}: {reason}", found.source)),
-                    }
-                }
-                let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
-                let prepared = pipeline.prepare(raws, OnBadInput::Refuse).await;
-                let stop = prepared.is_err();
-                if prepared_tx
-                    .send((unreadable, sources, prepared))
-                    .await
-                    .is_err()
-                    || stop
-                {
-                    break;
+/// Parsing the next batch overlaps with committing this one.
+fn prepare_ahead(
+    pipeline: Pipeline,
+    channel: String,
+    mut found: tokio::sync::mpsc::Receiver<Vec<Found>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<PreparedBatch>,
+) {
+    let (prepared_tx, prepared_rx) = tokio::sync::mpsc::channel(1);
+    let preparer = tokio::spawn(async move {
+        while let Some(batch) = found.recv().await {
+            let mut raws = Vec::with_capacity(batch.len());
+            let mut unreadable = Vec::new();
+            for found in batch {
+                match found.data {
+                    Ok(data) => raws.push(RawMessage {
+                        channel: channel.clone(),
+                        source: Some(found.source),
+                        data: Arc::new(data),
+                    }),
+                    Err(reason) => unreadable.push(format!("{}: {reason}", found.source)),
                 }
             }
-        })
-    };
+            let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
+            let prepared = pipeline.prepare(raws, OnBadInput::Refuse).await;
+            let stop = prepared.is_err();
+            let sent = prepared_tx.send((unreadable, sources, prepared)).await;
+            if sent.is_err() || stop {
+                break;
+            }
+        }
+    });
+    (preparer, prepared_rx)
+}
 
-    // SQLite: keep the WAL short while batches commit (see `Store`).
-    let checkpoints = tokio_util::sync::CancellationToken::new();
-    let checkpointing = pipeline.store().checkpoint_until(&checkpoints);
-    let committing = async {
-        let result = commit_all(pipeline, &mut prepared_rx, &progress).await;
-        checkpoints.cancel();
-        result
-    };
-    let (summary, ()) = tokio::join!(committing, checkpointing);
-    let _ = preparer.await;
-    progress.finish_and_clear();
-    let _ = reader.await;
-    summary
+/// A spinner with counts on a terminal; nothing otherwise.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} messages  {per_sec}  {elapsed}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar
 }
 
 /// What the preparer hands on: unreadable sources, the sources of the

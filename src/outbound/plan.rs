@@ -174,22 +174,7 @@ pub fn plan(
 ) -> Result<Plan, ReplyError> {
     let ticket = known.ticket;
     let team = known.team;
-    let from = known.from.ok_or_else(|| match &known.asked_from {
-        Some(from) => invalid(
-            "from",
-            format!("{from} is not an address of team {}", team.key),
-        ),
-        None => invalid("from", format!("team {} has no default address", team.key)),
-    })?;
-    let (relay, _) = config.relay_for(&team.key, &from.address).ok_or_else(|| {
-        invalid(
-            "from",
-            format!(
-                "no SMTP relay is configured for {}: add a [relays.NAME] section (and set relay on the address if there are several)",
-                from.address
-            ),
-        )
-    })?;
+    let (from, relay) = from_and_relay(&known, config)?;
     // To: the ticket's contacts unless the agent chose.
     let to = recipients.to.unwrap_or(known.contacts);
     let (cc, bcc) = (recipients.cc, recipients.bcc);
@@ -227,22 +212,14 @@ pub fn plan(
             json!({ "from": ticket.status_id, "to": status_id, "reason": reason }),
         ));
     }
-    let mut seen = HashSet::new();
-    let envelope = to
-        .iter()
-        .chain(&cc)
-        .chain(&bcc)
-        .filter(|r| seen.insert(r.address.clone()))
-        .map(|r| r.address.clone())
-        .collect();
     Ok(Plan {
+        envelope: envelope(&to, &cc, &bcc),
         sent_copy: sent_copy(config, &team.key, &from.address),
         relay: relay.to_string(),
         from,
         to,
         cc,
         bcc,
-        envelope,
         parent_id,
         chain,
         thread_root,
@@ -251,6 +228,40 @@ pub fn plan(
         properties,
         events,
     })
+}
+
+/// From (the team address asked for, or its default) and the relay that
+/// serves it.
+fn from_and_relay<'c>(
+    known: &Known<'_>,
+    config: &'c Config,
+) -> Result<(Mailbox, &'c str), ReplyError> {
+    let team = &known.team.key;
+    let from = known.from.clone().ok_or_else(|| match &known.asked_from {
+        Some(from) => invalid("from", format!("{from} is not an address of team {team}")),
+        None => invalid("from", format!("team {team} has no default address")),
+    })?;
+    let (relay, _) = config.relay_for(team, &from.address).ok_or_else(|| {
+        invalid(
+            "from",
+            format!(
+                "no SMTP relay is configured for {}: add a [relays.NAME] section (and set relay on the address if there are several)",
+                from.address
+            ),
+        )
+    })?;
+    Ok((from, relay))
+}
+
+/// The SMTP recipients: To, Cc and Bcc, each address once, in that order.
+fn envelope(to: &[Mailbox], cc: &[Mailbox], bcc: &[Mailbox]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    to.iter()
+        .chain(cc)
+        .chain(bcc)
+        .filter(|r| seen.insert(r.address.as_str()))
+        .map(|r| r.address.clone())
+        .collect()
 }
 
 /// In-Reply-To, the References chain and the Outlook conversation of the
@@ -360,4 +371,381 @@ fn sent_copy(config: &Config, team: &str, address: &str) -> Option<SentCopyState
         folder: copy.folder.clone(),
         state: "pending".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FollowUp, Role, StatusKind};
+    use crate::store::directory::{AgentInfo, PipelineInfo, StatusInfo};
+
+    const OPEN: i64 = 1;
+    const WAITING: i64 = 2;
+    const SOLVED: i64 = 3;
+
+    fn config(relays: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailroom.toml");
+        let text = format!(
+            r#"
+[database]
+url = "sqlite://x.db"
+{relays}
+[teams.support]
+addresses = [
+  {{ address = "support@example.com", default = true }},
+  {{ address = "help@example.org", sent_copy = {{ channel = "inbox", folder = "Sent" }} }},
+]
+"#
+        );
+        std::fs::write(&path, text).unwrap();
+        Config::load_unvalidated(&path).unwrap()
+    }
+
+    fn with_relay() -> Config {
+        config("[relays.main]\nhost = \"smtp.example.com\"\n")
+    }
+
+    fn directory(status_after_reply: Option<i64>) -> Directory {
+        let mut dir = Directory::default();
+        let status = |id, name: &str, kind, required: &[&str]| StatusInfo {
+            id,
+            name: name.into(),
+            kind,
+            pipeline_id: 1,
+            required_properties: required.iter().map(|s| s.to_string()).collect(),
+        };
+        dir.statuses
+            .insert(OPEN, status(OPEN, "open", StatusKind::Open, &[]));
+        dir.statuses.insert(
+            WAITING,
+            status(WAITING, "waiting", StatusKind::Waiting, &[]),
+        );
+        let solved = status(SOLVED, "solved", StatusKind::Closed, &["resolution"]);
+        dir.statuses.insert(SOLVED, solved);
+        let pipeline = PipelineInfo {
+            id: 1,
+            key: "support".into(),
+            default_status: OPEN,
+            reopen_status: OPEN,
+            follow_up: FollowUp::Reopen,
+            new_ticket_after_days: None,
+            status_after_reply,
+        };
+        dir.pipelines.insert("support".into(), pipeline);
+        dir
+    }
+
+    fn team(assign_on_reply: bool) -> TeamInfo {
+        TeamInfo {
+            id: 1,
+            key: "support".into(),
+            subject_tag: true,
+            assign_on_reply,
+        }
+    }
+
+    fn ticket() -> ReplyTicket {
+        ReplyTicket {
+            id: 10,
+            number: 42,
+            subject: "Printer".into(),
+            team_id: 1,
+            pipeline_id: 1,
+            status_id: OPEN,
+            ..Default::default()
+        }
+    }
+
+    fn customer() -> Mailbox {
+        Mailbox::new("carol@customer.test", Some("Carol".into()))
+    }
+
+    fn known<'a>(ticket: &'a ReplyTicket, team: &'a TeamInfo) -> Known<'a> {
+        Known {
+            ticket,
+            team,
+            asked_from: None,
+            from: Some(Mailbox::new("support@example.com", None)),
+            contacts: vec![customer()],
+            parent: Some(Parent {
+                message_id: "c1@customer.test".into(),
+                references: vec!["a@x".into()],
+                thread_index_root: None,
+                synthetic: false,
+            }),
+            parent_missing: false,
+        }
+    }
+
+    fn agent() -> Actor {
+        Actor::Agent(AgentInfo {
+            id: 7,
+            key: "alice".into(),
+            email: "alice@example.com".into(),
+            role: Role::Agent,
+            team_ids: vec![1],
+        })
+    }
+
+    fn body(text: &str) -> ReplyRequest {
+        ReplyRequest {
+            body_text: Some(text.into()),
+            ..Default::default()
+        }
+    }
+
+    fn refusal(result: Result<Plan, ReplyError>) -> (String, String) {
+        match result {
+            Err(ReplyError::Invalid { field, message }) => (field, message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn planned(
+        request: &ReplyRequest,
+        known: Known<'_>,
+        dir: &Directory,
+        actor: &Actor,
+    ) -> Result<Plan, ReplyError> {
+        let recipients = check_request(request)?;
+        plan(request, recipients, known, dir, &with_relay(), actor)
+    }
+
+    #[test]
+    fn requests_are_refused_with_the_field_to_fix_before_any_read() {
+        let attach = |filename: &str, content_type: &str| ReplyRequest {
+            attachments: vec![NewAttachment {
+                filename: filename.into(),
+                content_type: content_type.into(),
+                data: b"x".to_vec(),
+            }],
+            ..body("hi")
+        };
+        let cases = [
+            (body("  "), "body"),
+            (body("a\0b"), "body"),
+            (
+                ReplyRequest {
+                    cc: vec!["nobody".into()],
+                    ..body("hi")
+                },
+                "cc",
+            ),
+            (
+                ReplyRequest {
+                    bcc: vec!["a@x.test\r\nBcc: v@x.test".into()],
+                    ..body("hi")
+                },
+                "bcc",
+            ),
+            (
+                ReplyRequest {
+                    to: Some(vec!["ü@x.test".into()]),
+                    ..body("hi")
+                },
+                "to",
+            ),
+            (attach("a\r\nX: y.txt", "text/plain"), "attachments[0]"),
+            (attach("a.txt", "textplain"), "attachments[0].content_type"),
+            (
+                ReplyRequest {
+                    idempotency_key: Some(String::new()),
+                    ..body("hi")
+                },
+                "Idempotency-Key",
+            ),
+            (
+                ReplyRequest {
+                    idempotency_key: Some("k".repeat(201)),
+                    ..body("hi")
+                },
+                "Idempotency-Key",
+            ),
+        ];
+        for (request, field) in cases {
+            match check_request(&request) {
+                Err(ReplyError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
+        let html_only = ReplyRequest {
+            body_html: Some("<p>hi</p>".into()),
+            ..Default::default()
+        };
+        assert!(check_request(&html_only).is_ok());
+    }
+
+    #[test]
+    fn from_must_be_a_team_address_with_a_relay() {
+        let (t, team, dir) = (ticket(), team(true), directory(None));
+        let mut other = known(&t, &team);
+        other.asked_from = Some("sales@example.com".into());
+        other.from = None;
+        let (field, message) = refusal(planned(&body("hi"), other, &dir, &Actor::Ops));
+        assert_eq!(field, "from");
+        assert!(
+            message.contains("sales@example.com is not an address of team support"),
+            "{message}"
+        );
+        let mut no_default = known(&t, &team);
+        no_default.from = None;
+        let (_, message) = refusal(planned(&body("hi"), no_default, &dir, &Actor::Ops));
+        assert!(message.contains("no default address"), "{message}");
+        let request = body("hi");
+        let checked = check_request(&request).unwrap();
+        let result = plan(
+            &request,
+            checked,
+            known(&t, &team),
+            &dir,
+            &config(""),
+            &Actor::Ops,
+        );
+        let (field, message) = refusal(result);
+        assert_eq!(field, "from");
+        assert!(message.contains("no SMTP relay"), "{message}");
+    }
+
+    #[test]
+    fn a_reply_needs_someone_to_go_to_and_a_parent_on_the_ticket() {
+        let (t, team, dir) = (ticket(), team(true), directory(None));
+        let mut nobody = known(&t, &team);
+        nobody.contacts.clear();
+        assert_eq!(
+            refusal(planned(&body("hi"), nobody, &dir, &Actor::Ops)).0,
+            "to"
+        );
+        let mut elsewhere = known(&t, &team);
+        elsewhere.parent = None;
+        elsewhere.parent_missing = true;
+        let request = ReplyRequest {
+            in_reply_to: Some(99),
+            ..body("hi")
+        };
+        let (field, message) = refusal(planned(&request, elsewhere, &dir, &Actor::Ops));
+        assert_eq!(field, "in_reply_to");
+        assert!(
+            message.contains("message 99 is not on ticket #42"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_requested_status_must_exist_and_have_its_properties() {
+        let (t, team, dir) = (ticket(), team(true), directory(None));
+        let unknown = ReplyRequest {
+            status: Some("archived".into()),
+            ..body("hi")
+        };
+        assert_eq!(
+            refusal(planned(&unknown, known(&t, &team), &dir, &Actor::Ops)).0,
+            "status"
+        );
+        let solved = ReplyRequest {
+            status: Some("solved".into()),
+            ..body("hi")
+        };
+        let (field, message) = refusal(planned(&solved, known(&t, &team), &dir, &Actor::Ops));
+        assert_eq!(field, "properties");
+        assert!(message.contains("requires resolution"), "{message}");
+        let mut with_resolution = solved.clone();
+        with_resolution
+            .properties
+            .insert("resolution".into(), Value::from("replaced toner"));
+        let plan = planned(&with_resolution, known(&t, &team), &dir, &Actor::Ops).unwrap();
+        assert_eq!(plan.status_id, SOLVED);
+        assert_eq!(plan.properties["resolution"], "replaced toner");
+        assert!(plan
+            .events
+            .iter()
+            .any(|(k, d)| *k == "status_changed" && d["reason"] == "reply"));
+    }
+
+    #[test]
+    fn status_after_reply_applies_only_when_its_properties_are_set() {
+        let (t, team) = (ticket(), team(true));
+        let waiting = directory(Some(WAITING));
+        let plan = planned(&body("hi"), known(&t, &team), &waiting, &Actor::Ops).unwrap();
+        assert_eq!(plan.status_id, WAITING);
+        let reason = plan
+            .events
+            .iter()
+            .find(|(k, _)| *k == "status_changed")
+            .map(|(_, d)| d["reason"].clone());
+        assert_eq!(reason, Some(Value::from("status_after_reply")));
+        let solved = directory(Some(SOLVED));
+        let plan = planned(&body("hi"), known(&t, &team), &solved, &Actor::Ops).unwrap();
+        assert_eq!(
+            plan.status_id, OPEN,
+            "resolution is missing: the status stays"
+        );
+        assert!(!plan.events.iter().any(|(k, _)| *k == "status_changed"));
+    }
+
+    #[test]
+    fn an_agent_replying_to_an_unassigned_ticket_takes_it() {
+        let (t, dir) = (ticket(), directory(None));
+        let assigning = team(true);
+        let plan = planned(&body("hi"), known(&t, &assigning), &dir, &agent()).unwrap();
+        assert_eq!(plan.owner, Some(7));
+        assert!(plan.events.iter().any(|(k, _)| *k == "assigned"));
+        let plan = planned(&body("hi"), known(&t, &assigning), &dir, &Actor::Ops).unwrap();
+        assert_eq!(plan.owner, None, "the operator is nobody's owner");
+        let not_assigning = team(false);
+        let plan = planned(&body("hi"), known(&t, &not_assigning), &dir, &agent()).unwrap();
+        assert_eq!(plan.owner, None);
+        let owned = ReplyTicket {
+            owner: Some(3),
+            ..ticket()
+        };
+        let plan = planned(&body("hi"), known(&owned, &assigning), &dir, &agent()).unwrap();
+        assert_eq!(plan.owner, Some(3));
+    }
+
+    #[test]
+    fn recipients_threading_and_the_sent_copy() {
+        let (t, team, dir) = (ticket(), team(true), directory(None));
+        let request = ReplyRequest {
+            cc: vec![
+                "Dave <dave@customer.test>".into(),
+                "carol@customer.test".into(),
+            ],
+            bcc: vec!["audit@example.com".into()],
+            ..body("hi")
+        };
+        let plan = planned(&request, known(&t, &team), &dir, &Actor::Ops).unwrap();
+        assert_eq!(plan.to, vec![customer()]);
+        assert_eq!(plan.cc[0].name.as_deref(), Some("Dave"));
+        assert_eq!(
+            plan.envelope,
+            vec![
+                "carol@customer.test",
+                "dave@customer.test",
+                "audit@example.com"
+            ]
+        );
+        assert_eq!(plan.parent_id.as_deref(), Some("c1@customer.test"));
+        assert_eq!(plan.chain, vec!["a@x", "c1@customer.test"]);
+        assert_eq!(plan.relay, "main");
+        assert_eq!(plan.sent_copy, None);
+
+        let mut via_help = known(&t, &team);
+        via_help.from = Some(Mailbox::new("help@example.org", None));
+        let mut synthetic = via_help.parent.clone().unwrap();
+        synthetic.synthetic = true;
+        synthetic.references = vec!["x".repeat(300), "b@x".into()];
+        via_help.parent = Some(synthetic);
+        let plan = planned(&body("hi"), via_help, &dir, &Actor::Ops).unwrap();
+        assert_eq!(
+            plan.parent_id, None,
+            "a made-up ID means nothing to the customer"
+        );
+        assert_eq!(plan.chain, vec!["b@x"], "over-long IDs are left out");
+        let copy = plan.sent_copy.expect("help@ keeps a Sent copy");
+        assert_eq!(
+            (copy.channel.as_str(), copy.folder.as_str()),
+            ("inbox", "Sent")
+        );
+    }
 }

@@ -47,17 +47,35 @@ fn header_text<'a>(message: &'a Message<'_>, name: &'a str) -> Option<&'a str> {
 }
 
 pub fn classify(message: &Message<'_>) -> Flags {
-    let mut flags = Flags::default();
-    let lower = |name: &str| header_text(message, name).map(str::to_ascii_lowercase);
-
-    // RFC 3834: anything but "no" is automatic.
-    if let Some(value) = lower("Auto-Submitted") {
-        if !value.is_empty() && !value.starts_with("no") {
-            flags.auto_reply = true;
-        }
+    let precedence = header_text(message, "Precedence")
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let subject = message.subject().unwrap_or_default().to_lowercase();
+    let mut flags = Flags {
+        auto_reply: is_auto_reply(message, &precedence, &subject),
+        // Lists and bulk senders.
+        bulk: !matches!(message.list_id(), HeaderValue::Empty)
+            || !matches!(message.list_unsubscribe(), HeaderValue::Empty)
+            || ["bulk", "list", "junk"]
+                .iter()
+                .any(|p| precedence.contains(p)),
+        bounce: is_bounce(message, &subject),
+        bounced_message_ids: Vec::new(),
+    };
+    if flags.bounce {
+        flags.bounced_message_ids = bounced_ids(message);
     }
-    // Vendor variants seen in the wild.
-    for name in [
+    flags
+}
+
+/// RFC 3834 Auto-Submitted (anything but "no"), the vendor headers seen in
+/// the wild, and Exchange's out-of-office answers.
+fn is_auto_reply(message: &Message<'_>, precedence: &str, subject: &str) -> bool {
+    let lower = |name: &str| header_text(message, name).map(str::to_ascii_lowercase);
+    if lower("Auto-Submitted").is_some_and(|v| !v.is_empty() && !v.starts_with("no")) {
+        return true;
+    }
+    let vendor = [
         "X-Autoreply",
         "X-Autorespond",
         "X-Autoresponder",
@@ -65,84 +83,63 @@ pub fn classify(message: &Message<'_>) -> Flags {
         "X-AutoReply-From",
         "X-Mail-Autoreply",
         "X-FC-MachineGenerated",
-    ] {
-        if let Some(value) = lower(name) {
-            if value != "no" && value != "false" {
-                flags.auto_reply = true;
-            }
-        }
-    }
-    let precedence = lower("Precedence").unwrap_or_default();
-    if precedence.contains("auto_reply") || precedence.contains("auto-reply") {
-        flags.auto_reply = true;
-    }
-    let subject = message.subject().unwrap_or_default().to_lowercase();
-    // Exchange marks its out-of-office answers with this header and subject prefix.
-    if message.header_raw("X-Auto-Response-Suppress").is_some()
-        && [
-            "automatic reply:",
-            "auto:",
-            "out of office",
-            "autoreply",
-            "abwesenheitsnotiz",
-        ]
+    ];
+    if vendor
         .iter()
-        .any(|p| subject.starts_with(p))
+        .filter_map(|name| lower(name))
+        .any(|v| v != "no" && v != "false")
     {
-        flags.auto_reply = true;
+        return true;
     }
-    if message
+    if precedence.contains("auto_reply") || precedence.contains("auto-reply") {
+        return true;
+    }
+    // Exchange marks its out-of-office answers with this header and subject prefix.
+    let out_of_office = [
+        "automatic reply:",
+        "auto:",
+        "out of office",
+        "autoreply",
+        "abwesenheitsnotiz",
+    ];
+    if message.header_raw("X-Auto-Response-Suppress").is_some()
+        && out_of_office.iter().any(|p| subject.starts_with(p))
+    {
+        return true;
+    }
+    message
         .header_raw("X-MS-Exchange-Generated-Message-Source")
         .is_some()
         || message
             .header_raw("X-MS-Exchange-Inbox-Rules-Loop")
             .is_some()
             && subject.starts_with("automatic reply")
-    {
-        flags.auto_reply = true;
-    }
+}
 
-    // Lists and bulk senders.
-    if !matches!(message.list_id(), HeaderValue::Empty)
-        || !matches!(message.list_unsubscribe(), HeaderValue::Empty)
-        || ["bulk", "list", "junk"]
-            .iter()
-            .any(|p| precedence.contains(p))
-    {
-        flags.bulk = true;
-    }
-
-    // Bounces: a delivery-status report, or a daemon sender with a null return path.
-    let is_report = message
-        .content_type()
-        .map(|ct| {
-            ct.ctype().eq_ignore_ascii_case("multipart")
-                && ct
-                    .subtype()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
-                && ct
-                    .attribute("report-type")
-                    .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"))
-        })
-        .unwrap_or(false);
+/// A delivery-status report, or a daemon sender with a null return path
+/// or a delivery subject.
+fn is_bounce(message: &Message<'_>, subject: &str) -> bool {
+    let is_report = message.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+            && ct
+                .attribute("report-type")
+                .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"))
+    });
     let null_return_path = header_text(message, "Return-Path").is_some_and(|v| v == "<>");
     let from_daemon = message
         .from()
         .and_then(|a| a.first())
         .and_then(|a| a.address())
-        .map(|a| {
+        .is_some_and(|a| {
             let local = a.split('@').next().unwrap_or_default().to_ascii_lowercase();
             local == "mailer-daemon" || local == "postmaster"
-        })
-        .unwrap_or(false);
-    if is_report
+        });
+    is_report
         || (from_daemon
             && (null_return_path || subject.contains("undeliver") || subject.contains("delivery")))
-    {
-        flags.bounce = true;
-        flags.bounced_message_ids = bounced_ids(message);
-    }
-    flags
 }
 
 /// Message-IDs of the original message a DSN carries (as message/rfc822 or

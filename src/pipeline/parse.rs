@@ -84,33 +84,8 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         _ => (format!("{}{SYNTHETIC_DOMAIN}", &fingerprint[..32]), true),
     };
 
-    let from = first_mailbox(message.from())
-        .or_else(|| first_mailbox(message.sender()))
-        .or_else(|| {
-            message.return_address().and_then(|a| {
-                let address = normalize_address(a);
-                (!address.is_empty()).then_some(Mailbox {
-                    address,
-                    name: None,
-                })
-            })
-        });
-
-    let mut body_text = String::new();
-    for i in 0..message.text_body_count() {
-        if let Some(text) = message.body_text(i) {
-            if !body_text.is_empty() {
-                body_text.push_str("\n\n");
-            }
-            body_text.push_str(text.trim_end());
-        }
-    }
-    let body_html = message
-        .html_part(0)
-        .filter(|part| part.is_text_html())
-        .and_then(|part| part.text_contents())
-        .map(str::to_string);
-
+    let from = sender(&message);
+    let (body_text, body_html) = bodies(&message);
     let attachments = message
         .attachments()
         .enumerate()
@@ -123,8 +98,6 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         .unwrap_or_default();
 
     // PostgreSQL TEXT cannot hold NUL; broken mail sometimes carries it.
-    let body_text = strip_nul(body_text);
-    let body_html = body_html.map(strip_nul);
     let subject = strip_nul(subject);
 
     Ok(ParsedMessage {
@@ -146,6 +119,38 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         fingerprint,
         raw_sha256: sha256_hex(raw),
     })
+}
+
+/// Who sent it: From, else Sender, else the Return-Path.
+fn sender(message: &mail_parser::Message<'_>) -> Option<Mailbox> {
+    first_mailbox(message.from())
+        .or_else(|| first_mailbox(message.sender()))
+        .or_else(|| {
+            let address = normalize_address(message.return_address()?);
+            (!address.is_empty()).then_some(Mailbox {
+                address,
+                name: None,
+            })
+        })
+}
+
+/// The text parts joined, and the first HTML part, without NUL.
+fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>) {
+    let mut text = String::new();
+    for i in 0..message.text_body_count() {
+        if let Some(part) = message.body_text(i) {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(part.trim_end());
+        }
+    }
+    let html = message
+        .html_part(0)
+        .filter(|part| part.is_text_html())
+        .and_then(|part| part.text_contents())
+        .map(|html| strip_nul(html.to_string()));
+    (strip_nul(text), html)
 }
 
 /// A message must begin with at least one `Name: value` header line;

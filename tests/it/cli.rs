@@ -693,3 +693,78 @@ fn reply_takes_its_body_from_stdin_and_names_what_is_wrong() {
     let sent = &sink.messages()[0];
     assert!(String::from_utf8_lossy(&sent.message).contains("Hello from stdin"));
 }
+
+#[test]
+fn recipients_of_replies_and_inbound_mail_read_back_everywhere() {
+    // Both writers (inbound mail, replies) store address lists in one form,
+    // and every reader understands it: ticket show, export, the outbox.
+    let w = Workdir::new();
+    add_relay(&w, crate::smtp::free_port());
+    let inbound = "From: Carol <carol@customer.test>\r\nTo: support@example.com, Erin <erin@customer.test>\r\n\
+                   Cc: frank@customer.test\r\nSubject: Toner\r\nMessage-ID: <rt1@customer.test>\r\n\r\nOut of toner\r\n";
+    let ingested = w.pipe(&["ingest"], &[], inbound.as_bytes());
+    assert_eq!(
+        code(&ingested),
+        0,
+        "{}",
+        String::from_utf8_lossy(&ingested.stderr)
+    );
+    let reply = w.pipe(
+        &[
+            "reply",
+            "1",
+            "--body-file",
+            "-",
+            "--cc",
+            "Dave <dave@customer.test>",
+        ],
+        &[],
+        b"On its way.",
+    );
+    assert_eq!(
+        code(&reply),
+        0,
+        "{}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+
+    let check = |ticket: &serde_json::Value, source: &str| {
+        let messages = ticket["messages"].as_array().unwrap();
+        let (first, second) = (&messages[0], &messages[1]);
+        assert_eq!(first["direction"], "inbound", "{source}");
+        assert_eq!(
+            first["to"],
+            serde_json::json!(["support@example.com", "erin@customer.test"]),
+            "{source}"
+        );
+        assert_eq!(
+            first["cc"],
+            serde_json::json!(["frank@customer.test"]),
+            "{source}"
+        );
+        assert_eq!(second["direction"], "outbound", "{source}");
+        assert_eq!(
+            second["to"],
+            serde_json::json!(["carol@customer.test"]),
+            "{source}"
+        );
+        assert_eq!(
+            second["cc"],
+            serde_json::json!(["dave@customer.test"]),
+            "{source}"
+        );
+    };
+    check(&w.json(&["ticket", "show", "1", "--json"]), "ticket show");
+    let export = w.run(&["export", "--jsonl"]);
+    assert!(export.status.success());
+    let line = String::from_utf8_lossy(&export.stdout);
+    check(
+        &serde_json::from_str(line.lines().next().unwrap()).unwrap(),
+        "export",
+    );
+    let queued = outbox(&w);
+    assert_eq!(
+        queued[0]["rcpt_to"],
+        serde_json::json!(["carol@customer.test", "dave@customer.test"])
+    );
+}

@@ -7,6 +7,7 @@ mod fixtures;
 mod harness;
 mod http;
 mod imap;
+mod layers;
 mod outbound;
 mod postfix;
 mod quarantine;

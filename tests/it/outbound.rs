@@ -1121,3 +1121,36 @@ async fn outlook_threading_explicit_recipients_and_an_html_only_body() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_the_recipients_of_replies_and_of_inbound_mail() {
+    // A relay nobody listens on: the reply is only queued.
+    let app = OutApp::start(Backend::Sqlite, free_port()).await;
+    let number = app
+        .customer_mail(&mail(
+            "Carol <carol@customer.test>",
+            "api-rt@customer.test",
+            "Toner",
+            "Cc: Frank <frank@customer.test>\r\n",
+            "Out of toner",
+        ))
+        .await;
+    let (status, queued) = app
+        .reply(
+            number,
+            "alice-token",
+            json!({ "body": "On its way.", "cc": ["Dave <dave@customer.test>"] }),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let reply = app.delivery(queued["message"].as_i64().unwrap()).await;
+    assert_eq!(reply["to"], json!(["carol@customer.test"]));
+    let inbound_id: i64 =
+        sqlx::query_scalar("SELECT id FROM messages WHERE message_id = 'api-rt@customer.test'")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+    let inbound = app.delivery(inbound_id).await;
+    assert_eq!(inbound["to"], json!(["support@example.com"]));
+    assert_eq!(inbound["direction"], "inbound");
+}
