@@ -179,7 +179,11 @@ impl App {
             Ok(())
         });
         let tasks = channels.tasks.len() + http.tasks.len() + outbox.tasks.len();
-        tracing::info!(tasks, database = ?self.store.backend(), "mailroom started.");
+        tracing::info!(
+            tasks,
+            database = self.store.backend().as_str(),
+            "mailroom started."
+        );
         self.ready.set_started();
         // systemd (Type=notify): migrations ran, every task runs, the
         // listener is bound. Outside systemd these are no-ops.
