@@ -8,6 +8,11 @@
    latency = commit time (messages.received_at) - time the APPEND completed.
 
 Run: bench/imap.py [N ...]   (needs dovecot-imapd; builds the release binary)
+
+To compare binaries in one run (same machine, same moment), name them:
+  MAILROOM_BENCH_BINS="old=/path/to/old/mailroom,new=target/release/mailroom" \
+  MAILROOM_BENCH_ROUNDS=3 bench/imap.py 1000 10000
+Each round runs every binary once per size, alternating.
 """
 import imaplib
 import json
@@ -185,7 +190,7 @@ def peak_rss_mib(pid):
     return 0
 
 
-def bulk(n):
+def bulk(n, label="mailroom", BIN=BIN):
     work = tempfile.mkdtemp(prefix="mailroom-bench-")
     try:
         dovecot = Dovecot(work)
@@ -206,14 +211,14 @@ def bulk(n):
         daemon.wait()
         db = sqlite3.connect(os.path.join(work, "bench.db"))
         stored = db.execute("select count(*) from messages").fetchone()[0]
-        print(f"bulk      {n:6d} messages over TLS  {elapsed:6.2f} s  {n / elapsed:7.0f} msg/s  "
-              f"peak RSS {rss} MiB  stored {stored}")
+        print(f"bulk {label:>8} {n:6d} messages over TLS  {elapsed:6.2f} s  {n / elapsed:7.0f} msg/s  "
+              f"peak RSS {rss} MiB  stored {stored}", flush=True)
         dovecot.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def idle_latency(count=200):
+def idle_latency(count=200, label="mailroom", BIN=BIN):
     work = tempfile.mkdtemp(prefix="mailroom-bench-")
     try:
         dovecot = Dovecot(work)
@@ -256,7 +261,7 @@ def idle_latency(count=200):
             values = sorted(values)
             return statistics.median(values), values[max(0, int(len(values) * 0.99) - 1)], values[-1]
         p50, p99, worst = pct([received - appended[mid] for mid, received in rows])
-        print(f"idle      {len(rows)} appends  append→ticket   p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {worst:.0f} ms")
+        print(f"idle {label:>8} {len(rows)} appends  append→ticket   p50 {p50:.0f} ms  p99 {p99:.0f} ms  max {worst:.0f} ms")
         index = {f"idle{i}@c.test": i + 1 for i in range(count)}
         server = [announced[index[mid]] - appended[mid] for mid, _ in rows if index[mid] in announced]
         ours = [received - announced[index[mid]] for mid, received in rows if index[mid] in announced]
@@ -270,13 +275,25 @@ def idle_latency(count=200):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def binaries():
+    spec = os.environ.get("MAILROOM_BENCH_BINS")
+    if not spec:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "mailroom", "--example", "gen_mail"],
+                       cwd=ROOT, check=True)
+        return [("mailroom", BIN)]
+    return [tuple(item.split("=", 1)) for item in spec.replace(",", " ").split()]
+
+
 def main():
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "mailroom", "--example", "gen_mail"],
-                   cwd=ROOT, check=True)
+    bins = binaries()
+    rounds = int(os.environ.get("MAILROOM_BENCH_ROUNDS", "1"))
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
-    for n in sizes:
-        bulk(n)
-    idle_latency()
+    for _ in range(rounds):
+        for n in sizes:
+            for label, path in bins:
+                bulk(n, label, path)
+    for label, path in bins:
+        idle_latency(label=label, BIN=path)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,13 @@ pub async fn run(config: &Config, args: Args) -> u8 {
     let started = std::time::Instant::now();
     let batch_size = config.ingest.batch_size;
     let result = backfill::ingest_paths(&pipeline, &channel, args.paths, batch_size).await;
+    // The rate is the ingest's: closing the pool (SQLite checkpoints the WAL
+    // then) comes after.
+    let secs = started.elapsed().as_secs_f64();
     pipeline.store().close().await;
     match result {
         Ok(summary) => {
-            print_summary(&summary, started.elapsed().as_secs_f64(), args.json);
+            print_summary(&summary, secs, args.json);
             if summary.failed > 0 {
                 EX_DATAERR
             } else {

@@ -829,6 +829,40 @@ mod tests {
     }
 
     #[test]
+    fn each_channel_kind_takes_only_its_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = |kind: &str, extra: &str| {
+            format!(
+                "[database]\nurl = \"sqlite://x.db\"\n[channels.c]\nkind = \"{kind}\"\nteam = \"t\"\npipeline = \"p\"\n{extra}\n"
+            )
+        };
+        for (kind, foreign) in [
+            ("maildir", "host = \"imap.example.com\""),
+            ("pipe", "path = \"spool\""),
+            ("imap", "allowed_origins = [\"https://x.test\"]"),
+            ("webhook", "fetch_batch = 5"),
+            ("form", "auth_token = \"t\""),
+        ] {
+            let path = write(&dir, &channel(kind, foreign));
+            let err = Config::load(&path).unwrap_err().to_string();
+            let key = foreign.split(' ').next().unwrap();
+            assert!(err.contains(key), "{kind} with {key}: {err}");
+        }
+        let path = write(&dir, &channel("carrier-pigeon", ""));
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown channel kind"), "{err}");
+        let path = write(
+            &dir,
+            &channel("maildir", "path = \"spool\"\nafter = \"keep\""),
+        );
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("keep"),
+            "a maildir can only move or delete: {err}"
+        );
+    }
+
+    #[test]
     fn relays_and_reply_settings_name_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(

@@ -36,6 +36,37 @@ pub struct TicketState {
 /// Hops followed through merged tickets; more means a cycle written by hand.
 const MAX_MERGE_HOPS: usize = 16;
 
+/// Where following a ticket's merges ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merged<'a> {
+    /// The surviving ticket.
+    Live(&'a TicketState),
+    /// A deleted ticket on the way.
+    Deleted(&'a TicketState),
+    /// A ticket that is not there.
+    Missing(i64),
+    /// More hops than any real chain has: a cycle.
+    Loop,
+}
+
+/// Follows merged tickets from `id` to the surviving one, over `tickets`
+/// (the one place merges are followed: threading and replies alike).
+pub fn follow_merges(tickets: &HashMap<i64, TicketState>, mut id: i64) -> Merged<'_> {
+    for _ in 0..MAX_MERGE_HOPS {
+        let Some(ticket) = tickets.get(&id) else {
+            return Merged::Missing(id);
+        };
+        if ticket.deleted_at.is_some() {
+            return Merged::Deleted(ticket);
+        }
+        match ticket.merged_into {
+            Some(target) => id = target,
+            None => return Merged::Live(ticket),
+        }
+    }
+    Merged::Loop
+}
+
 /// What the store knows about a batch, and what the batch has added so far.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -57,18 +88,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// The live ticket for an id: merged tickets resolve to the surviving
     /// one; a deleted (or unknown) ticket is none.
-    pub fn live_ticket(&self, mut id: i64) -> Option<i64> {
-        for _ in 0..MAX_MERGE_HOPS {
-            let ticket = self.tickets.get(&id)?;
-            if ticket.deleted_at.is_some() {
-                return None;
-            }
-            match ticket.merged_into {
-                Some(target) => id = target,
-                None => return Some(id),
-            }
+    pub fn live_ticket(&self, id: i64) -> Option<i64> {
+        match follow_merges(&self.tickets, id) {
+            Merged::Live(ticket) => Some(ticket.id),
+            _ => None,
         }
-        None
     }
 
     /// `live_ticket`, but only for a ticket of `team_id`: an identifier names
@@ -668,5 +692,51 @@ impl<'a> Writer<'a> {
                 },
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(id: i64, merged_into: Option<i64>, deleted: bool) -> (i64, TicketState) {
+        let state = TicketState {
+            id,
+            number: id + 100,
+            team_id: 1,
+            pipeline_id: 1,
+            status_id: 1,
+            status_changed_at: 0,
+            merged_into,
+            deleted_at: deleted.then_some(1),
+        };
+        (id, state)
+    }
+
+    #[test]
+    fn merges_are_followed_to_the_survivor_and_no_further() {
+        let tickets: HashMap<i64, TicketState> = [
+            ticket(1, Some(2), false),
+            ticket(2, Some(3), false),
+            ticket(3, None, false),
+            ticket(4, Some(5), false),
+            ticket(5, None, true),
+            ticket(6, Some(7), false),
+            ticket(7, Some(6), false),
+            ticket(8, Some(99), false),
+        ]
+        .into_iter()
+        .collect();
+        assert!(matches!(follow_merges(&tickets, 1), Merged::Live(t) if t.id == 3));
+        assert!(matches!(follow_merges(&tickets, 4), Merged::Deleted(t) if t.number == 105));
+        assert_eq!(follow_merges(&tickets, 6), Merged::Loop);
+        assert_eq!(follow_merges(&tickets, 8), Merged::Missing(99));
+        let known = Snapshot {
+            tickets,
+            ..Default::default()
+        };
+        assert_eq!(known.live_ticket(1), Some(3));
+        assert_eq!(known.live_ticket(4), None);
+        assert_eq!(known.live_ticket_of_team(1, 2), None);
     }
 }

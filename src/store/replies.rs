@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::inbound::{follow_merges, Merged, Snapshot};
 use super::outbox::{SentCopyState, NOTIFY_CHANNEL};
 use super::{blobs, events, Backend, Store, Tx};
 use crate::crypto::sha256_hex;
@@ -38,8 +39,6 @@ struct TicketRow {
     owner_agent_id: Option<i64>,
     properties: String,
     created_at: i64,
-    merged_into: Option<i64>,
-    deleted_at: Option<i64>,
 }
 
 /// Why the ticket cannot be answered.
@@ -118,47 +117,43 @@ impl Store {
         tx: &mut Tx,
         number: i64,
     ) -> Result<Result<ReplyTicket, TicketMissing>, sqlx::Error> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM tickets WHERE number = $1")
+            .bind(number)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(id) = id else {
+            return Ok(Err(TicketMissing::NotFound(number)));
+        };
+        let mut known = Snapshot::default();
+        known.load_tickets(tx, self.backend(), [id]).await?;
+        let live = match follow_merges(&known.tickets, id) {
+            Merged::Live(ticket) => ticket.id,
+            Merged::Deleted(ticket) => return Ok(Err(TicketMissing::Deleted(ticket.number))),
+            Merged::Missing(_) => return Ok(Err(TicketMissing::NotFound(number))),
+            Merged::Loop => return Ok(Err(TicketMissing::MergeLoop(number))),
+        };
         let lock = match self.backend() {
             Backend::Postgres => "FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let sql = format!(
+        let row: TicketRow = sqlx::query_as(&format!(
             "SELECT id, number, subject, team_id, pipeline_id, status_id, owner_agent_id, properties,
-                    created_at, merged_into, deleted_at
-             FROM tickets WHERE number = $1 {lock}"
-        );
-        let mut number = number;
-        for _ in 0..16 {
-            let row: Option<TicketRow> = sqlx::query_as(&sql)
-                .bind(number)
-                .fetch_optional(&mut **tx)
-                .await?;
-            let Some(row) = row else {
-                return Ok(Err(TicketMissing::NotFound(number)));
-            };
-            if row.deleted_at.is_some() {
-                return Ok(Err(TicketMissing::Deleted(number)));
-            }
-            if let Some(target) = row.merged_into {
-                number = sqlx::query_scalar("SELECT number FROM tickets WHERE id = $1")
-                    .bind(target)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                continue;
-            }
-            return Ok(Ok(ReplyTicket {
-                id: row.id,
-                number: row.number,
-                subject: row.subject,
-                team_id: row.team_id,
-                pipeline_id: row.pipeline_id,
-                status_id: row.status_id,
-                owner: row.owner_agent_id,
-                properties: serde_json::from_str(&row.properties).unwrap_or_default(),
-                created_at: row.created_at,
-            }));
-        }
-        Ok(Err(TicketMissing::MergeLoop(number)))
+                    created_at FROM tickets WHERE id = $1 {lock}"
+        ))
+        .bind(live)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(Ok(ReplyTicket {
+            id: row.id,
+            number: row.number,
+            subject: row.subject,
+            team_id: row.team_id,
+            pipeline_id: row.pipeline_id,
+            status_id: row.status_id,
+            owner: row.owner_agent_id,
+            properties: serde_json::from_str(&row.properties).unwrap_or_default(),
+            created_at: row.created_at,
+        }))
     }
 
     /// The reply already made on this ticket under this Idempotency-Key.

@@ -1154,3 +1154,66 @@ async fn the_api_shows_the_recipients_of_replies_and_of_inbound_mail() {
     assert_eq!(inbound["to"], json!(["support@example.com"]));
     assert_eq!(inbound["direction"], "inbound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_ticket_lives_on_in_the_ticket_it_was_merged_into() {
+    let app = OutApp::start(Backend::Sqlite, free_port()).await;
+    let old = app
+        .customer_mail(&mail(
+            "carol@customer.test",
+            "m1@customer.test",
+            "Toner",
+            "",
+            "first",
+        ))
+        .await;
+    let survivor = app
+        .customer_mail(&mail(
+            "carol@customer.test",
+            "m2@customer.test",
+            "Toner again",
+            "",
+            "second",
+        ))
+        .await;
+    sqlx::query("UPDATE tickets SET merged_into = (SELECT id FROM tickets WHERE number = $1) WHERE number = $2")
+        .bind(survivor)
+        .bind(old)
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    // A reply to the old number goes onto the survivor.
+    let (status, queued) = app
+        .reply(
+            old,
+            "alice-token",
+            json!({ "body": "Merged: one thread now." }),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    assert_eq!(queued["ticket"], survivor);
+    // So does the customer's answer to the old ticket's message.
+    let answer = mail(
+        "carol@customer.test",
+        "m3@customer.test",
+        "Re: Toner",
+        "In-Reply-To: <m1@customer.test>\r\n",
+        "thanks",
+    );
+    let outcome = app.pipeline_apply("pipe", &answer).await;
+    assert_eq!(number_of(app.store(), ticket_of(&outcome)).await, survivor);
+    // A deleted ticket takes no reply.
+    sqlx::query("UPDATE tickets SET deleted_at = 1 WHERE number = $1")
+        .bind(survivor)
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    let (status, refused) = app
+        .reply(old, "alice-token", json!({ "body": "Anyone there?" }))
+        .await;
+    assert_eq!(status, 404, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("was deleted"),
+        "{refused}"
+    );
+}
