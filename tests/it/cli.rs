@@ -768,3 +768,18 @@ fn recipients_of_replies_and_inbound_mail_read_back_everywhere() {
         serde_json::json!(["carol@customer.test", "dave@customer.test"])
     );
 }
+
+#[test]
+fn logs_are_plain_text_unless_colour_is_asked_for() {
+    let w = Workdir::new();
+    let message = mail("ann@c.test", "log1@c.test", "Logs", "", "hello");
+    // stderr is a pipe here, as under journald or in a file.
+    let plain = w.pipe(&["ingest"], &[], &message);
+    let text = String::from_utf8_lossy(&plain.stderr);
+    assert!(text.contains("Message ingested."), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour codes: {text:?}");
+    assert!(!text.contains("Some("), "values, not debug forms: {text}");
+    let again = mail("ann@c.test", "log2@c.test", "Logs", "", "hello");
+    let coloured = w.pipe(&["ingest"], &[("MAILROOM_LOG__COLOR", "always")], &again);
+    assert!(String::from_utf8_lossy(&coloured.stderr).contains('\u{1b}'));
+}
