@@ -5,12 +5,15 @@
 //! error rather than running on half-blind).
 //!
 //! Tasks run in named groups, stopped in order, each within a deadline,
-//! naming the tasks still running when it passes:
+//! naming the tasks still running when it passes; the whole drain fits in
+//! one overall deadline (the longest send, at least 30 s, then 5 s for the
+//! store):
 //!
 //! 1. `channels` (IMAP mailboxes, spools) stop taking mail; a batch in
 //!    progress is committed and acknowledged first;
 //! 2. `http` (listener, group commit, metrics) answers what it has;
-//! 3. `outbox` finishes sends in flight and their Sent copies;
+//! 3. `outbox` finishes sends in flight and their Sent copies (it stops
+//!    claiming new replies when the drain starts);
 //! 4. `store` (the SQLite checkpointer), then the pool closes.
 //!
 //! systemd: `READY=1` once every task runs; `WATCHDOG=1` from the supervisor
@@ -36,6 +39,9 @@ use crate::store::{Directory, Store};
 
 /// How long channels get to finish their batch after a stop.
 const CHANNEL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long the store's own tasks get once everything else has stopped.
+const STORE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A running daemon's parts, ready to start.
 pub struct App {
@@ -196,11 +202,20 @@ impl App {
             .await;
         self.ready.set_draining();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        channels.stop(CHANNEL_DEADLINE).await;
+        // The whole drain fits in one deadline (the unit's TimeoutStopSec is
+        // set above it), so a send is never cut off by a SIGKILL. The
+        // outbox claims nothing new from now on; its sends in flight go on
+        // while the channels and the listener drain.
+        let overall = tokio::time::Instant::now() + self.send_deadline();
+        let left = |stage: Duration| {
+            stage.min(overall.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        outbox.stop.cancel();
+        channels.stop(left(CHANNEL_DEADLINE)).await;
         let request_timeout = Duration::from_secs(self.config.http.request_timeout_secs + 5);
-        http.stop(request_timeout).await;
-        outbox.stop(self.send_deadline()).await;
-        store.stop(Duration::from_secs(5)).await;
+        http.stop(left(request_timeout)).await;
+        outbox.stop(left(self.send_deadline())).await;
+        store.stop(STORE_DEADLINE).await;
         self.store.close().await;
         tracing::info!("mailroom stopped.");
         failure.map_or(Ok(()), Err)

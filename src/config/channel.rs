@@ -101,29 +101,35 @@ struct Common {
 }
 
 impl<'de> Deserialize<'de> for ChannelConfig {
+    /// The common keys first, then the rest as the kind's own struct. Both
+    /// go through the config crate's values, so the same lenient reading
+    /// applies as everywhere else (`MAILROOM_CHANNELS__X__USERNAME=1234`
+    /// is still a string).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        let mut common = serde_json::Map::new();
-        for key in ["kind", "team", "pipeline", "create_tickets"] {
-            if let Some(value) = table.remove(key) {
-                common.insert(key.to_string(), value);
-            }
-        }
-        let common: Common =
-            serde_json::from_value(common.into()).map_err(|e| D::Error::custom(e.to_string()))?;
-        let rest = serde_json::Value::Object(table);
-        let kind = |e: serde_json::Error| {
+        let table = config::Value::deserialize(deserializer)?
+            .into_table()
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        let (common, rest): (config::Map<String, config::Value>, _) =
+            table.into_iter().partition(|(k, _)| {
+                ["kind", "team", "pipeline", "create_tickets"].contains(&k.as_str())
+            });
+        let table = |map| config::Value::new(None, config::ValueKind::Table(map));
+        let common: Common = table(common)
+            .try_deserialize()
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        let rest = table(rest);
+        let kind = |e: config::ConfigError| {
             D::Error::custom(format!("{e} (for a channel with kind = {:?})", common.kind))
         };
         let settings = match common.kind.as_str() {
             "pipe" => {
-                serde_json::from_value::<PipeConfig>(rest).map_err(kind)?;
+                rest.try_deserialize::<PipeConfig>().map_err(kind)?;
                 ChannelSettings::Pipe
             }
-            "maildir" => ChannelSettings::Maildir(serde_json::from_value(rest).map_err(kind)?),
-            "imap" => ChannelSettings::Imap(serde_json::from_value(rest).map_err(kind)?),
-            "webhook" => ChannelSettings::Webhook(serde_json::from_value(rest).map_err(kind)?),
-            "form" => ChannelSettings::Form(serde_json::from_value(rest).map_err(kind)?),
+            "maildir" => ChannelSettings::Maildir(rest.try_deserialize().map_err(kind)?),
+            "imap" => ChannelSettings::Imap(rest.try_deserialize().map_err(kind)?),
+            "webhook" => ChannelSettings::Webhook(rest.try_deserialize().map_err(kind)?),
+            "form" => ChannelSettings::Form(rest.try_deserialize().map_err(kind)?),
             other => {
                 return Err(D::Error::custom(format!(
                     "unknown channel kind {other:?}: expected pipe, maildir, imap, webhook or form"

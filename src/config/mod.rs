@@ -863,6 +863,20 @@ mod tests {
     }
 
     #[test]
+    fn channel_keys_are_read_as_leniently_as_the_rest() {
+        // Environment overrides arrive as numbers when they look like one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[database]\nurl = \"sqlite://x.db\"\n[channels.c]\nkind = \"imap\"\nteam = \"t\"\npipeline = \"p\"\n\
+             host = \"imap.example.com\"\nusername = 100234\npassword = \"x\"\nfetch_batch = \"50\"\n",
+        );
+        let config = Config::load_unvalidated(&path).unwrap();
+        let imap = config.channels["c"].imap().unwrap();
+        assert_eq!((imap.username.as_str(), imap.fetch_batch), ("100234", 50));
+    }
+
+    #[test]
     fn relays_and_reply_settings_name_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(

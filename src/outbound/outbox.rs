@@ -157,6 +157,7 @@ impl Outbox {
         let lease_ms = (self.config.outbox.lease_secs * 1000) as i64;
         let mut claimed_any = false;
         let mut next_due: Option<i64> = None;
+        let mut failed = None;
         for (name, relay) in &self.relays {
             let free = relay
                 .pool_size()
@@ -171,12 +172,12 @@ impl Outbox {
             {
                 Ok(claimed) => claimed,
                 Err(e) => {
-                    *failures += 1;
+                    // The other relays still get their turn.
                     tracing::error!(relay = %name, error = %e, "Cannot claim outbox rows; retrying.");
-                    return Err(Backoff::STORE.delay(*failures));
+                    failed = Some(e);
+                    continue;
                 }
             };
-            *failures = 0;
             next_due = match (next_due, due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -189,6 +190,11 @@ impl Outbox {
                 work.relay_of.insert(task.id(), name.clone());
             }
         }
+        if failed.is_some() && !claimed_any {
+            *failures += 1;
+            return Err(Backoff::STORE.delay(*failures));
+        }
+        *failures = 0;
         Ok((claimed_any, next_due))
     }
 

@@ -58,12 +58,6 @@ async fn queue_reply_once(
     request: &ReplyRequest,
 ) -> Result<Queued, ReplyError> {
     let recipients = plan::check_request(request)?;
-    let asked_from = request
-        .from
-        .as_deref()
-        .map(|f| parse_recipient("from", f))
-        .transpose()?
-        .map(|m| m.address);
     let now = now_ms();
     let mut w = store.begin_write().await?;
     let tx = &mut w.tx;
@@ -84,6 +78,12 @@ async fn queue_reply_once(
     let team = dir.team_by_id(ticket.team_id).ok_or_else(|| {
         ReplyError::NotFound(format!("ticket #{number}'s team is no longer configured"))
     })?;
+    let asked_from = request
+        .from
+        .as_deref()
+        .map(|f| parse_recipient("from", f))
+        .transpose()?
+        .map(|m| m.address);
     let contacts = match recipients.to {
         Some(_) => Vec::new(),
         None => store.reply_recipients(tx, ticket.id).await?,

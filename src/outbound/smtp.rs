@@ -122,6 +122,12 @@ impl Relay {
             .map_err(|e| SendOutcome::Temporary(format!("connect to {address}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| SendOutcome::Temporary(format!("{address}: {e}")))?;
+        if c.tls == TlsMode::Implicit
+            && rustls::pki_types::ServerName::try_from(c.host.as_str()).is_err()
+        {
+            // Every attempt would fail the same way.
+            return Err(SendOutcome::Permanent(format!("bad host name {}", c.host)));
+        }
         let stream = match (&c.tls, &self.tls) {
             (TlsMode::Implicit, Ok(tls)) => tls_connect(tls, &c.host, tcp)
                 .await

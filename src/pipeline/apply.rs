@@ -150,19 +150,22 @@ async fn snapshot(
         .collect();
     distinct(&mut first);
     known.load_messages(conn, backend, &first).await?;
-    // The nearest parents decide almost always; the rest of a long chain
-    // only counts when none of them is known.
-    let stored: HashSet<&str> = known.messages.keys().map(|(_, id)| id.as_str()).collect();
-    let mut rest: Vec<String> = keys
-        .iter()
-        .filter(|k| k.our_tickets.is_empty())
-        .filter(|k| {
-            let first = k.message_ids.iter().take(PREFETCH_KEYS);
-            !first.into_iter().any(|id| stored.contains(id.as_str()))
-        })
-        .flat_map(|k| k.message_ids.iter().skip(PREFETCH_KEYS).cloned())
+    let first_tickets: Vec<i64> = known
+        .messages
+        .values()
+        .map(|(t, _)| *t)
+        .chain(keys.iter().flat_map(|k| k.our_tickets.iter().copied()))
         .collect();
-    drop(stored);
+    known.load_tickets(conn, backend, first_tickets).await?;
+    // The nearest parents decide almost always; the rest of a long chain
+    // is looked up only for messages none of whose first keys leads to a
+    // live ticket of their team (as the threading rules will see it).
+    let mut rest: Vec<String> = items
+        .iter()
+        .zip(keys)
+        .filter(|((channel, _), k)| !threads_early(&known, k, channel.team_id))
+        .flat_map(|(_, k)| k.message_ids.iter().skip(PREFETCH_KEYS).cloned())
+        .collect();
     distinct(&mut rest);
     known.load_messages(conn, backend, &rest).await?;
     let mut senders: Vec<String> = keys.iter().filter_map(|k| k.sender.clone()).collect();
@@ -196,6 +199,21 @@ async fn snapshot(
         .collect();
     known.load_tickets(conn, backend, tickets).await?;
     Ok(known)
+}
+
+/// Whether rules 1 and 2 can match `keys` without the rest of its chain:
+/// one of our IDs or one of its first stored IDs leads to a live ticket of
+/// `team`.
+fn threads_early(known: &Snapshot, keys: &ThreadKeys, team: i64) -> bool {
+    keys.our_tickets
+        .iter()
+        .any(|t| known.live_ticket_of_team(*t, team).is_some())
+        || keys.message_ids.iter().take(PREFETCH_KEYS).any(|id| {
+            known
+                .messages
+                .get(&(team, id.clone()))
+                .is_some_and(|(t, _)| known.live_ticket(*t).is_some())
+        })
 }
 
 /// The batch in progress: what is known, and what will be written.

@@ -104,8 +104,12 @@ pub enum PipelineError {
 /// A parsed batch waiting to be committed.
 pub struct Prepared {
     results: Vec<Option<Disposition>>,
-    to_apply: Vec<(usize, RawMessage, Inbound)>,
+    to_apply: Vec<Item>,
 }
+
+/// A parsed message waiting to be applied: its place in the batch, the raw
+/// message, its channel (resolved in `prepare`) and what was parsed.
+type Item = (usize, RawMessage, ChannelInfo, Inbound);
 
 /// The parse function; replaceable in tests to inject panics and runaways.
 pub type Parser = fn(&[u8]) -> Result<ParsedMessage, ParseError>;
@@ -215,9 +219,10 @@ impl Pipeline {
         on_bad_input: OnBadInput,
     ) -> Result<Prepared, PipelineError> {
         let started = std::time::Instant::now();
-        for (raw, _) in &batch {
-            self.channel(&raw.channel)?;
-        }
+        let channels: Vec<ChannelInfo> = batch
+            .iter()
+            .map(|(raw, _)| self.channel(&raw.channel).cloned())
+            .collect::<Result<_, _>>()?;
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let parsed: Vec<(RawMessage, Hints, Result<ParsedMessage, ParseFailure>)> =
             stream::iter(batch)
@@ -233,7 +238,8 @@ impl Pipeline {
             results: vec![None; parsed.len()],
             to_apply: Vec::new(),
         };
-        for (index, (raw, hints, result)) in parsed.into_iter().enumerate() {
+        let parsed = parsed.into_iter().zip(channels).enumerate();
+        for (index, ((raw, hints, result), channel)) in parsed {
             match result {
                 Ok(mut message) => {
                     if let Some(fingerprint) = &hints.fingerprint {
@@ -245,7 +251,7 @@ impl Pipeline {
                         source: raw.source.clone(),
                         hints,
                     };
-                    prepared.to_apply.push((index, raw, inbound));
+                    prepared.to_apply.push((index, raw, channel, inbound));
                 }
                 Err(failure) if failure.is_bad_input() && on_bad_input == OnBadInput::Refuse => {
                     prepared.results[index] = Some(Disposition::Refused {
@@ -296,7 +302,7 @@ impl Pipeline {
                     each
                 }
             };
-            for ((index, raw, _), result) in to_apply.iter().zip(applied) {
+            for ((index, raw, _, _), result) in to_apply.iter().zip(applied) {
                 results[*index] = Some(match result {
                     Ok(outcome) => Disposition::Applied(outcome),
                     Err(ErrorClass::Unavailable) => {
@@ -316,9 +322,13 @@ impl Pipeline {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "Batch committed."
         );
-        // Every message has a disposition by now: parse failures were given
-        // one in `prepare`, the rest just above.
-        let results: Vec<Disposition> = results.into_iter().flatten().collect();
+        // Parse failures were given a disposition in `prepare`, the rest
+        // just above: dispositions must line up with their messages, or a
+        // source would acknowledge the wrong one.
+        let results: Vec<Disposition> = results
+            .into_iter()
+            .map(|d| d.expect("every message has a disposition"))
+            .collect();
         for d in &results {
             let outcome = match d {
                 Disposition::Applied(o) => o.name(),
@@ -367,21 +377,15 @@ impl Pipeline {
 
     /// Applies messages in one transaction, retrying transient errors with
     /// backoff. Returns the class of the last error when it gives up.
-    async fn apply_all(
-        &self,
-        items: &[(usize, RawMessage, Inbound)],
-    ) -> Result<Vec<Outcome>, ErrorClass> {
+    async fn apply_all(&self, items: &[Item]) -> Result<Vec<Outcome>, ErrorClass> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result: Result<Vec<Outcome>, sqlx::Error> = async {
                 let mut w = self.store.begin_write().await?;
-                // Channels were checked in `prepare`.
                 let batch: Vec<(&ChannelInfo, &Inbound)> = items
                     .iter()
-                    .filter_map(|(_, raw, inbound)| {
-                        Some((self.dir.channel(&raw.channel)?, inbound))
-                    })
+                    .map(|(_, _, channel, inbound)| (channel, inbound))
                     .collect();
                 let outcomes = apply::apply_batch(
                     &mut w.tx,

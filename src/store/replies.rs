@@ -39,6 +39,8 @@ struct TicketRow {
     owner_agent_id: Option<i64>,
     properties: String,
     created_at: i64,
+    merged_into: Option<i64>,
+    deleted_at: Option<i64>,
 }
 
 /// Why the ticket cannot be answered.
@@ -121,39 +123,48 @@ impl Store {
             .bind(number)
             .fetch_optional(&mut **tx)
             .await?;
-        let Some(id) = id else {
+        let Some(mut id) = id else {
             return Ok(Err(TicketMissing::NotFound(number)));
-        };
-        let mut known = Snapshot::default();
-        known.load_tickets(tx, self.backend(), [id]).await?;
-        let live = match follow_merges(&known.tickets, id) {
-            Merged::Live(ticket) => ticket.id,
-            Merged::Deleted(ticket) => return Ok(Err(TicketMissing::Deleted(ticket.number))),
-            Merged::Missing(_) => return Ok(Err(TicketMissing::NotFound(number))),
-            Merged::Loop => return Ok(Err(TicketMissing::MergeLoop(number))),
         };
         let lock = match self.backend() {
             Backend::Postgres => "FOR UPDATE",
             Backend::Sqlite => "",
         };
-        let row: TicketRow = sqlx::query_as(&format!(
-            "SELECT id, number, subject, team_id, pipeline_id, status_id, owner_agent_id, properties,
-                    created_at FROM tickets WHERE id = $1 {lock}"
-        ))
-        .bind(live)
-        .fetch_one(&mut **tx)
-        .await?;
-        Ok(Ok(ReplyTicket {
-            id: row.id,
-            number: row.number,
-            subject: row.subject,
-            team_id: row.team_id,
-            pipeline_id: row.pipeline_id,
-            status_id: row.status_id,
-            owner: row.owner_agent_id,
-            properties: serde_json::from_str(&row.properties).unwrap_or_default(),
-            created_at: row.created_at,
-        }))
+        // Resolve the merges, lock the survivor, and resolve again should a
+        // merge or delete have landed before the lock was granted.
+        for _ in 0..3 {
+            let mut known = Snapshot::default();
+            known.load_tickets(tx, self.backend(), [id]).await?;
+            let live = match follow_merges(&known.tickets, id) {
+                Merged::Live(ticket) => ticket.id,
+                Merged::Deleted(ticket) => return Ok(Err(TicketMissing::Deleted(ticket.number))),
+                Merged::Missing(_) => return Ok(Err(TicketMissing::NotFound(number))),
+                Merged::Loop => return Ok(Err(TicketMissing::MergeLoop(number))),
+            };
+            let row: TicketRow = sqlx::query_as(&format!(
+                "SELECT id, number, subject, team_id, pipeline_id, status_id, owner_agent_id, properties,
+                        created_at, merged_into, deleted_at FROM tickets WHERE id = $1 {lock}"
+            ))
+            .bind(live)
+            .fetch_one(&mut **tx)
+            .await?;
+            if row.merged_into.is_some() || row.deleted_at.is_some() {
+                id = row.id;
+                continue;
+            }
+            return Ok(Ok(ReplyTicket {
+                id: row.id,
+                number: row.number,
+                subject: row.subject,
+                team_id: row.team_id,
+                pipeline_id: row.pipeline_id,
+                status_id: row.status_id,
+                owner: row.owner_agent_id,
+                properties: serde_json::from_str(&row.properties).unwrap_or_default(),
+                created_at: row.created_at,
+            }));
+        }
+        Ok(Err(TicketMissing::MergeLoop(number)))
     }
 
     /// The reply already made on this ticket under this Idempotency-Key.

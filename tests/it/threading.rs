@@ -621,3 +621,96 @@ both_backends!(
         assert_eq!(company_of(ticket_of(&other)).await, None);
     }
 );
+
+both_backends!(
+    a_form_that_is_not_threaded_always_opens_a_new_ticket,
+    |backend| async move {
+        // A form post carries the participant's own [#n] tag and quotes our
+        // reply's Message-ID: with `threaded = false` (the default) it is a
+        // new ticket all the same; without the hint it would thread.
+        let app = TestApp::new(backend).await;
+        let first = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "f1@c.test", "Printer", "", "broken"),
+            )
+            .await;
+        let number = match first {
+            Outcome::Created { number, .. } => number,
+            other => panic!("{other:?}"),
+        };
+        let post = mail(
+            "ann@c.test",
+            "f2@c.test",
+            &format!("Re: [#{number}] Printer"),
+            "In-Reply-To: <f1@c.test>\r\n",
+            "still broken",
+        );
+        let submit = |no_threading: bool, data: Vec<u8>| {
+            let hints = mailroom::pipeline::Hints {
+                no_threading,
+                ..Default::default()
+            };
+            let raw = mailroom::pipeline::RawMessage {
+                channel: "pipe".into(),
+                source: None,
+                data: std::sync::Arc::new(data),
+            };
+            let pipeline = app.pipeline.clone();
+            async move {
+                let prepared = pipeline
+                    .prepare_with(vec![(raw, hints)], mailroom::pipeline::OnBadInput::Refuse)
+                    .await
+                    .unwrap();
+                pipeline.commit(prepared).await.unwrap().remove(0)
+            }
+        };
+        let unthreaded = submit(true, post.clone()).await;
+        assert!(
+            matches!(unthreaded, Disposition::Applied(Outcome::Created { .. })),
+            "{unthreaded:?}"
+        );
+        let again = String::from_utf8(post)
+            .unwrap()
+            .replace("f2@c.test", "f3@c.test");
+        let threaded = submit(false, again.into_bytes()).await;
+        assert!(
+            matches!(threaded, Disposition::Applied(Outcome::Appended { number: n, .. }) if n == number),
+            "{threaded:?}"
+        );
+    }
+);
+
+both_backends!(
+    a_long_chain_threads_even_when_a_near_parent_is_another_teams,
+    |backend| async move {
+        // The nearest references are unknown here or another team's; the
+        // team's own message is the 10th key. It still threads.
+        let app = TestApp::new(backend).await;
+        let ours = app
+            .apply(
+                "pipe",
+                &mail("ann@c.test", "own@c.test", "Printer", "", "broken"),
+            )
+            .await;
+        app.apply(
+            "sales",
+            &mail("ann@c.test", "sales@c.test", "Offer", "", "price?"),
+        )
+        .await;
+        let middle: Vec<String> = (1..=7).map(|i| format!("<r{i}@c.test>")).collect();
+        let references = format!(
+            "References: <own@c.test> {} <sales@c.test>\r\n",
+            middle.join(" ")
+        );
+        let reply = mail(
+            "ann@c.test",
+            "late@c.test",
+            "Re: Printer",
+            &references,
+            "again",
+        );
+        let outcome = app.apply("pipe", &reply).await;
+        assert_eq!(outcome.ticket_id(), ours.ticket_id(), "{outcome:?}");
+    }
+);
