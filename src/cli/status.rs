@@ -11,11 +11,11 @@ use crate::store::Store;
 pub async fn run(config: &Config, json: bool) -> u8 {
     readout(config, |store| async move {
         let all = channels(config, &store).await?;
-        let outbox = store.outbox_counts().await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(0);
         }
+        let outbox = store.outbox_counts().await?;
         for (name, value) in &all {
             print_channel(name, value);
         }

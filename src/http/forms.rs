@@ -352,8 +352,8 @@ fn fields(config: &FormConfig, submission: &Submission) -> Result<Fields, Box<Re
     let name = value(&names.name);
     let subject = value(&names.subject);
     for (field, text) in [(&names.name, &name), (&names.subject, &subject)] {
-        // Header values must not carry line breaks or NUL (header injection).
-        if text.contains(['\r', '\n', '\0']) {
+        // These become header values.
+        if crate::mail::ids::breaks_header(text) {
             let message = "line breaks are not allowed in this field";
             return Err(Box::new(field_error(message, field)));
         }

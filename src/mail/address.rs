@@ -88,7 +88,7 @@ pub fn check(address: &str) -> Result<(), String> {
 /// Parses `addr` or `Name <addr>` typed by a person (API, CLI), refusing
 /// anything that could break out of its header or that we cannot send to.
 pub fn parse_input(input: &str) -> Result<Mailbox, String> {
-    if input.contains(['\r', '\n', '\0']) {
+    if super::ids::breaks_header(input) {
         return Err("must not contain CR, LF or NUL".into());
     }
     let input = input.trim();

@@ -221,9 +221,15 @@ pub fn thread_index(
     base64::engine::general_purpose::STANDARD.encode(out)
 }
 
+/// True when `value` holds CR, LF or NUL: put in a header it could end the
+/// line and smuggle in another header.
+pub fn breaks_header(value: &str) -> bool {
+    value.contains(['\r', '\n', '\0'])
+}
+
 /// Refuses a header value from user input that could smuggle in a header.
 pub fn check_header_value(field: &str, value: &str) -> Result<(), String> {
-    if value.contains(['\r', '\n', '\0']) {
+    if breaks_header(value) {
         return Err(format!("{field} must not contain CR, LF or NUL"));
     }
     Ok(())

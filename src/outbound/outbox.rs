@@ -25,6 +25,9 @@ pub struct Outbox {
     dir: Arc<Directory>,
     config: Arc<Config>,
     relays: HashMap<String, Arc<Relay>>,
+    /// The IMAP logins Sent copies go through, by channel: built once, so
+    /// the trusted roots are read once and OAuth tokens are reused.
+    sent_copies: HashMap<String, Result<ImapClient, String>>,
     /// This process's identity in claims.
     instance: String,
     /// Signalled when a reply is queued in this process, so it goes out at
@@ -58,6 +61,7 @@ impl Outbox {
             .collect();
         Outbox {
             instance: config.instance.holder_id(),
+            sent_copies: sent_copy_clients(&config),
             store,
             dir,
             config,
@@ -228,10 +232,17 @@ impl Outbox {
             }
         }
         work.handled += done.len();
-        self.record_all(&done).await;
-        for (row, outcome) in done {
-            self.report(&row, &outcome);
-            if let (SendOutcome::Sent(_), Some(copy)) = (&outcome, row.sent_copy.clone()) {
+        let deliveries: Vec<(Claimed, SendOutcome, Delivery)> = done
+            .into_iter()
+            .map(|(row, outcome)| {
+                let delivery = self.delivery(&row, &outcome);
+                (row, outcome, delivery)
+            })
+            .collect();
+        self.record_all(&deliveries).await;
+        for (row, outcome, delivery) in deliveries {
+            report(&row, &outcome, &delivery);
+            if let (Delivery::Sent(_), Some(copy)) = (&delivery, row.sent_copy.clone()) {
                 let me = self.clone();
                 work.copies
                     .spawn(async move { me.append_sent_copy(&row, copy).await });
@@ -284,10 +295,10 @@ impl Outbox {
     /// a lost "sent" record would send the reply again after the lease. If
     /// the batch keeps failing for another reason, rows are recorded one by
     /// one so one bad row does not hold up the others.
-    async fn record_all(&self, done: &[(Claimed, SendOutcome)]) {
+    async fn record_all(&self, done: &[(Claimed, SendOutcome, Delivery)]) {
         let deliveries: Vec<(&Claimed, Delivery)> = done
             .iter()
-            .map(|(row, outcome)| (row, self.delivery(row, outcome)))
+            .map(|(row, _, delivery)| (row, delivery.clone()))
             .collect();
         let mut attempt = 0;
         loop {
@@ -319,45 +330,16 @@ impl Outbox {
         }
     }
 
-    /// Counts and logs one recorded attempt.
-    fn report(&self, row: &Claimed, outcome: &SendOutcome) {
-        let result = match self.delivery(row, outcome) {
-            Delivery::Sent(_) => "sent",
-            Delivery::Retry { .. } => "retry",
-            Delivery::Failed(_) => "failed",
-        };
-        metrics::counter!("mailroom_replies_total", "relay" => row.relay.clone(), "result" => result)
-            .increment(1);
-        match outcome {
-            SendOutcome::Sent(answer) => {
-                tracing::info!(message = row.message, ticket = row.ticket, relay = %row.relay, %answer, "Reply sent.")
-            }
-            SendOutcome::Temporary(answer) => {
-                tracing::warn!(message = row.message, attempts = row.attempts, relay = %row.relay, %answer, "Reply not sent yet; will retry.")
-            }
-            SendOutcome::Permanent(answer) => {
-                tracing::error!(message = row.message, relay = %row.relay, %answer, "Reply refused by the relay.")
-            }
-        }
-    }
-
     /// APPENDs a sent reply to the Sent folder through its IMAP channel's
     /// login, and keeps how that went; a failed copy never resends the mail.
     async fn append_sent_copy(&self, row: &Claimed, mut copy: SentCopyState) {
-        let imap = self
-            .config
-            .channels
-            .get(&copy.channel)
-            .and_then(|c| c.imap());
-        let result = match imap {
-            None => Err(format!("channel {} is not configured", copy.channel)),
-            Some(imap) => match ImapClient::new(&copy.channel, imap) {
-                Err(e) => Err(e.to_string()),
-                Ok(client) => client
-                    .append_copy(&self.store, &copy.folder, &row.raw)
-                    .await
-                    .map_err(|e| e.to_string()),
-            },
+        let result = match self.sent_copies.get(&copy.channel) {
+            None => Err(format!("channel {} is not an imap channel", copy.channel)),
+            Some(Err(e)) => Err(e.clone()),
+            Some(Ok(client)) => client
+                .append_copy(&self.store, &copy.folder, &row.raw)
+                .await
+                .map_err(|e| e.to_string()),
         };
         copy.state = match &result {
             Ok(()) => "done".to_string(),
@@ -370,4 +352,43 @@ impl Outbox {
             tracing::warn!(error = %e, "Cannot record the Sent copy's state.");
         }
     }
+}
+
+/// Counts and logs one recorded attempt.
+fn report(row: &Claimed, outcome: &SendOutcome, delivery: &Delivery) {
+    let result = match delivery {
+        Delivery::Sent(_) => "sent",
+        Delivery::Retry { .. } => "retry",
+        Delivery::Failed(_) => "failed",
+    };
+    metrics::counter!("mailroom_replies_total", "relay" => row.relay.clone(), "result" => result)
+        .increment(1);
+    match outcome {
+        SendOutcome::Sent(answer) => {
+            tracing::info!(message = row.message, ticket = row.ticket, relay = %row.relay, %answer, "Reply sent.")
+        }
+        SendOutcome::Temporary(answer) => {
+            tracing::warn!(message = row.message, attempts = row.attempts, relay = %row.relay, %answer, "Reply not sent yet; will retry.")
+        }
+        SendOutcome::Permanent(answer) => {
+            tracing::error!(message = row.message, relay = %row.relay, %answer, "Reply refused by the relay.")
+        }
+    }
+}
+
+/// An IMAP client for every channel a team address puts Sent copies in.
+fn sent_copy_clients(config: &Config) -> HashMap<String, Result<ImapClient, String>> {
+    let channels = config
+        .teams
+        .values()
+        .flat_map(|t| &t.addresses)
+        .filter_map(|a| a.sent_copy.as_ref())
+        .map(|c| c.channel.as_str());
+    channels
+        .filter_map(|name| {
+            let imap = config.channels.get(name)?.imap()?;
+            let client = ImapClient::new(name, imap).map_err(|e| format!("{e:#}"));
+            Some((name.to_string(), client))
+        })
+        .collect()
 }

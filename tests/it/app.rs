@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
+use crate::http::{bearer, get_json, post};
 use crate::smtp::SmtpSink;
 use mailroom::app::App;
 
@@ -54,36 +55,6 @@ lease_secs = 30
     ))
 }
 
-/// A request over real loopback HTTP: (status, JSON body).
-async fn request(
-    method: &'static str,
-    url: String,
-    token: &'static str,
-    body: Vec<u8>,
-) -> (u16, serde_json::Value) {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let auth = format!("Bearer {token}");
-        let mut response = match method {
-            "GET" => agent.get(&url).header("authorization", &auth).call(),
-            _ => agent
-                .post(&url)
-                .header("authorization", &auth)
-                .header("content-type", "application/json")
-                .send(body),
-        }
-        .unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or_default())
-    })
-    .await
-    .unwrap()
-}
-
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -105,7 +76,7 @@ async fn the_daemon_boots_in_process_and_finishes_a_send_in_flight_before_it_sto
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     // Ready means ready: the spool is watched and the webhook answers.
-    let (status, ready) = request("GET", format!("{base}/readyz"), "", Vec::new()).await;
+    let (status, ready) = get_json(format!("{base}/readyz")).await;
     assert_eq!(
         (status, &ready["channels_started"]),
         (200, &serde_json::json!(true))
@@ -117,10 +88,9 @@ async fn the_daemon_boots_in_process_and_finishes_a_send_in_flight_before_it_sto
     })
     .await;
     let webhook = mail("bob@c.test", "w1@c.test", "Hooked", "", "hello");
-    let (status, created) = request(
-        "POST",
+    let (status, created) = post(
         format!("{base}/inbound/hook"),
-        "hook-token",
+        bearer("hook-token"),
         webhook,
     )
     .await;
@@ -132,7 +102,9 @@ async fn the_daemon_boots_in_process_and_finishes_a_send_in_flight_before_it_sto
         .to_string()
         .into_bytes();
     let url = format!("{base}/api/v1/tickets/{number}/replies");
-    let (status, queued) = request("POST", url, "alice-token", reply).await;
+    let mut headers = bearer("alice-token");
+    headers.push(("content-type", "application/json".into()));
+    let (status, queued) = post(url, headers, reply).await;
     assert_eq!(status, 202, "{queued}");
     let watcher = TestApp::pipeline_for(&daemon_config(&db.url, spool.path(), sink.port)).await;
     let claimed = || async {

@@ -48,7 +48,7 @@ impl Drop for Listener {
 }
 
 /// POSTs over real HTTP; returns the status and the JSON body (or Null).
-async fn post(
+pub async fn post(
     url: String,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
@@ -75,18 +75,26 @@ async fn post(
 }
 
 async fn get(url: String) -> u16 {
+    get_json(url).await.0
+}
+
+/// GETs over real HTTP; returns the status and the JSON body (or Null).
+pub async fn get_json(url: String) -> (u16, serde_json::Value) {
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .into();
-        agent.get(&url).call().unwrap().status().as_u16()
+        let mut response = agent.get(&url).call().unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
     })
     .await
     .unwrap()
 }
 
-fn bearer(token: &str) -> Vec<(&'static str, String)> {
+pub fn bearer(token: &str) -> Vec<(&'static str, String)> {
     vec![("authorization", format!("Bearer {token}"))]
 }
 
@@ -107,6 +115,34 @@ async fn health_and_readiness() {
     let http = listen(&app).await;
     assert_eq!(get(format!("{}/healthz", http.base)).await, 200);
     assert_eq!(get(format!("{}/readyz", http.base)).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_before_the_start_and_from_the_drain_on() {
+    let app = TestApp::with_config(Backend::Sqlite, HOOKS).await;
+    let ready = Arc::new(mailroom::http::Readiness::starting());
+    let state =
+        HttpState::new(app.pipeline.clone(), app.config.clone()).with_readiness(ready.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/readyz", listener.local_addr().unwrap());
+    let token = CancellationToken::new();
+    tokio::spawn(mailroom::http::serve_on(
+        listener,
+        Arc::new(state),
+        token.clone(),
+    ));
+    let (status, body) = get_json(url.clone()).await;
+    assert_eq!(
+        (status, &body["channels_started"]),
+        (503, &serde_json::json!(false))
+    );
+    ready.set_started();
+    assert_eq!(get(url.clone()).await, 200);
+    ready.set_draining();
+    let (status, body) = get_json(url).await;
+    assert_eq!((status, &body["draining"]), (503, &serde_json::json!(true)));
+    // Health stays up while draining: the process is alive.
+    token.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
