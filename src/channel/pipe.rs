@@ -17,11 +17,22 @@ pub const EX_CONFIG: u8 = 78;
 /// answer: 0 only after commit (or after the message was kept in the
 /// quarantine), 75 when the database is unreachable so the MTA retries, 65
 /// when the input is not usable mail.
-pub async fn ingest_one(pipeline: &Pipeline, channel: &str, mut input: impl Read) -> u8 {
+///
+/// At most `ingest.max_message_bytes` + 1 bytes are read: a larger message
+/// is refused (65, so the MTA bounces it to its sender) without holding it
+/// in memory.
+pub async fn ingest_one(pipeline: &Pipeline, channel: &str, input: impl Read) -> u8 {
+    let limit = pipeline.max_message_bytes();
     let mut data = Vec::new();
-    if let Err(e) = input.read_to_end(&mut data) {
+    if let Err(e) = input.take(limit.saturating_add(1)).read_to_end(&mut data) {
         eprintln!("mailroom ingest: cannot read the message: {e}");
         return EX_TEMPFAIL;
+    }
+    if data.len() as u64 > limit {
+        eprintln!(
+            "mailroom ingest: the message is larger than ingest.max_message_bytes ({limit} bytes); refused"
+        );
+        return EX_DATAERR;
     }
     let raw = RawMessage {
         channel: channel.to_string(),

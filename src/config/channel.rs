@@ -355,14 +355,8 @@ impl WebhookConfig {
                 "a webhook channel needs auth_token or signing_secret: it must not accept anonymous posts",
             );
         }
-        for (field, secret) in [
-            ("auth_token", &self.auth_token),
-            ("signing_secret", &self.signing_secret),
-        ] {
-            if let Some(Err(e)) = secret.as_ref().map(Secret::resolve) {
-                problems.add(format!("{at}.{field}"), e);
-            }
-        }
+        // auth_token is checked with the other caller tokens.
+        problems.secret(format!("{at}.signing_secret"), self.signing_secret.as_ref());
     }
 }
 
@@ -388,6 +382,28 @@ pub struct FormConfig {
     pub threaded: bool,
     /// Status a new ticket starts in (default: the pipeline's).
     pub status: Option<String>,
+    /// Most fields a submission may have (files not counted); more get 413.
+    #[serde(default = "default_form_max_fields")]
+    pub max_fields: usize,
+    /// Most files a submission may carry; more get 413.
+    #[serde(default = "default_form_max_files")]
+    pub max_files: usize,
+    /// Most bytes of all files together; more get 413. The whole body is
+    /// limited by `http.max_body_bytes` as well.
+    #[serde(default = "default_form_max_file_bytes")]
+    pub max_file_bytes: usize,
+}
+
+fn default_form_max_fields() -> usize {
+    100
+}
+
+fn default_form_max_files() -> usize {
+    10
+}
+
+fn default_form_max_file_bytes() -> usize {
+    20 * 1024 * 1024
 }
 
 /// Form field names for the parts of a ticket; other fields become ticket properties.
@@ -424,9 +440,20 @@ impl FormConfig {
                 "a form needs signing_secret (server-to-server) or allowed_origins (browser forms)",
             );
         }
-        if let Some(Err(e)) = self.signing_secret.as_ref().map(Secret::resolve) {
-            problems.add(format!("{at}.signing_secret"), e);
-        }
+        problems.secret(format!("{at}.signing_secret"), self.signing_secret.as_ref());
+        problems.range(
+            format!("{at}.max_fields"),
+            self.max_fields as u64,
+            4,
+            10_000,
+        );
+        problems.range(format!("{at}.max_files"), self.max_files as u64, 0, 1_000);
+        problems.range(
+            format!("{at}.max_file_bytes"),
+            self.max_file_bytes as u64,
+            0,
+            1 << 30,
+        );
         if self.rate_limit_per_minute == Some(0) {
             problems.add(format!("{at}.rate_limit_per_minute"), "must be at least 1");
         }

@@ -22,6 +22,7 @@ pub use validate::Problems;
 pub const DEFAULT_CONFIG_PATH: &str = "config/mailroom.toml";
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
@@ -171,12 +172,16 @@ pub struct OutboxConfig {
     /// How often to look for replies queued by other processes (`mailroom
     /// reply`, other instances); replies queued in-process are sent at once.
     pub poll_interval_ms: u64,
+    /// Most recipients (To, Cc and Bcc together) one reply may have; more
+    /// are refused when the reply is queued.
+    pub max_recipients: usize,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
             max_attempts: 10,
+            max_recipients: 300,
             retry_base_ms: 30_000,
             retry_max_ms: 3_600_000,
             lease_secs: 120,
@@ -236,8 +241,17 @@ pub struct HttpConfig {
     pub bind: Option<String>,
     /// Larger request bodies are refused with 413 before anything is stored.
     pub max_body_bytes: usize,
-    /// A request that takes longer is answered 408.
+    /// A client has this long to send its request body; a slower one is
+    /// answered 408 and nothing is stored. Once a submission is received,
+    /// the answer says what was committed, however long that takes.
     pub request_timeout_secs: u64,
+    /// A connection must send a whole request head within this long of
+    /// opening (or of its previous answer); otherwise it is closed.
+    pub header_timeout_secs: u64,
+    /// A connection that moves no bytes either way for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -246,6 +260,9 @@ impl Default for HttpConfig {
             bind: None,
             max_body_bytes: 25 * 1024 * 1024,
             request_timeout_secs: 30,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 512,
         }
     }
 }

@@ -22,6 +22,34 @@ impl Problems {
     }
 }
 
+/// Shortest secret, signing key or API token accepted: anything shorter
+/// can be guessed or was pasted by mistake.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl Problems {
+    /// A secret that must resolve and be at least [`MIN_SECRET_LEN`] long;
+    /// its value when it is usable.
+    pub fn secret(&mut self, key: impl Into<String>, secret: Option<&Secret>) -> Option<String> {
+        let key = key.into();
+        match secret?.resolve() {
+            Err(e) => self.add(key, e),
+            Ok(value) if value.trim().chars().count() < MIN_SECRET_LEN => self.add(
+                key,
+                format!("must be at least {MIN_SECRET_LEN} characters (generate one with `openssl rand -hex 32`)"),
+            ),
+            Ok(value) => return Some(value),
+        }
+        None
+    }
+
+    /// A limit that must lie in `min..=max`.
+    pub fn range(&mut self, key: impl Into<String>, value: u64, min: u64, max: u64) {
+        if value < min || value > max {
+            self.add(key, format!("must be between {min} and {max} (is {value})"));
+        }
+    }
+}
+
 impl Config {
     /// Every problem found, each with its key. Empty means the config is usable.
     pub fn validate(&self) -> Vec<Problem> {
@@ -34,7 +62,65 @@ impl Config {
         self.validate_relays(&mut problems);
         self.validate_addresses(&mut problems);
         self.validate_instance(&mut problems);
+        self.validate_http(&mut problems);
+        self.validate_tokens(&mut problems);
         problems.0
+    }
+
+    fn validate_http(&self, problems: &mut Problems) {
+        let http = &self.http;
+        if let Some(bind) = &http.bind {
+            if bind.parse::<std::net::SocketAddr>().is_err() {
+                problems.add(
+                    "http.bind",
+                    format!("{bind:?} is not an address to listen on: write host:port, like 127.0.0.1:8025 or [::]:8025"),
+                );
+            }
+        }
+        const GIB: u64 = 1024 * 1024 * 1024;
+        problems.range("http.max_body_bytes", http.max_body_bytes as u64, 1024, GIB);
+        problems.range(
+            "http.request_timeout_secs",
+            http.request_timeout_secs,
+            1,
+            3600,
+        );
+        problems.range("http.header_timeout_secs", http.header_timeout_secs, 1, 300);
+        problems.range("http.idle_timeout_secs", http.idle_timeout_secs, 1, 3600);
+        problems.range(
+            "http.max_connections",
+            http.max_connections as u64,
+            1,
+            1_000_000,
+        );
+    }
+
+    /// Every credential a caller presents (API tokens, webhook tokens) must
+    /// be long enough and belong to one caller only: a token shared by two
+    /// agents would act as whichever was read last.
+    fn validate_tokens(&self, problems: &mut Problems) {
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut claim = |problems: &mut Problems, key: String, token: Option<String>| {
+            let Some(token) = token else { return };
+            if let Some(other) = owners.insert(token, key.clone()) {
+                problems.add(
+                    key,
+                    format!("the same token as {other}: every caller needs its own"),
+                );
+            }
+        };
+        for (key, agent) in &self.agents {
+            let at = format!("agents.{key}.api_token");
+            let token = problems.secret(&at, agent.api_token.as_ref());
+            claim(problems, at, token);
+        }
+        for (key, channel) in &self.channels {
+            if let Some(hook) = channel.webhook() {
+                let at = format!("channels.{key}.auth_token");
+                let token = problems.secret(&at, hook.auth_token.as_ref());
+                claim(problems, at, token);
+            }
+        }
     }
 
     fn validate_storage(&self, problems: &mut Problems) {
@@ -51,16 +137,34 @@ impl Config {
                 "database.max_connections",
                 self.database.max_connections as usize,
             ),
-            ("ingest.batch_size", self.ingest.batch_size),
             ("ingest.max_attempts", self.ingest.max_attempts as usize),
         ] {
             if value == 0 {
                 problems.add(key, "must be at least 1");
             }
         }
-        if let Some(Err(e)) = self.secret.as_ref().map(Secret::resolve) {
-            problems.add("secret", e);
-        }
+        problems.secret("secret", self.secret.as_ref());
+        let ingest = &self.ingest;
+        const GIB: u64 = 1024 * 1024 * 1024;
+        problems.range(
+            "ingest.max_message_bytes",
+            ingest.max_message_bytes,
+            1024,
+            4 * GIB,
+        );
+        problems.range(
+            "ingest.parse_timeout_ms",
+            ingest.parse_timeout_ms,
+            100,
+            600_000,
+        );
+        problems.range("ingest.batch_size", ingest.batch_size as u64, 1, 10_000);
+        problems.range(
+            "outbox.max_recipients",
+            self.outbox.max_recipients as u64,
+            1,
+            10_000,
+        );
     }
 
     fn validate_pipelines(&self, problems: &mut Problems) {
@@ -165,9 +269,6 @@ impl Config {
                 if !self.teams.contains_key(team) {
                     problems.add(format!("{at}.teams"), format!("unknown team {team:?}"));
                 }
-            }
-            if let Some(Err(e)) = agent.api_token.as_ref().map(Secret::resolve) {
-                problems.add(format!("{at}.api_token"), e);
             }
         }
     }

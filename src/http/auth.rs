@@ -1,15 +1,17 @@
-//! Request authentication for webhooks (and, later, server-to-server forms).
+//! Request authentication for webhooks and server-to-server forms.
 //!
 //! - Bearer: `Authorization: Bearer <auth_token>`.
 //! - Signature: `X-Mailroom-Timestamp: <unix seconds>` and
 //!   `X-Mailroom-Signature: sha256=<hex HMAC-SHA256(signing_secret, "<timestamp>.<body>")>`.
-//!   A timestamp more than 5 minutes off is refused, and so is a signature
-//!   already seen inside that window, which stops replays.
+//!   A timestamp more than 5 minutes off (either way) is refused, and so is
+//!   a signature already used: the record of used signatures is in the
+//!   database, shared by every instance, and kept until the signature's
+//!   timestamp leaves the window, so no replay is accepted inside it,
+//!   before or after a restart.
 //!
 //! Secrets are compared in constant time.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,25 +19,61 @@ use axum::response::{IntoResponse, Response};
 use super::problem;
 use crate::config::Secret;
 pub use crate::crypto::constant_time_eq;
+use crate::store::Store;
 
 /// How far a signed request's timestamp may be from now, in seconds.
 pub const WINDOW_SECS: i64 = 300;
 
-/// Signatures accepted within the window, so each is accepted once.
-#[derive(Default)]
+/// Unix seconds; the daemon's is the system clock, tests move their own.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Signatures already used, in the database.
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<String, i64>>,
+    store: Store,
+    clock: Clock,
 }
 
 impl ReplayGuard {
-    /// Records the signature; false if it was already used.
-    fn first_use(&self, signature: &str, now: i64) -> bool {
-        // A poisoned lock only means another request panicked mid-update;
-        // the map is still usable.
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, at| now - *at <= WINDOW_SECS);
-        seen.insert(signature.to_string(), now).is_none()
+    pub fn new(store: Store) -> ReplayGuard {
+        ReplayGuard::with_clock(store, Arc::new(|| crate::store::now_ms() / 1000))
     }
+
+    pub fn with_clock(store: Store, clock: Clock) -> ReplayGuard {
+        ReplayGuard { store, clock }
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Records the signature until its timestamp leaves the window; false
+    /// if it was already used.
+    async fn first_use(&self, digest: &str, timestamp: i64) -> Result<bool, sqlx::Error> {
+        let expires_at = (timestamp + WINDOW_SECS + 1) * 1000;
+        self.store
+            .first_signature_use(digest, expires_at, self.now() * 1000)
+            .await
+    }
+
+    /// Lets a signed request be sent again after it could not be stored
+    /// (the database was unavailable); a bearer request needs nothing.
+    pub async fn forget(&self, accepted: &Accepted) {
+        if let Accepted::Signed { digest } = accepted {
+            if let Err(e) = self.store.forget_signature(digest).await {
+                tracing::warn!(error = %e, "Could not forget a signature; its retry will be refused as a replay.");
+            }
+        }
+    }
+}
+
+/// How a request proved itself.
+#[derive(Debug)]
+pub enum Accepted {
+    Bearer,
+    /// The digest of its signature, as recorded against replays.
+    Signed {
+        digest: String,
+    },
 }
 
 /// Computes the signature header value for a body (for senders and tests).
@@ -49,18 +87,27 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Why a request was refused; answered as 401 with the reason.
+/// Why a request was refused: 401 with the reason, or 503 when the
+/// replay record cannot be read (the sender should retry).
 #[derive(Debug)]
-pub struct Denied(pub &'static str);
+pub enum Denied {
+    Unauthorized(&'static str),
+    Unavailable(String),
+}
 
 impl IntoResponse for Denied {
     fn into_response(self) -> Response {
-        problem(StatusCode::UNAUTHORIZED, self.0)
+        match self {
+            Denied::Unauthorized(why) => problem(StatusCode::UNAUTHORIZED, why),
+            Denied::Unavailable(e) => {
+                super::unavailable(format!("database unavailable, retry later: {e}"))
+            }
+        }
     }
 }
 
 fn unauthorized(message: &'static str) -> Denied {
-    Denied(message)
+    Denied::Unauthorized(message)
 }
 
 /// How a channel's callers prove who they are (either may be set).
@@ -70,13 +117,14 @@ pub struct Credentials<'a> {
 }
 
 /// Accepts the request if it carries a valid bearer token or signature for
-/// this channel; otherwise returns the 401 to send.
-pub fn check(
+/// `scope` (the channel); otherwise returns the 401 to send.
+pub async fn check(
     channel: &Credentials<'_>,
+    scope: &str,
     headers: &HeaderMap,
     body: &[u8],
     replays: &ReplayGuard,
-) -> Result<(), Denied> {
+) -> Result<Accepted, Denied> {
     if let Some(token) = channel.bearer {
         let expected = token
             .resolve()
@@ -85,7 +133,7 @@ pub fn check(
             header(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "))
         {
             if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
-                return Ok(());
+                return Ok(Accepted::Bearer);
             }
             return Err(unauthorized("bearer token does not match"));
         }
@@ -106,22 +154,24 @@ pub fn check(
             .trim()
             .parse()
             .map_err(|_| unauthorized("X-Mailroom-Timestamp must be unix seconds"))?;
-        let now = crate::store::now_ms() / 1000;
-        if (now - timestamp).abs() > WINDOW_SECS {
+        if (replays.now() - timestamp).abs() > WINDOW_SECS {
             return Err(unauthorized(
                 "signature timestamp is outside the 5-minute window",
             ));
         }
+        let signature = signature.trim();
         if !constant_time_eq(
-            signature.trim().as_bytes(),
+            signature.as_bytes(),
             sign(&secret, timestamp, body).as_bytes(),
         ) {
             return Err(unauthorized("signature does not match the body"));
         }
-        if !replays.first_use(signature.trim(), now) {
-            return Err(unauthorized("this signature was already used (replay)"));
-        }
-        return Ok(());
+        let digest = crate::crypto::sha256_hex(format!("{scope}\0{signature}").as_bytes());
+        return match replays.first_use(&digest, timestamp).await {
+            Ok(true) => Ok(Accepted::Signed { digest }),
+            Ok(false) => Err(unauthorized("this signature was already used (replay)")),
+            Err(e) => Err(Denied::Unavailable(e.to_string())),
+        };
     }
     Err(unauthorized("missing Authorization: Bearer header"))
 }
@@ -137,13 +187,5 @@ mod tests {
         assert_ne!(a, sign("k", 100, b"bodx"));
         assert_ne!(a, sign("j", 100, b"body"));
         assert!(a.starts_with("sha256=") && a.len() == 7 + 64);
-    }
-
-    #[test]
-    fn a_signature_is_accepted_once_per_window() {
-        let guard = ReplayGuard::default();
-        assert!(guard.first_use("s", 1000));
-        assert!(!guard.first_use("s", 1100));
-        assert!(guard.first_use("s", 1000 + WINDOW_SECS + 200));
     }
 }

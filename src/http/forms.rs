@@ -220,9 +220,10 @@ pub async fn submit(
     let Some(config) = state.config.channels.get(&name).and_then(|c| c.form()) else {
         return problem(StatusCode::NOT_FOUND, format!("no form named {name:?}"));
     };
-    if let Err(refused) = admit(&state, &name, config, peer.ip(), &headers, &body) {
-        return *refused;
-    }
+    let accepted = match admit(&state, &name, config, peer.ip(), &headers, &body).await {
+        Ok(accepted) => accepted,
+        Err(refused) => return *refused,
+    };
     let submission = match parse_body(&headers, body).await {
         Ok(s) => s,
         Err(response) => return response,
@@ -273,26 +274,37 @@ pub async fn submit(
         data: Arc::new(raw),
     };
     let result = state.commits.submit(raw, hints).await;
+    if let (Some(accepted), Err(crate::pipeline::PipelineError::Unavailable(_))) =
+        (&accepted, &result)
+    {
+        state.replays.forget(accepted).await;
+    }
     answer(&state, result).await
 }
 
 /// Authentication (signed server posts) or Origin (browser forms), then the
-/// per-IP rate limit.
-fn admit(
+/// per-IP rate limit. A signed post's signature is returned, to be
+/// forgotten if the submission cannot be stored.
+async fn admit(
     state: &HttpState,
     name: &str,
     config: &FormConfig,
     ip: IpAddr,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Box<Response>> {
+) -> Result<Option<auth::Accepted>, Box<Response>> {
+    let mut accepted = None;
     if config.signing_secret.is_some() {
         let credentials = auth::Credentials {
             bearer: None,
             signing_secret: config.signing_secret.as_ref(),
         };
-        auth::check(&credentials, headers, body, &state.replays)
-            .map_err(|denied| Box::new(denied.into_response()))?;
+        let scope = format!("form:{name}");
+        accepted = Some(
+            auth::check(&credentials, &scope, headers, body, &state.replays)
+                .await
+                .map_err(|denied| Box::new(denied.into_response()))?,
+        );
     } else if !origin_allowed(config, headers) {
         return Err(Box::new(problem(
             StatusCode::FORBIDDEN,
@@ -309,7 +321,7 @@ fn admit(
             .insert("retry-after", HeaderValue::from_static("60"));
         return Err(Box::new(response));
     }
-    Ok(())
+    Ok(accepted)
 }
 
 /// The mapped fields, checked: required ones present, a valid email, no

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod forms;
+pub mod serve;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,7 +71,7 @@ pub struct HttpState {
     pub config: Config,
     /// Whether the process has started its work; `/readyz` reports it.
     pub ready: Arc<Readiness>,
-    /// Signatures seen inside the replay window (see `auth`).
+    /// Signatures already used (see `auth`).
     pub replays: auth::ReplayGuard,
     /// Per-IP submission limits for browser forms.
     pub rate_limiter: forms::RateLimiter,
@@ -84,12 +85,13 @@ pub struct HttpState {
 impl HttpState {
     pub fn new(pipeline: Pipeline, config: Config) -> HttpState {
         let (commits, worker) = CommitQueue::new(pipeline.clone(), 128);
+        let replays = auth::ReplayGuard::new(pipeline.store().clone());
         HttpState {
             commits,
             commit_worker: std::sync::Mutex::new(Some(worker)),
             pipeline,
             ready: Arc::new(Readiness::started()),
-            replays: Default::default(),
+            replays,
             rate_limiter: forms::RateLimiter::new(&config),
             agent_tokens: config
                 .agents
@@ -132,10 +134,9 @@ pub fn router(state: Arc<HttpState>) -> Router {
             axum::routing::put(api::default_address),
         )
         .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            receive_within(timeout, limit, request, next)
+        }))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -151,6 +152,53 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// Reads the whole request body within `timeout` (408 otherwise, nothing
+/// stored) and at most `limit` bytes (413). The handler then runs without
+/// a deadline of its own: once a submission is received, cutting it short
+/// could answer 408 for a message that is committed a moment later, and a
+/// retry would make a second ticket. Handlers are bounded by the database's
+/// own timeouts instead (503 when it does not answer).
+async fn receive_within(
+    timeout: Duration,
+    limit: usize,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, limit).collect();
+    let bytes = match tokio::time::timeout(timeout, limited).await {
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request was not received within {} s",
+                    timeout.as_secs()
+                ),
+            )
+        }
+        Ok(Err(e)) => {
+            let too_large = e.is::<http_body_util::LengthLimitError>();
+            return match too_large {
+                true => problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than http.max_body_bytes ({limit})"),
+                ),
+                false => problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request: {e}"),
+                ),
+            };
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 /// Serves on an already bound listener until `shutdown` (tests bind port
 /// 0). Requests in progress are answered first, and the group commit's
 /// worker commits what they submitted before this returns.
@@ -162,11 +210,9 @@ pub async fn serve_on(
     tracing::info!(address = %listener.local_addr()?, "HTTP listener ready.");
     let worker = state.commit_worker.lock().ok().and_then(|mut w| w.take());
     let commits_done = CancellationToken::new();
+    let limits = serve::Limits::from_config(&state.config.http);
     let serve = async {
-        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = serve::serve(listener, router(state), limits, shutdown).await;
         commits_done.cancel();
         served
     };
@@ -226,15 +272,21 @@ async fn inbound(
         bearer: config.auth_token.as_ref(),
         signing_secret: config.signing_secret.as_ref(),
     };
-    if let Err(denied) = auth::check(&credentials, &headers, &body, &state.replays) {
-        return denied.into_response();
-    }
+    let accepted = match auth::check(&credentials, &channel, &headers, &body, &state.replays).await
+    {
+        Ok(accepted) => accepted,
+        Err(denied) => return denied.into_response(),
+    };
     let raw = RawMessage {
         channel: channel.clone(),
         source: Some("http".into()),
         data: Arc::new(body.to_vec()),
     };
-    match state.commits.submit(raw, Hints::default()).await {
+    let result = state.commits.submit(raw, Hints::default()).await;
+    if matches!(result, Err(PipelineError::Unavailable(_))) {
+        state.replays.forget(&accepted).await;
+    }
+    match result {
         Ok(Disposition::Applied(outcome)) => {
             let status = match outcome {
                 crate::pipeline::Outcome::Created { .. } => StatusCode::CREATED,

@@ -66,32 +66,60 @@ pub fn normalize(address: &str) -> String {
 }
 
 /// Why an address is refused, as a sentence for the person who typed it.
+/// The rules are the ones the SMTP step applies (RFC 5321 dot-atom local
+/// part of at most 64 characters, a host name of letters, digits and
+/// hyphens), so nothing accepted here is refused when it is sent. Quoted
+/// local parts, address literals and non-ASCII addresses are refused: few
+/// relays take them and none of our users needs them.
 pub fn check(address: &str) -> Result<(), String> {
-    let syntax_ok = address.len() <= 254
-        && address.matches('@').count() == 1
-        && address.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        })
-        && !address
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\"\\".contains(c));
-    if syntax_ok {
-        Ok(())
-    } else {
-        Err(format!("{address:?} is not an email address"))
+    let refuse = |why: &str| Err(format!("{address:?} is not an email address ({why})"));
+    if !address.is_ascii() {
+        return Err(format!(
+            "{address:?}: internationalized (non-ASCII) addresses are not supported"
+        ));
     }
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return refuse("no @");
+    };
+    if local.is_empty() || local.len() > 64 {
+        return refuse("the part before @ must be 1 to 64 characters");
+    }
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if local
+        .split('.')
+        .any(|atom| atom.is_empty() || !atom.chars().all(atext))
+    {
+        return refuse("the part before @ may have letters, digits, !#$%&'*+-/=?^_`{|}~ and single dots between them");
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 253 || domain.split('.').count() < 2 || !domain.split('.').all(label_ok) {
+        return refuse("the domain must be a host name like example.com");
+    }
+    Ok(())
 }
+
+/// Longest display name accepted from a person (a name is for reading).
+pub const MAX_NAME_CHARS: usize = 200;
 
 /// Parses `addr` or `Name <addr>` typed by a person (API, CLI), refusing
 /// anything that could break out of its header or that we cannot send to.
+/// One entry is one address: a pasted list is refused rather than sent to
+/// whichever address came last.
 pub fn parse_input(input: &str) -> Result<Mailbox, String> {
     if super::ids::breaks_header(input) {
         return Err("must not contain CR, LF or NUL".into());
     }
     let input = input.trim();
+    if looks_like_a_list(input) {
+        return Err(format!(
+            "{input:?} holds several addresses: give one address per entry"
+        ));
+    }
     let (name, address) = match (input.rfind('<'), input.ends_with('>')) {
         (Some(open), true) => {
             let name = input[..open].trim().trim_matches('"').trim();
@@ -102,17 +130,35 @@ pub fn parse_input(input: &str) -> Result<Mailbox, String> {
         }
         _ => (None, input),
     };
-    let address = address.trim();
-    check(address)?;
-    if !address.is_ascii() {
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS)
+    {
         return Err(format!(
-            "{address:?}: internationalized (non-ASCII) addresses are not supported yet"
+            "the display name is longer than {MAX_NAME_CHARS} characters"
         ));
     }
+    let address = address.trim();
+    check(address)?;
     Ok(Mailbox {
         address: address.to_lowercase(),
         name,
     })
+}
+
+/// More than one `@`, or a `,`/`;` outside a quoted name.
+fn looks_like_a_list(input: &str) -> bool {
+    let mut quoted = false;
+    let mut ats = 0;
+    for c in input.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' | ';' if !quoted => return true,
+            '@' if !quoted => ats += 1,
+            _ => {}
+        }
+    }
+    ats > 1
 }
 
 #[cfg(test)]
@@ -144,8 +190,54 @@ mod tests {
             "a@@x.com",
             "<a@x.com>",
             "a@x.com.",
+            "john..doe@x.com",
+            ".john@x.com",
+            "john.@x.com",
+            "carol@customer.test.",
+            "ü@exämple.test",
+            "x@[127.0.0.1]",
+            "a@-x.com",
+            "a@x_y.com",
         ] {
             assert!(check(bad).is_err(), "{bad}");
         }
+        assert!(check(&format!("{}@x.com", "a".repeat(64))).is_ok());
+        assert!(check(&format!("{}@x.com", "a".repeat(65))).is_err());
+    }
+
+    /// Everything the one check accepts, the SMTP step (lettre) accepts too.
+    #[test]
+    fn accepted_addresses_are_sendable() {
+        for good in [
+            "ann@example.com",
+            "o'brien+tag@mail.example.co.uk",
+            "a.b.c@x-y.example",
+            "x!#$%&*/=?^_`{|}~-@x.io",
+            &format!("{}@x.com", "a".repeat(64)),
+        ] {
+            assert!(check(good).is_ok(), "{good}");
+            assert!(
+                good.parse::<lettre::Address>().is_ok(),
+                "lettre refuses {good}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_entry_is_one_address() {
+        assert!(parse_input("Ann <ann@x.com>").is_ok());
+        let quoted = parse_input("\"Doe, John\" <john@x.com>").unwrap();
+        assert_eq!(quoted.name.as_deref(), Some("Doe, John"));
+        for list in [
+            "ann@x.com, bob@y.com",
+            "ann@x.com; bob@y.com",
+            "ann@x.com bob@y.com",
+            "Ann ann@x.com <bob@y.com>",
+        ] {
+            let e = parse_input(list).unwrap_err();
+            assert!(e.contains("several addresses"), "{list}: {e}");
+        }
+        let long = format!("{} <a@x.com>", "n".repeat(MAX_NAME_CHARS + 1));
+        assert!(parse_input(&long).unwrap_err().contains("display name"));
     }
 }

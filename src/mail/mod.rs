@@ -3,5 +3,6 @@
 
 pub mod address;
 pub mod ids;
+pub mod wire;
 
 pub use address::Mailbox;

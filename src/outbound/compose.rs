@@ -11,11 +11,25 @@ use mail_builder::MessageBuilder;
 
 use crate::mail::Mailbox;
 
+use mail_builder::mime::{BodyPart, MimePart};
+
+use crate::mail::address::MAX_NAME_CHARS;
+use crate::mail::wire;
+
 fn to_address(mailbox: &Mailbox) -> Address<'static> {
     Address::new_address(
-        mailbox.name.as_deref().map(single_line),
+        mailbox.name.as_deref().map(|n| single_line(shorten(n))),
         single_line(&mailbox.address),
     )
+}
+
+/// At most [`MAX_NAME_CHARS`] characters of `name`: a customer's
+/// 100,000-character name must not make a header line relays refuse.
+fn shorten(name: &str) -> &str {
+    match name.char_indices().nth(MAX_NAME_CHARS) {
+        Some((cut, _)) => &name[..cut],
+        None => name,
+    }
 }
 
 /// A header value with any control character (CR, LF, NUL, TAB …) turned
@@ -54,12 +68,41 @@ pub struct Draft<'a> {
     pub date_ms: i64,
 }
 
-/// The rendered RFC 5322 bytes.
 fn list(people: &[Mailbox]) -> Address<'static> {
     Address::new_list(people.iter().map(to_address).collect())
 }
 
+/// An attachment as base64, whatever its type: a text file's own line ends
+/// (bare CRs, say) must not reach the wire, and base64 has none.
+fn attachment_part(attachment: &NewAttachment) -> std::io::Result<MimePart<'static>> {
+    let mut encoded = Vec::with_capacity(attachment.data.len() * 4 / 3 + 64);
+    mail_builder::encoders::base64::base64_encode_mime(&attachment.data, &mut encoded, false)?;
+    Ok(MimePart::new(
+        single_line(&attachment.content_type),
+        BodyPart::Binary(encoded.into()),
+    )
+    .attachment(single_line(&attachment.filename))
+    .transfer_encoding("base64"))
+}
+
+/// The rendered RFC 5322 bytes: CRLF line ends only and no line over 998
+/// bytes (bodies are normalised, attachments base64), checked once more on
+/// the finished message so nothing that could smuggle SMTP is stored.
 pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
+    let text = wire::crlf(draft.text);
+    let html = wire::crlf(draft.html);
+    let text_part = MimePart::new("text/plain", BodyPart::Text(text));
+    let html_part = MimePart::new("text/html", BodyPart::Text(html));
+    let alternative = MimePart::new("multipart/alternative", vec![text_part, html_part]);
+    let body = if draft.attachments.is_empty() {
+        alternative
+    } else {
+        let mut parts = vec![alternative];
+        for attachment in draft.attachments {
+            parts.push(attachment_part(attachment)?);
+        }
+        MimePart::new("multipart/mixed", parts)
+    };
     let mut builder = MessageBuilder::new()
         .from(to_address(draft.from))
         .subject(single_line(draft.subject))
@@ -67,8 +110,7 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
         .date(Date::new(draft.date_ms.div_euclid(1000)))
         .header("Thread-Topic", Text::new(single_line(draft.thread_topic)))
         .header("Thread-Index", Raw::new(single_line(draft.thread_index)))
-        .text_body(draft.text)
-        .html_body(draft.html);
+        .body(body);
     if !draft.to.is_empty() {
         builder = builder.to(list(draft.to));
     }
@@ -83,14 +125,14 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
             draft.references.iter().map(|r| single_line(r)),
         ));
     }
-    for attachment in draft.attachments {
-        builder = builder.attachment(
-            single_line(&attachment.content_type),
-            single_line(&attachment.filename),
-            attachment.data.as_slice(),
-        );
-    }
-    builder.write_to_vec()
+    let raw = builder.write_to_vec()?;
+    wire::check_smtp_safe(&raw).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the rendered message is not safe to send ({e})"),
+        )
+    })?;
+    Ok(raw)
 }
 
 /// HTML for a reply written as plain text: escaped, line breaks kept.

@@ -79,7 +79,19 @@ pub struct Recipients {
 
 /// Checks what needs no database: a body, no NUL, recipients, attachment
 /// names and types, the Idempotency-Key.
-pub fn check_request(request: &ReplyRequest) -> Result<Recipients, ReplyError> {
+pub fn check_request(
+    request: &ReplyRequest,
+    max_recipients: usize,
+) -> Result<Recipients, ReplyError> {
+    // Counted before anything is parsed: the work must not grow with a
+    // hostile list's length.
+    let count = request.to.as_ref().map_or(0, Vec::len) + request.cc.len() + request.bcc.len();
+    if count > max_recipients {
+        return Err(invalid(
+            "to",
+            format!("{count} recipients; a reply may have at most {max_recipients} (outbox.max_recipients)"),
+        ));
+    }
     let text = request.body_text.as_deref().unwrap_or_default();
     let html = request.body_html.as_deref();
     if text.trim().is_empty() && html.is_none_or(|h| h.trim().is_empty()) {
@@ -175,8 +187,13 @@ pub fn plan(
     let ticket = known.ticket;
     let team = known.team;
     let (from, relay) = from_and_relay(&known, config)?;
-    // To: the ticket's contacts unless the agent chose.
-    let to = recipients.to.unwrap_or(known.contacts);
+    // To: the ticket's contacts unless the agent chose; a stored address
+    // the relay would refuse (from old or odd mail) is left out.
+    let to = recipients.to.unwrap_or_else(|| {
+        let mut contacts = known.contacts;
+        contacts.retain(|c| crate::mail::address::check(&c.address).is_ok());
+        contacts
+    });
     let (cc, bcc) = (recipients.cc, recipients.bcc);
     if to.is_empty() && cc.is_empty() && bcc.is_empty() {
         return Err(invalid(
@@ -212,8 +229,19 @@ pub fn plan(
             json!({ "from": ticket.status_id, "to": status_id, "reason": reason }),
         ));
     }
+    let envelope = envelope(&to, &cc, &bcc);
+    if envelope.len() > config.outbox.max_recipients {
+        return Err(invalid(
+            "to",
+            format!(
+                "the ticket has {} recipients; a reply may have at most {} (outbox.max_recipients): name the recipients",
+                envelope.len(),
+                config.outbox.max_recipients
+            ),
+        ));
+    }
     Ok(Plan {
-        envelope: envelope(&to, &cc, &bcc),
+        envelope,
         sent_copy: sent_copy(config, &team.key, &from.address),
         relay: relay.to_string(),
         from,
@@ -508,7 +536,7 @@ addresses = [
         dir: &Directory,
         actor: &Actor,
     ) -> Result<Plan, ReplyError> {
-        let recipients = check_request(request)?;
+        let recipients = check_request(request, 300)?;
         plan(request, recipients, known, dir, &with_relay(), actor)
     }
 
@@ -564,7 +592,7 @@ addresses = [
             ),
         ];
         for (request, field) in cases {
-            match check_request(&request) {
+            match check_request(&request, 300) {
                 Err(ReplyError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected a refusal, got {other:?}"),
             }
@@ -573,7 +601,7 @@ addresses = [
             body_html: Some("<p>hi</p>".into()),
             ..Default::default()
         };
-        assert!(check_request(&html_only).is_ok());
+        assert!(check_request(&html_only, 300).is_ok());
     }
 
     #[test]
@@ -593,7 +621,7 @@ addresses = [
         let (_, message) = refusal(planned(&body("hi"), no_default, &dir, &Actor::Ops));
         assert!(message.contains("no default address"), "{message}");
         let request = body("hi");
-        let checked = check_request(&request).unwrap();
+        let checked = check_request(&request, 300).unwrap();
         let result = plan(
             &request,
             checked,

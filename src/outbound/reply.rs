@@ -57,7 +57,7 @@ async fn queue_reply_once(
     number: i64,
     request: &ReplyRequest,
 ) -> Result<Queued, ReplyError> {
-    let recipients = plan::check_request(request)?;
+    let recipients = plan::check_request(request, config.outbox.max_recipients)?;
     let now = now_ms();
     let mut w = store.begin_write().await?;
     let tx = &mut w.tx;

@@ -225,6 +225,13 @@ impl Relay {
         rcpt_to: &[String],
         raw: &[u8],
     ) -> SendOutcome {
+        // Composed messages are safe already; this is the last check on the
+        // bytes themselves, whoever stored them.
+        if let Err(e) = crate::mail::wire::check_smtp_safe(raw) {
+            return SendOutcome::Permanent(format!(
+                "not sent ({e}): a relay could read such a message as SMTP commands"
+            ));
+        }
         let envelope = match envelope(mail_from, rcpt_to) {
             Ok(e) => e,
             Err(e) => return SendOutcome::Permanent(e),

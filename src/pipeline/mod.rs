@@ -147,6 +147,11 @@ impl Pipeline {
         &self.dir
     }
 
+    /// The largest message accepted (`ingest.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> u64 {
+        self.config.max_message_bytes
+    }
+
     /// Parses on a blocking thread, catching panics and bounding the time.
     /// A parse that runs past the timeout is abandoned (its thread finishes
     /// on its own); the message is reported as timed out.

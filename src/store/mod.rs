@@ -14,6 +14,7 @@ pub mod messages;
 pub mod oauth;
 pub mod outbox;
 pub mod quarantine;
+pub mod replays;
 pub mod replies;
 pub mod sql;
 pub mod tickets;

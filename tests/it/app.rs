@@ -30,7 +30,7 @@ addresses = [{{ address = "support@example.com" }}]
 [agents.alice]
 email = "alice@example.com"
 teams = ["support"]
-api_token = "alice-token"
+api_token = "alice-token-0123456789"
 [channels.spool]
 kind = "maildir"
 team = "support"
@@ -41,7 +41,7 @@ poll_interval_ms = 50
 kind = "webhook"
 team = "support"
 pipeline = "support"
-auth_token = "hook-token"
+auth_token = "hook-token-0123456789"
 [relays.sink]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -90,7 +90,7 @@ async fn the_daemon_boots_in_process_and_finishes_a_send_in_flight_before_it_sto
     let webhook = mail("bob@c.test", "w1@c.test", "Hooked", "", "hello");
     let (status, created) = post(
         format!("{base}/inbound/hook"),
-        bearer("hook-token"),
+        bearer("hook-token-0123456789"),
         webhook,
     )
     .await;
@@ -102,7 +102,7 @@ async fn the_daemon_boots_in_process_and_finishes_a_send_in_flight_before_it_sto
         .to_string()
         .into_bytes();
     let url = format!("{base}/api/v1/tickets/{number}/replies");
-    let mut headers = bearer("alice-token");
+    let mut headers = bearer("alice-token-0123456789");
     headers.push(("content-type", "application/json".into()));
     let (status, queued) = post(url, headers, reply).await;
     assert_eq!(status, 202, "{queued}");

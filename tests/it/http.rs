@@ -14,13 +14,13 @@ const HOOKS: &str = r#"
 kind = "webhook"
 team = "support"
 pipeline = "support"
-auth_token = "tok-123"
+auth_token = "tok-123-0123456789ab"
 
 [channels.signed]
 kind = "webhook"
 team = "support"
 pipeline = "support"
-signing_secret = "shh"
+signing_secret = "shh-0123456789abcdef"
 
 [http]
 bind = "127.0.0.1:0"
@@ -152,14 +152,14 @@ async fn bearer_webhook_commits_then_answers_and_threads_replies() {
     let url = format!("{}/inbound/hook", http.base);
     let first = mail("ann@c.test", "w1@c.test", "Via webhook", "", "hello");
 
-    let (status, body) = post(url.clone(), bearer("tok-123"), first.clone()).await;
+    let (status, body) = post(url.clone(), bearer("tok-123-0123456789ab"), first.clone()).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["outcome"], "created");
     let ticket = body["ticket_id"].clone();
     // Committed before the answer: the store has it now.
     assert_eq!(app.store().counts().await.unwrap().messages, 1);
 
-    let (status, body) = post(url.clone(), bearer("tok-123"), first.clone()).await;
+    let (status, body) = post(url.clone(), bearer("tok-123-0123456789ab"), first.clone()).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
 
     let reply = mail(
@@ -169,7 +169,7 @@ async fn bearer_webhook_commits_then_answers_and_threads_replies() {
         "In-Reply-To: <w1@c.test>\r\n",
         "more",
     );
-    let (status, body) = post(url.clone(), bearer("tok-123"), reply).await;
+    let (status, body) = post(url.clone(), bearer("tok-123-0123456789ab"), reply).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("appended")));
     assert_eq!(body["ticket_id"], ticket);
 
@@ -178,12 +178,17 @@ async fn bearer_webhook_commits_then_answers_and_threads_replies() {
         401
     );
     assert_eq!(post(url.clone(), vec![], first.clone()).await.0, 401);
-    let (status, body) = post(url.clone(), bearer("tok-123"), b"not a message".to_vec()).await;
+    let (status, body) = post(
+        url.clone(),
+        bearer("tok-123-0123456789ab"),
+        b"not a message".to_vec(),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         post(
             format!("{}/inbound/nope", http.base),
-            bearer("tok-123"),
+            bearer("tok-123-0123456789ab"),
             first
         )
         .await
@@ -200,7 +205,7 @@ async fn signed_webhook_refuses_bad_expired_and_replayed_signatures() {
     let url = format!("{}/inbound/signed", http.base);
     let body = mail("sig@c.test", "s1@c.test", "Signed", "", "hello");
 
-    let headers = signed("shh", now(), &body);
+    let headers = signed("shh-0123456789abcdef", now(), &body);
     let (status, answer) = post(url.clone(), headers.clone(), body.clone()).await;
     assert_eq!(status, 201, "{answer}");
     let (status, answer) = post(url.clone(), headers, body.clone()).await;
@@ -208,9 +213,19 @@ async fn signed_webhook_refuses_bad_expired_and_replayed_signatures() {
     assert!(answer["error"].as_str().unwrap().contains("replay"));
 
     let tampered = mail("sig@c.test", "s2@c.test", "Signed", "", "changed");
-    let (status, _) = post(url.clone(), signed("shh", now(), &body), tampered).await;
+    let (status, _) = post(
+        url.clone(),
+        signed("shh-0123456789abcdef", now(), &body),
+        tampered,
+    )
+    .await;
     assert_eq!(status, 401);
-    let (status, answer) = post(url.clone(), signed("shh", now() - 600, &body), body.clone()).await;
+    let (status, answer) = post(
+        url.clone(),
+        signed("shh-0123456789abcdef", now() - 600, &body),
+        body.clone(),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(answer["error"]
         .as_str()
@@ -228,7 +243,7 @@ async fn an_oversized_body_is_refused_with_413_and_nothing_is_stored() {
     let big = mail("big@c.test", "big@c.test", "Big", "", &"z".repeat(200_000));
     let (status, _) = post(
         format!("{}/inbound/hook", http.base),
-        bearer("tok-123"),
+        bearer("tok-123-0123456789ab"),
         big,
     )
     .await;
@@ -310,13 +325,13 @@ async fn database_down_answers_503_and_the_retry_succeeds_once() {
     );
 
     up.store(false, std::sync::atomic::Ordering::SeqCst);
-    let (status, body) = post(url.clone(), bearer("tok-123"), message.clone()).await;
+    let (status, body) = post(url.clone(), bearer("tok-123-0123456789ab"), message.clone()).await;
     assert_eq!(status, 503, "{body}");
     up.store(true, std::sync::atomic::Ordering::SeqCst);
 
-    let (status, body) = post(url.clone(), bearer("tok-123"), message.clone()).await;
+    let (status, body) = post(url.clone(), bearer("tok-123-0123456789ab"), message.clone()).await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = post(url, bearer("tok-123"), message).await;
+    let (status, body) = post(url, bearer("tok-123-0123456789ab"), message).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("duplicate")));
     assert_eq!(app.store().counts().await.unwrap().messages, 1);
 }
@@ -342,7 +357,7 @@ rate_limit_per_minute = 2
 kind = "form"
 team = "support"
 pipeline = "support"
-signing_secret = "form-secret"
+signing_secret = "form-secret-0123456789"
 status = "waiting on contact"
 
 [http]
@@ -510,7 +525,7 @@ async fn signed_forms_and_idempotent_retries() {
     let url = format!("{}/forms/partner", http.base);
     let body = br#"{"email":"partner@c.test","body":"Order sync failed"}"#.to_vec();
     let headers = |ts: i64, key: &str| {
-        let mut h = signed("form-secret", ts, &body);
+        let mut h = signed("form-secret-0123456789", ts, &body);
         h.push(("content-type", "application/json".into()));
         h.push(("idempotency-key", key.into()));
         h

@@ -66,16 +66,16 @@ addresses = [{{ address = "sales@example.com" }}]
 email = "alice@example.com"
 name = "Alice Agent"
 teams = ["support"]
-api_token = "alice-token"
+api_token = "alice-token-0123456789"
 [agents.bob]
 email = "bob@example.com"
 teams = ["support"]
 role = "admin"
-api_token = "bob-token"
+api_token = "bob-token-0123456789"
 [agents.sam]
 email = "sam@example.com"
 teams = ["sales"]
-api_token = "sam-token"
+api_token = "sam-token-0123456789"
 
 [channels.pipe]
 kind = "pipe"
@@ -221,7 +221,7 @@ impl OutApp {
             .api(
                 "GET",
                 &format!("/api/v1/messages/{message}"),
-                "alice-token",
+                "alice-token-0123456789",
                 &[],
                 None,
             )
@@ -310,7 +310,7 @@ crate::both_backends!(
         let (status, queued) = app
             .reply(
                 number,
-                "alice-token",
+                "alice-token-0123456789",
                 json!({
                     "body": "We are on it.\nPlease stand back.",
                     "cc": ["Dave <dave@customer.test>"],
@@ -373,7 +373,8 @@ crate::both_backends!(
         assert_eq!(references[1], "first@customer.test");
         assert!(!header(&parsed, "Thread-Index").is_empty());
         assert_eq!(header(&parsed, "Thread-Topic"), "Printer on fire");
-        let body_text = parsed.body_text(0).unwrap();
+        // Line ends go out as CRLF (see mail::wire).
+        let body_text = parsed.body_text(0).unwrap().replace("\r\n", "\n");
         assert!(
             body_text.contains("We are on it.\nPlease stand back."),
             "{body_text}"
@@ -418,7 +419,7 @@ crate::both_backends!(
         let (status, _) = app
             .reply(
                 number,
-                "alice-token",
+                "alice-token-0123456789",
                 json!({ "body": "Try turning it off." }),
             )
             .await;
@@ -497,7 +498,7 @@ crate::both_backends!(
             let (status, queued) = app
                 .reply(
                     number,
-                    "alice-token",
+                    "alice-token-0123456789",
                     json!({ "body": format!("reply {i}") }),
                 )
                 .await;
@@ -563,7 +564,7 @@ crate::both_backends!(
         let (status, queued) = app
             .reply(
                 number,
-                "alice-token",
+                "alice-token-0123456789",
                 json!({ "body": "Done.", "status": "closed" }),
             )
             .await;
@@ -599,7 +600,11 @@ crate::both_backends!(
         let app = OutApp::start(backend, sink.port).await;
         let number = app.customer_mail(CUSTOMER).await;
         let (_, queued) = app
-            .reply(number, "alice-token", json!({ "body": "Hello?" }))
+            .reply(
+                number,
+                "alice-token-0123456789",
+                json!({ "body": "Hello?" }),
+            )
             .await;
         app.run_outbox();
         let view = app
@@ -640,7 +645,7 @@ crate::both_backends!(
             let (status, _) = app
                 .reply(
                     number,
-                    "alice-token",
+                    "alice-token-0123456789",
                     json!({ "body": format!("reply {i}") }),
                 )
                 .await;
@@ -674,56 +679,56 @@ async fn bad_replies_are_refused_before_anything_is_queued() {
     let number = app.customer_mail(CUSTOMER).await;
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "to": ["a@b.test\r\nBcc: victim@x.test"] }),
             422,
             "to",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "cc": ["Eve\n <eve@x.test>"] }),
             422,
             "cc",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "from": "someone@else.test" }),
             422,
             "from",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "from": "sales@example.com" }),
             422,
             "from",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "status": "solved" }),
             422,
             "properties",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "status": "no such" }),
             422,
             "status",
         ),
-        ("alice-token", json!({ "body": "" }), 422, "body"),
+        ("alice-token-0123456789", json!({ "body": "" }), 422, "body"),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "in_reply_to": 99_999 }),
             422,
             "in_reply_to",
         ),
         (
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "x", "attachments": [{ "filename": "a\r\nb", "content_base64": "eA==" }] }),
             422,
             "attachments[0]",
         ),
         // Another team's ticket looks like a missing one.
-        ("sam-token", json!({ "body": "x" }), 404, ""),
+        ("sam-token-0123456789", json!({ "body": "x" }), 404, ""),
         ("wrong-token", json!({ "body": "x" }), 401, ""),
     ];
     for (token, body, want, field) in cases {
@@ -734,7 +739,9 @@ async fn bad_replies_are_refused_before_anything_is_queued() {
         }
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let (status, _) = app.reply(999, "alice-token", json!({ "body": "x" })).await;
+    let (status, _) = app
+        .reply(999, "alice-token-0123456789", json!({ "body": "x" }))
+        .await;
     assert_eq!(status, 404);
     let counts = app.store().outbox_counts().await.unwrap();
     assert_eq!(counts.queued + counts.sent + counts.failed, 0);
@@ -751,7 +758,7 @@ async fn status_is_set_with_the_reply_when_its_properties_are_supplied() {
     let (status, queued) = app
         .reply(
             number,
-            "bob-token",
+            "bob-token-0123456789",
             json!({ "body": "Fixed.", "status": "solved", "properties": { "resolution": "replaced fuser" }, "from": "help@example.org" }),
         )
         .await;
@@ -772,7 +779,7 @@ async fn status_is_set_with_the_reply_when_its_properties_are_supplied() {
     );
     // An owner is kept: a later reply by someone else does not take the ticket.
     let (_, queued) = app
-        .reply(number, "alice-token", json!({ "body": "Also…" }))
+        .reply(number, "alice-token-0123456789", json!({ "body": "Also…" }))
         .await;
     assert_eq!(queued["owner"], "bob");
 }
@@ -786,10 +793,16 @@ async fn a_retried_request_with_the_same_idempotency_key_sends_once() {
     let body = json!({ "body": "Once only" });
     let key = [("idempotency-key", "req-1")];
     let (first, a) = app
-        .api("POST", &path, "alice-token", &key, Some(body.clone()))
+        .api(
+            "POST",
+            &path,
+            "alice-token-0123456789",
+            &key,
+            Some(body.clone()),
+        )
         .await;
     let (second, b) = app
-        .api("POST", &path, "alice-token", &key, Some(body))
+        .api("POST", &path, "alice-token-0123456789", &key, Some(body))
         .await;
     assert_eq!((first, second), (202, 200));
     assert_eq!(a["message"], b["message"]);
@@ -807,26 +820,34 @@ async fn only_a_team_admin_changes_the_default_from_address_and_it_survives_a_re
     let path = "/api/v1/teams/support/default-address";
     let body = json!({ "address": "help@example.org" });
     let (status, _) = app
-        .api("PUT", path, "alice-token", &[], Some(body.clone()))
+        .api(
+            "PUT",
+            path,
+            "alice-token-0123456789",
+            &[],
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(status, 403);
     let (status, _) = app
         .api(
             "PUT",
             path,
-            "bob-token",
+            "bob-token-0123456789",
             &[],
             Some(json!({ "address": "sales@example.com" })),
         )
         .await;
     assert_eq!(status, 422);
-    let (status, answer) = app.api("PUT", path, "bob-token", &[], Some(body)).await;
+    let (status, answer) = app
+        .api("PUT", path, "bob-token-0123456789", &[], Some(body))
+        .await;
     assert_eq!(status, 200, "{answer}");
     // A restart syncs the config again; the admin's choice stays.
     TestApp::pipeline_for(&app.config).await;
     let number = app.customer_mail(CUSTOMER).await;
     let (_, queued) = app
-        .reply(number, "alice-token", json!({ "body": "hi" }))
+        .reply(number, "alice-token-0123456789", json!({ "body": "hi" }))
         .await;
     assert_eq!(queued["from"], "help@example.org");
 }
@@ -838,7 +859,7 @@ crate::both_backends!(
         let app = OutApp::start(backend, sink.port).await;
         let number = app.customer_mail(CUSTOMER).await;
         let (_, queued) = app
-            .reply(number, "alice-token", json!({ "body": "hi" }))
+            .reply(number, "alice-token-0123456789", json!({ "body": "hi" }))
             .await;
         app.flush().await;
         let message = queued["message"].as_i64().unwrap();
@@ -953,7 +974,7 @@ crate::both_backends!(
         let app = OutApp::start(backend, port).await;
         let number = app.customer_mail(CUSTOMER).await;
         let (_, queued) = app
-            .reply(number, "alice-token", json!({ "body": "hello" }))
+            .reply(number, "alice-token-0123456789", json!({ "body": "hello" }))
             .await;
         let message = queued["message"].as_i64().unwrap();
         app.flush().await;
@@ -1049,7 +1070,11 @@ bind = "127.0.0.1:0"
     assert_eq!(status, 201, "{created}");
     let number = created["ticket_number"].as_i64().unwrap();
     let (status, _) = app
-        .reply(number, "alice-token", json!({ "body": "42 EUR" }))
+        .reply(
+            number,
+            "alice-token-0123456789",
+            json!({ "body": "42 EUR" }),
+        )
         .await;
     assert_eq!(status, 202);
     app.flush().await;
@@ -1093,7 +1118,7 @@ async fn outlook_threading_explicit_recipients_and_an_html_only_body() {
     let (status, _) = app
         .reply(
             number,
-            "alice-token",
+            "alice-token-0123456789",
             json!({
                 "body_html": "<p>Try <b>reconnecting</b>.</p>",
                 "to": ["Olga Manager <olga.boss@customer.test>"],
@@ -1138,7 +1163,7 @@ async fn the_api_shows_the_recipients_of_replies_and_of_inbound_mail() {
     let (status, queued) = app
         .reply(
             number,
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "On its way.", "cc": ["Dave <dave@customer.test>"] }),
         )
         .await;
@@ -1186,7 +1211,7 @@ async fn a_merged_ticket_lives_on_in_the_ticket_it_was_merged_into() {
     let (status, queued) = app
         .reply(
             old,
-            "alice-token",
+            "alice-token-0123456789",
             json!({ "body": "Merged: one thread now." }),
         )
         .await;
@@ -1209,7 +1234,11 @@ async fn a_merged_ticket_lives_on_in_the_ticket_it_was_merged_into() {
         .await
         .unwrap();
     let (status, refused) = app
-        .reply(old, "alice-token", json!({ "body": "Anyone there?" }))
+        .reply(
+            old,
+            "alice-token-0123456789",
+            json!({ "body": "Anyone there?" }),
+        )
         .await;
     assert_eq!(status, 404, "{refused}");
     assert!(
