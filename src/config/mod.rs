@@ -580,11 +580,8 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Load {
-        path: String,
-        source: config::ConfigError,
-    },
+    #[error("cannot read config {path}: {message}")]
+    Load { path: String, message: String },
     #[error("config {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         path: String,
@@ -616,9 +613,9 @@ impl Config {
     }
 
     pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
-        let load_err = |source| ConfigError::Load {
+        let load_err = |source: config::ConfigError| ConfigError::Load {
             path: path.display().to_string(),
-            source,
+            message: explain(&source.to_string()),
         };
         let mut builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -686,6 +683,48 @@ impl Config {
     pub fn channel_names(&self) -> String {
         self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
     }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b` for key `k`" as
+/// the full key and the nearest known name, which is what a typo needs.
+fn explain(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((field, rest)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let at = rest
+        .rsplit_once(" for key `")
+        .map(|(_, k)| k.trim_end_matches('`'))
+        .filter(|k| !k.is_empty());
+    let known: Vec<&str> = rest
+        .split(" for key `")
+        .next()
+        .unwrap_or_default()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let key = match at {
+        Some(at) => format!("{at}.{field}"),
+        None => field.to_string(),
+    };
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(field, k), *k))
+        .filter(|(distance, k)| *distance <= (k.len() / 3).max(2))
+        .min();
+    let hint = match nearest {
+        Some((_, k)) => format!("; did you mean `{k}`?"),
+        None if known.is_empty() => String::new(),
+        None => format!(" (known keys here: {})", known.join(", ")),
+    };
+    let kind = rest
+        .find(" (for a channel with kind = ")
+        .map(|i| rest[i..].split(')').next().unwrap_or_default().to_string() + ")")
+        .unwrap_or_default();
+    format!("{key}: unknown key{kind}{hint}")
 }
 
 /// `MAILROOM_SECTION__KEY` variables only: every config key lives in a

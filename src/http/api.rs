@@ -199,6 +199,40 @@ pub async fn reply(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantBody {
+    /// `addr` or `Name <addr>`.
+    pub address: String,
+}
+
+/// Adds a participant to a ticket: 201 when added, 200 when they already
+/// were one. Default replies go to every participant.
+pub async fn add_participant(
+    State(state): State<Arc<HttpState>>,
+    Path(number): Path<i64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (actor, body) = match authenticated_json::<ParticipantBody>(&state, &headers, &body) {
+        Ok(parsed) => parsed,
+        Err(r) => return *r,
+    };
+    let store = state.pipeline.store();
+    match crate::outbound::participants::add_participant(store, &actor, number, &body.address).await
+    {
+        Ok(added) => {
+            let status = if added {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(json!({ "ticket": number, "added": added }))).into_response()
+        }
+        Err(e) => reply_error(e),
+    }
+}
+
 /// Delivery state of a message: `queued`, `sent` (with the relay's answer)
 /// or `failed` (with the reason).
 pub async fn message(

@@ -88,7 +88,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
 struct File {
     filename: String,
     content_type: String,
-    data: Vec<u8>,
+    data: Bytes,
 }
 
 /// Form values by field name, plus uploaded files.
@@ -98,11 +98,48 @@ struct Submission {
     files: Vec<File>,
 }
 
+/// What one submission may hold; past any of them it is refused (413)
+/// while it is parsed, so a body of many tiny fields costs no more memory
+/// than the fields allowed.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    fields: usize,
+    files: usize,
+    file_bytes: usize,
+}
+
+impl Caps {
+    fn of(config: &FormConfig) -> Caps {
+        Caps {
+            fields: config.max_fields,
+            files: config.max_files,
+            file_bytes: config.max_file_bytes,
+        }
+    }
+
+    fn too_many_fields(&self) -> Response {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("more than {} fields (max_fields)", self.fields),
+        )
+    }
+}
+
+impl Submission {
+    fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Response> {
+        if self.values.len() >= caps.fields && !self.values.contains_key(&name) {
+            return Err(caps.too_many_fields());
+        }
+        self.values.insert(name, value);
+        Ok(())
+    }
+}
+
 fn bad_request(message: impl Into<String>) -> Response {
     problem(StatusCode::BAD_REQUEST, message)
 }
 
-async fn parse_body(headers: &HeaderMap, body: Bytes) -> Result<Submission, Response> {
+async fn parse_body(headers: &HeaderMap, body: Bytes, caps: Caps) -> Result<Submission, Response> {
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -117,26 +154,24 @@ async fn parse_body(headers: &HeaderMap, body: Bytes) -> Result<Submission, Resp
     let mut submission = Submission::default();
     match mime.as_str() {
         "application/x-www-form-urlencoded" => {
-            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-                .map_err(|e| bad_request(format!("malformed form body: {e}")))?;
-            submission.values.extend(pairs);
-        }
-        "application/json" => {
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| bad_request(format!("malformed JSON: {e}")))?;
-            let object = value
-                .as_object()
-                .ok_or_else(|| bad_request("the JSON body must be an object of fields"))?;
-            for (key, value) in object {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => continue,
-                    other => other.to_string(),
-                };
-                submission.values.insert(key.clone(), text);
+            for (name, value) in form_urlencoded::parse(&body) {
+                submission.add_value(caps, name.into_owned(), value.into_owned())?;
             }
         }
-        "multipart/form-data" => parse_multipart(&content_type, body, &mut submission).await?,
+        "application/json" => {
+            let mut deserializer = serde_json::Deserializer::from_slice(&body);
+            let fields =
+                serde::de::DeserializeSeed::deserialize(JsonFields(caps), &mut deserializer)
+                    .and_then(|fields| deserializer.end().map(|()| fields))
+                    .map_err(|e| match e.to_string().starts_with(TOO_MANY) {
+                        true => caps.too_many_fields(),
+                        false => bad_request(format!("malformed JSON: {e}")),
+                    })?;
+            submission.values = fields;
+        }
+        "multipart/form-data" => {
+            parse_multipart(&content_type, body, caps, &mut submission).await?
+        }
         _ => {
             return Err(problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -147,15 +182,62 @@ async fn parse_body(headers: &HeaderMap, body: Bytes) -> Result<Submission, Resp
     Ok(submission)
 }
 
+const TOO_MANY: &str = "too many fields";
+
+/// A JSON object of fields read entry by entry, stopping at the cap:
+/// strings as they are, other values as JSON text, nulls skipped.
+struct JsonFields(Caps);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonFields {
+    type Value = BTreeMap<String, String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonFields {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of fields")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = BTreeMap::new();
+        // Values stay raw text until taken: a parsed `Value` of a long
+        // array would cost many times the bytes posted.
+        while let Some((key, value)) =
+            map.next_entry::<String, &'de serde_json::value::RawValue>()?
+        {
+            let raw = value.get();
+            let text = match raw.as_bytes().first() {
+                Some(b'"') => {
+                    serde_json::from_str::<String>(raw).map_err(serde::de::Error::custom)?
+                }
+                _ if raw == "null" => continue,
+                _ => raw.to_string(),
+            };
+            if fields.len() >= self.0.fields && !fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            fields.insert(key, text);
+        }
+        Ok(fields)
+    }
+}
+
 async fn parse_multipart(
     content_type: &str,
     body: Bytes,
+    caps: Caps,
     submission: &mut Submission,
 ) -> Result<(), Response> {
     let multipart_error = |e: multer::Error| bad_request(format!("multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(multipart_error)?;
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut file_bytes = 0;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
         let filename = field.file_name().map(str::to_string);
@@ -168,14 +250,32 @@ async fn parse_multipart(
             .await
             .map_err(|e| bad_request(format!("multipart field {name}: {e}")))?;
         match filename {
-            Some(filename) if !filename.is_empty() => submission.files.push(File {
-                filename,
-                content_type,
-                data: data.to_vec(),
-            }),
+            Some(filename) if !filename.is_empty() => {
+                file_bytes += data.len();
+                if submission.files.len() >= caps.files {
+                    return Err(problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("more than {} files (max_files)", caps.files),
+                    ));
+                }
+                if file_bytes > caps.file_bytes {
+                    return Err(problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the files are larger than {} bytes together (max_file_bytes)",
+                            caps.file_bytes
+                        ),
+                    ));
+                }
+                submission.files.push(File {
+                    filename,
+                    content_type,
+                    data,
+                })
+            }
             _ => {
                 let text = String::from_utf8_lossy(&data).into_owned();
-                submission.values.insert(name, text);
+                submission.add_value(caps, name, text)?;
             }
         }
     }
@@ -224,7 +324,7 @@ pub async fn submit(
         Ok(accepted) => accepted,
         Err(refused) => return *refused,
     };
-    let submission = match parse_body(&headers, body).await {
+    let submission = match parse_body(&headers, body, Caps::of(config)).await {
         Ok(s) => s,
         Err(response) => return response,
     };
@@ -443,7 +543,7 @@ fn build_message(
         builder = builder.attachment(
             file.content_type.as_str(),
             file.filename.as_str(),
-            file.data.as_slice(),
+            file.data.as_ref(),
         );
     }
     builder.write_to_vec()

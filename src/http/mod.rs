@@ -128,6 +128,10 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/inbound/{channel}", post(inbound))
         .route("/forms/{name}", post(forms::submit))
         .route("/api/v1/tickets/{number}/replies", post(api::reply))
+        .route(
+            "/api/v1/tickets/{number}/participants",
+            post(api::add_participant),
+        )
         .route("/api/v1/messages/{id}", get(api::message))
         .route(
             "/api/v1/teams/{team}/default-address",

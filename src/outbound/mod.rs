@@ -4,6 +4,7 @@
 //!   and every reason to refuse one.
 //! - `reply`: loads what a reply needs, renders it and stores it with its
 //!   outbox row (and any status change or assignment) in one transaction.
+//! - `participants`: who default replies go to, as agents decide.
 //! - `compose`: the MIME rendering (mail-builder).
 //! - `outbox`: the worker that claims, sends, retries and records, and puts
 //!   copies in the Sent folder.
@@ -11,6 +12,7 @@
 
 pub mod compose;
 pub mod outbox;
+pub mod participants;
 pub mod plan;
 pub mod reply;
 pub mod smtp;

@@ -109,33 +109,27 @@ async fn queue_reply_once(
 }
 
 /// The ticket, if it exists and the actor works in its team. Another team's
-/// ticket answers like a missing one: numbers are not for probing.
-async fn accessible_ticket(
+/// ticket answers exactly like a missing one: numbers are not for probing.
+pub(super) async fn accessible_ticket(
     store: &Store,
     tx: &mut Tx,
     actor: &Actor,
     number: i64,
 ) -> Result<ReplyTicket, ReplyError> {
-    let ticket = match store.reply_ticket(tx, number).await? {
-        Ok(ticket) => ticket,
-        Err(TicketMissing::NotFound(n)) => {
-            return Err(ReplyError::NotFound(format!("ticket #{n} does not exist")))
+    let missing = || ReplyError::NotFound(format!("ticket #{number} does not exist"));
+    match store.reply_ticket(tx, number).await? {
+        Ok(ticket) if actor.can_access_team(ticket.team_id) => Ok(ticket),
+        Ok(_) | Err(TicketMissing::NotFound(_)) => Err(missing()),
+        Err(TicketMissing::Deleted { team_id, .. }) if !actor.can_access_team(team_id) => {
+            Err(missing())
         }
-        Err(TicketMissing::Deleted(n)) => {
-            return Err(ReplyError::NotFound(format!("ticket #{n} was deleted")))
+        Err(TicketMissing::Deleted { number: n, .. }) => {
+            Err(ReplyError::NotFound(format!("ticket #{n} was deleted")))
         }
-        Err(TicketMissing::MergeLoop(n)) => {
-            return Err(ReplyError::NotFound(format!(
-                "ticket #{n} is merged in a loop"
-            )))
-        }
-    };
-    if !actor.can_access_team(ticket.team_id) {
-        return Err(ReplyError::NotFound(format!(
-            "ticket #{number} does not exist (or belongs to a team you are not in)"
-        )));
+        Err(TicketMissing::MergeLoop(n)) => Err(ReplyError::NotFound(format!(
+            "ticket #{n} is merged in a loop"
+        ))),
     }
-    Ok(ticket)
 }
 
 fn status_name(dir: &Directory, status: i64) -> String {

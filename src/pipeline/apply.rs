@@ -171,6 +171,8 @@ async fn snapshot(
     let mut senders: Vec<String> = keys.iter().filter_map(|k| k.sender.clone()).collect();
     distinct(&mut senders);
     known.load_contacts(conn, backend, &senders).await?;
+    let contact_ids: Vec<i64> = known.contacts.values().copied().collect();
+    known.load_participants(conn, backend, &contact_ids).await?;
     let mut tags: Vec<i64> = keys.iter().filter_map(|k| k.subject_tag).collect();
     tags.sort_unstable();
     tags.dedup();
@@ -359,9 +361,36 @@ impl<'a> Batch<'a> {
             }
             Continue::Append { reopen } => reopen,
         };
+        // Who may hear back is decided by the ticket's participants, not by
+        // whichever Message-ID a message names: a stranger's message that
+        // threads here is kept, flagged, and does not get replies.
+        let newcomer = match (contact, keys_sender(message), automatic || weak) {
+            (Some(contact), Some(sender), false) => {
+                !self
+                    .is_participant(conn, ticket.id, contact, sender)
+                    .await?
+            }
+            _ => false,
+        };
+        let flag = newcomer.then_some(NEW_PARTICIPANT);
         let row = self
-            .add_message(conn, Some(ticket.id), channel, inbound, contact, remaining)
+            .add_message_flagged(
+                conn,
+                Some(ticket.id),
+                channel,
+                inbound,
+                contact,
+                flag,
+                remaining,
+            )
             .await?;
+        if newcomer {
+            self.event(
+                ticket.id,
+                "new_participant",
+                json!({ "message": row, "address": keys_sender(message) }),
+            );
+        }
         if reopen {
             let state = self
                 .known
@@ -382,7 +411,7 @@ impl<'a> Batch<'a> {
         self.writer.touched.insert(ticket.id);
         // Replies go to participants by default: bounces, auto-replies and
         // marker-only matches do not make one.
-        if let (Some(contact), false, false) = (contact, automatic, weak) {
+        if let (Some(contact), false, false, false) = (contact, automatic, weak, newcomer) {
             self.participate(
                 ticket.id,
                 ticket.number,
@@ -574,11 +603,34 @@ impl<'a> Batch<'a> {
         role: &'static str,
     ) {
         self.writer.participants.push((ticket, contact, role));
+        self.known.participants.insert((ticket, contact));
         if let Some(sender) = sender {
             self.known
                 .tagged
                 .insert((team, number, sender.to_string()), ticket);
         }
+    }
+
+    /// Whether the sender already takes part in `ticket`: a contact of it
+    /// (also earlier in this batch), one of our agents, or an address the
+    /// conversation named in To or Cc.
+    async fn is_participant(
+        &mut self,
+        conn: &mut AnyConnection,
+        ticket: i64,
+        contact: i64,
+        sender: &str,
+    ) -> Result<bool, sqlx::Error> {
+        if self.known.participants.contains(&(ticket, contact))
+            || self.dir.agents.values().any(|a| a.email == sender)
+        {
+            return Ok(true);
+        }
+        let named = Snapshot::addressed_on_ticket(conn, ticket, sender).await?;
+        if named {
+            self.known.participants.insert((ticket, contact));
+        }
+        Ok(named)
     }
 
     async fn add_message(
@@ -588,6 +640,23 @@ impl<'a> Batch<'a> {
         channel: &'a ChannelInfo,
         inbound: &'a Inbound,
         contact: Option<i64>,
+        remaining: usize,
+    ) -> Result<i64, sqlx::Error> {
+        self.add_message_flagged(conn, ticket_id, channel, inbound, contact, None, remaining)
+            .await
+    }
+
+    /// `add_message`, with a flag of the ticket's (not of the message's own
+    /// headers) stored beside its own.
+    #[allow(clippy::too_many_arguments)]
+    async fn add_message_flagged(
+        &mut self,
+        conn: &mut AnyConnection,
+        ticket_id: Option<i64>,
+        channel: &'a ChannelInfo,
+        inbound: &'a Inbound,
+        contact: Option<i64>,
+        flag: Option<&'static str>,
         remaining: usize,
     ) -> Result<i64, sqlx::Error> {
         let id = self
@@ -605,9 +674,16 @@ impl<'a> Batch<'a> {
                 self.known.thread_roots.insert(key, ticket_id);
             }
         }
-        self.writer
-            .messages
-            .push(message_row(id, ticket_id, channel, m, contact));
+        let mut row = message_row(id, ticket_id, channel, m, contact);
+        if let Some(flag) = flag {
+            row.flags = [row.flags.as_str(), flag]
+                .iter()
+                .filter(|f| !f.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        self.writer.messages.push(row);
         self.writer
             .attachments
             .extend(m.attachments.iter().map(|a| AttachmentRow {
@@ -672,6 +748,10 @@ impl<'a> Batch<'a> {
 fn keys_sender(message: &ParsedMessage) -> Option<&str> {
     message.from.as_ref().map(|f| f.address.as_str())
 }
+
+/// Stored in `messages.flags` for a message from someone the ticket did not
+/// know: an agent decides whether they are in the conversation.
+pub const NEW_PARTICIPANT: &str = "new_participant";
 
 fn message_row<'a>(
     id: i64,

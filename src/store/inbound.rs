@@ -83,6 +83,8 @@ pub struct Snapshot {
     /// (team, Thread-Index root, sender) → the latest ticket of that
     /// Outlook conversation from that sender.
     pub thread_roots: HashMap<(i64, String, String), i64>,
+    /// (ticket, contact) for every ticket the batch's senders take part in.
+    pub participants: HashSet<(i64, i64)>,
 }
 
 impl Snapshot {
@@ -145,6 +147,41 @@ impl Snapshot {
         let rows: Vec<(String, i64)> = select_in(conn, backend, sql, emails).await?;
         self.contacts.extend(rows);
         Ok(())
+    }
+
+    /// The tickets these contacts take part in.
+    pub async fn load_participants(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        contacts: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        let sql = "SELECT ticket_id, contact_id FROM ticket_contacts WHERE contact_id IN ({})";
+        let rows: Vec<(i64, i64)> = select_in(conn, backend, sql, contacts).await?;
+        self.participants.extend(rows);
+        Ok(())
+    }
+
+    /// Whether `address` is in the To or Cc of a message on `ticket` (or on
+    /// a ticket merged into it): someone the conversation already named.
+    pub async fn addressed_on_ticket(
+        conn: &mut AnyConnection,
+        ticket: i64,
+        address: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT to_addrs, cc_addrs FROM messages
+             WHERE ticket_id IN (SELECT id FROM tickets WHERE id = $1 OR merged_into = $1)",
+        )
+        .bind(ticket)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.iter().any(|(to, cc)| {
+            crate::mail::address::list_from_json(to)
+                .iter()
+                .chain(&crate::mail::address::list_from_json(cc))
+                .any(|m| m.address.eq_ignore_ascii_case(address))
+        }))
     }
 
     /// Tickets with these numbers that these senders take part in.

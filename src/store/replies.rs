@@ -47,7 +47,11 @@ struct TicketRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TicketMissing {
     NotFound(i64),
-    Deleted(i64),
+    /// The deleted ticket's number and team.
+    Deleted {
+        number: i64,
+        team_id: i64,
+    },
     MergeLoop(i64),
 }
 
@@ -137,7 +141,12 @@ impl Store {
             known.load_tickets(tx, self.backend(), [id]).await?;
             let live = match follow_merges(&known.tickets, id) {
                 Merged::Live(ticket) => ticket.id,
-                Merged::Deleted(ticket) => return Ok(Err(TicketMissing::Deleted(ticket.number))),
+                Merged::Deleted(ticket) => {
+                    return Ok(Err(TicketMissing::Deleted {
+                        number: ticket.number,
+                        team_id: ticket.team_id,
+                    }))
+                }
                 Merged::Missing(_) => return Ok(Err(TicketMissing::NotFound(number))),
                 Merged::Loop => return Ok(Err(TicketMissing::MergeLoop(number))),
             };
@@ -398,4 +407,47 @@ async fn update_replied_ticket(tx: &mut Tx, reply: &NewReply<'_>) -> Result<(), 
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+impl Store {
+    /// Makes `person` a participant of `ticket` (creating the contact if
+    /// needed), so default replies go to them too. False when they already
+    /// were one.
+    pub async fn add_participant(
+        &self,
+        tx: &mut Tx,
+        ticket: i64,
+        person: &Mailbox,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO contacts (email, name, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (email) DO NOTHING",
+        )
+        .bind(&person.address)
+        .bind(&person.name)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let contact: i64 = sqlx::query_scalar("SELECT id FROM contacts WHERE email = $1")
+            .bind(&person.address)
+            .fetch_one(&mut **tx)
+            .await?;
+        let added = sqlx::query(
+            "INSERT INTO ticket_contacts (ticket_id, contact_id, role) VALUES ($1, $2, 'participant')
+             ON CONFLICT (ticket_id, contact_id) DO NOTHING",
+        )
+        .bind(ticket)
+        .bind(contact)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if added {
+            let data = serde_json::json!({ "address": person.address });
+            super::events::insert(tx, ticket, "participant_added", &data, actor, now).await?;
+        }
+        Ok(added)
+    }
 }

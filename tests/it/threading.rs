@@ -73,10 +73,11 @@ both_backends!(
             5,
             "01, 02, 03, 09, 11 on alice's ticket"
         );
-        assert_eq!(
-            view.ticket.contacts,
-            vec!["alice@customer.test", "bob@customer.test"]
-        );
+        // Bob was never named on alice's ticket: his message is kept and
+        // flagged, and he is not a recipient until an agent adds him.
+        assert_eq!(view.ticket.contacts, vec!["alice@customer.test"]);
+        assert_eq!(view.messages[2].from, "bob@customer.test");
+        assert_eq!(view.messages[2].flags, vec!["new_participant"]);
         assert_eq!(view.messages[4].flags, vec!["auto_reply"]);
         let counts = app.store().counts().await.unwrap();
         assert_eq!(counts.tickets, 5, "alice, carol, mallory, dave, erin");
