@@ -1,4 +1,4 @@
-//! `mailroom reply NUMBER --body-file F …`: queues a reply from the command
+//! `mailroom reply NUMBER --body-file F [--html-file H] …`: queues a reply from the command
 //! line, with the same checks as the API; the daemon (or `mailroom outbox
 //! flush`) sends it.
 
@@ -17,9 +17,9 @@ pub struct Args {
     /// A From address of the ticket's team [default: the team default].
     #[arg(long)]
     from: Option<String>,
-    /// The reply's text (`-` for stdin).
-    #[arg(long)]
-    body_file: PathBuf,
+    /// The reply's text (`-` for stdin) [default: made from the HTML].
+    #[arg(long, required_unless_present = "html_file")]
+    body_file: Option<PathBuf>,
     /// An HTML version of the reply [default: made from the text].
     #[arg(long)]
     html_file: Option<PathBuf>,
@@ -69,7 +69,7 @@ fn request(args: &Args) -> Result<ReplyRequest, String> {
         bcc: args.bcc.clone(),
         in_reply_to: args.in_reply_to,
         status: args.status.clone(),
-        body_text: Some(read_text(&args.body_file)?),
+        body_text: args.body_file.as_deref().map(read_text).transpose()?,
         body_html: args.html_file.as_deref().map(read_text).transpose()?,
         ..Default::default()
     };

@@ -126,9 +126,10 @@ impl Caps {
 }
 
 impl Submission {
-    fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Response> {
+    /// Adds a field, or answers 413 past the cap.
+    fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Box<Response>> {
         if self.values.len() >= caps.fields && !self.values.contains_key(&name) {
-            return Err(caps.too_many_fields());
+            return Err(Box::new(caps.too_many_fields()));
         }
         self.values.insert(name, value);
         Ok(())
@@ -155,7 +156,9 @@ async fn parse_body(headers: &HeaderMap, body: Bytes, caps: Caps) -> Result<Subm
     match mime.as_str() {
         "application/x-www-form-urlencoded" => {
             for (name, value) in form_urlencoded::parse(&body) {
-                submission.add_value(caps, name.into_owned(), value.into_owned())?;
+                submission
+                    .add_value(caps, name.into_owned(), value.into_owned())
+                    .map_err(|r| *r)?;
             }
         }
         "application/json" => {
@@ -275,7 +278,7 @@ async fn parse_multipart(
             }
             _ => {
                 let text = String::from_utf8_lossy(&data).into_owned();
-                submission.add_value(caps, name, text)?;
+                submission.add_value(caps, name, text).map_err(|r| *r)?;
             }
         }
     }

@@ -783,3 +783,83 @@ fn logs_are_plain_text_unless_colour_is_asked_for() {
     let coloured = w.pipe(&["ingest"], &[("MAILROOM_LOG__COLOR", "always")], &again);
     assert!(String::from_utf8_lossy(&coloured.stderr).contains('\u{1b}'));
 }
+
+#[test]
+fn a_reply_from_an_html_file_cannot_smuggle_smtp_commands() {
+    let w = Workdir::new();
+    let recorder = crate::recorder::Recorder::start();
+    add_relay(&w, recorder.port);
+    let customer = mail("carol@customer.test", "c1@customer.test", "Help", "", "Hi");
+    assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
+    std::fs::write(
+        w.path().join("evil.html"),
+        "<p>hello</p>\r\n\n.\r\nMAIL FROM:<x@evil.test>\r\nRCPT TO:<victim@evil.test>\r\nDATA\r\n\r\nboo\r\n.\r\n",
+    )
+    .unwrap();
+    let queued = w.run(&["reply", "1", "--html-file", "evil.html", "--as", "alice"]);
+    assert_eq!(
+        code(&queued),
+        0,
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    let mut daemon = w.daemon();
+    wait_for("the reply to be sent", || outbox(&w)[0]["state"] == "sent");
+    stop_gracefully(&mut daemon);
+    let sent = recorder.transactions();
+    let senders: Vec<&str> = sent.iter().map(|t| t.mail_from.as_str()).collect();
+    assert_eq!(
+        senders,
+        vec!["<support@example.com>"],
+        "one transaction, ours"
+    );
+    assert_eq!(crate::recorder::bare_line_end(&sent[0].data), None);
+}
+
+#[test]
+fn the_pipe_reads_no_more_than_the_size_limit() {
+    let w = Workdir::new();
+    let limit = 4096;
+    let big = mail(
+        "carol@customer.test",
+        "big@customer.test",
+        "Big",
+        "",
+        &"x".repeat(1 << 20),
+    );
+    let mut child = w
+        .cmd(&["ingest"])
+        .env("MAILROOM_INGEST__MAX_MESSAGE_BYTES", limit.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The MTA's side: mailroom stops reading after the limit, so the rest
+    // of the write may meet a closed pipe.
+    let written = child.stdin.take().unwrap().write_all(&big);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 65, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("larger than ingest.max_message_bytes (4096 bytes)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(written.is_err(), "the whole 1 MiB was read");
+    let small = mail(
+        "carol@customer.test",
+        "s@customer.test",
+        "Small",
+        "",
+        "fits",
+    );
+    assert_eq!(
+        code(&w.pipe(
+            &["ingest"],
+            &[("MAILROOM_INGEST__MAX_MESSAGE_BYTES", "4096")],
+            &small
+        )),
+        0
+    );
+}

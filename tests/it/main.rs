@@ -12,5 +12,7 @@ mod layers;
 mod outbound;
 mod postfix;
 mod quarantine;
+mod recorder;
+mod security;
 mod smtp;
 mod threading;
