@@ -385,6 +385,10 @@ pub struct FormConfig {
     /// Most fields a submission may have (files not counted); more get 413.
     #[serde(default = "default_form_max_fields")]
     pub max_fields: usize,
+    /// Longest value of one (non-file) field, the message body included;
+    /// a longer one gets 413.
+    #[serde(default = "default_form_max_field_bytes")]
+    pub max_field_bytes: usize,
     /// Most files a submission may carry; more get 413.
     #[serde(default = "default_form_max_files")]
     pub max_files: usize,
@@ -396,6 +400,10 @@ pub struct FormConfig {
 
 fn default_form_max_fields() -> usize {
     100
+}
+
+fn default_form_max_field_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_form_max_files() -> usize {
@@ -446,6 +454,12 @@ impl FormConfig {
             self.max_fields as u64,
             4,
             10_000,
+        );
+        problems.range(
+            format!("{at}.max_field_bytes"),
+            self.max_field_bytes as u64,
+            1024,
+            1 << 30,
         );
         problems.range(format!("{at}.max_files"), self.max_files as u64, 0, 1_000);
         problems.range(

@@ -104,6 +104,7 @@ struct Submission {
 #[derive(Debug, Clone, Copy)]
 struct Caps {
     fields: usize,
+    field_bytes: usize,
     files: usize,
     file_bytes: usize,
 }
@@ -112,8 +113,32 @@ impl Caps {
     fn of(config: &FormConfig) -> Caps {
         Caps {
             fields: config.max_fields,
+            field_bytes: config.max_field_bytes,
             files: config.max_files,
             file_bytes: config.max_file_bytes,
+        }
+    }
+
+    fn too_long(&self, name: &str) -> Response {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "field {name:?} is longer than {} bytes (max_field_bytes)",
+                self.field_bytes
+            ),
+        )
+    }
+
+    /// The answer for a JSON body that did not parse or passed a cap.
+    fn json_error(&self, e: serde_json::Error) -> Response {
+        let message = e.to_string();
+        if message.starts_with(TOO_MANY) {
+            self.too_many_fields()
+        } else if let Some(rest) = message.strip_prefix(TOO_LONG) {
+            // serde_json appends " at line L column C".
+            self.too_long(rest.rsplit_once(" at line ").map_or(rest, |(n, _)| n))
+        } else {
+            bad_request(format!("malformed JSON: {e}"))
         }
     }
 
@@ -130,6 +155,9 @@ impl Submission {
     fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Box<Response>> {
         if self.values.len() >= caps.fields && !self.values.contains_key(&name) {
             return Err(Box::new(caps.too_many_fields()));
+        }
+        if value.len() > caps.field_bytes {
+            return Err(Box::new(caps.too_long(&name)));
         }
         self.values.insert(name, value);
         Ok(())
@@ -166,10 +194,7 @@ async fn parse_body(headers: &HeaderMap, body: Bytes, caps: Caps) -> Result<Subm
             let fields =
                 serde::de::DeserializeSeed::deserialize(JsonFields(caps), &mut deserializer)
                     .and_then(|fields| deserializer.end().map(|()| fields))
-                    .map_err(|e| match e.to_string().starts_with(TOO_MANY) {
-                        true => caps.too_many_fields(),
-                        false => bad_request(format!("malformed JSON: {e}")),
-                    })?;
+                    .map_err(|e| caps.json_error(e))?;
             submission.values = fields;
         }
         "multipart/form-data" => {
@@ -186,6 +211,7 @@ async fn parse_body(headers: &HeaderMap, body: Bytes, caps: Caps) -> Result<Subm
 }
 
 const TOO_MANY: &str = "too many fields";
+const TOO_LONG: &str = "field too long: ";
 
 /// A JSON object of fields read entry by entry, stopping at the cap:
 /// strings as they are, other values as JSON text, nulls skipped.
@@ -223,6 +249,9 @@ impl<'de> serde::de::Visitor<'de> for JsonFields {
             };
             if fields.len() >= self.0.fields && !fields.contains_key(&key) {
                 return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            if text.len() > self.0.field_bytes {
+                return Err(serde::de::Error::custom(format!("{TOO_LONG}{key}")));
             }
             fields.insert(key, text);
         }
@@ -365,6 +394,9 @@ pub async fn submit(
             return problem(StatusCode::INTERNAL_SERVER_ERROR, message);
         }
     };
+    // The message holds everything now; the body's memory goes before the
+    // wait for the commit.
+    drop(submission);
     let hints = Hints {
         no_threading: !config.threaded,
         properties: fields.properties,
@@ -549,7 +581,11 @@ fn build_message(
             file.data.as_ref(),
         );
     }
-    builder.write_to_vec()
+    // Sized up front: growing by doubling would hold two copies at once.
+    let files: usize = submission.files.iter().map(|f| f.data.len()).sum();
+    let mut raw = Vec::with_capacity(files / 3 * 4 + files / 38 + fields.body.len() * 3 + 8192);
+    builder.write_to(&mut raw)?;
+    Ok(raw)
 }
 
 /// 201 with the new ticket, 200 for an existing one, 202 when recorded

@@ -125,7 +125,12 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
             draft.references.iter().map(|r| single_line(r)),
         ));
     }
-    let raw = builder.write_to_vec()?;
+    // Sized up front: growing by doubling would hold two copies at once.
+    let files: usize = draft.attachments.iter().map(|a| a.data.len()).sum();
+    let mut raw = Vec::with_capacity(
+        files / 3 * 4 + files / 38 + (draft.text.len() + draft.html.len()) * 3 + 8192,
+    );
+    builder.write_to(&mut raw)?;
     wire::check_smtp_safe(&raw).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -549,7 +549,7 @@ async fn connections_over_the_cap_are_answered_503_and_closed() {
 async fn forms_refuse_too_many_fields_or_files_and_store_nothing() {
     let limits = "[channels.web]\nkind = \"form\"\nteam = \"support\"\npipeline = \"support\"\n\
                   allowed_origins = [\"https://www.example.com\"]\nrate_limit_per_minute = 1000\n\
-                  max_fields = 10\nmax_files = 2\nmax_file_bytes = 1000\n\
+                  max_fields = 10\nmax_field_bytes = 1024\nmax_files = 2\nmax_file_bytes = 1000\n\
                   [http]\nbind = \"127.0.0.1:0\"\n";
     let app = TestApp::with_config(Backend::Sqlite, limits).await;
     let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
@@ -619,6 +619,52 @@ async fn forms_refuse_too_many_fields_or_files_and_store_nothing() {
         answer["error"].as_str().unwrap().contains("max_file_bytes"),
         "{answer}"
     );
+    let long = format!("email=dan%40customer.test&body={}", "y".repeat(2000));
+    let (status, answer) = post(
+        url.clone(),
+        headers("application/x-www-form-urlencoded"),
+        long.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"body\" is longer than 1024 bytes"),
+        "{answer}"
+    );
+    let long = json!({ "email": "dan@customer.test", "body": "hi", "list": vec![1; 1000] });
+    let (status, answer) = post(
+        url.clone(),
+        headers("application/json"),
+        long.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"list\" is longer"),
+        "{answer}"
+    );
+
+    // A contact address we could not reply to is refused too.
+    for email in ["%C3%BC%40ex%C3%A4mple.test", "x%40%5B127.0.0.1%5D"] {
+        let body = format!("email={email}&body=hi").into_bytes();
+        let (status, answer) = post(
+            url.clone(),
+            headers("application/x-www-form-urlencoded"),
+            body,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["field"]),
+            (422, &json!("email")),
+            "{email}: {answer}"
+        );
+    }
     assert_eq!(
         app.store().counts().await.unwrap().tickets,
         0,
@@ -700,4 +746,33 @@ fn check_refuses_unsafe_config_and_names_the_key() {
         let out = check(&toml);
         assert!(out.contains(expected), "expected {expected:?} in:\n{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_gets_408_and_stores_nothing() {
+    let slow = LISTENER.replace("header_timeout_secs = 2", "request_timeout_secs = 1");
+    let app = TestApp::with_config(Backend::Sqlite, &slow).await;
+    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(
+                b"POST /forms/web HTTP/1.1\r\nHost: x\r\nOrigin: https://www.example.com\r\n\
+                  Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nemail=a%40b.test&bo",
+            )
+            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = stream.read(&mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(app.store().counts().await.unwrap().tickets, 0);
+    stop.cancel();
 }
