@@ -171,8 +171,6 @@ async fn snapshot(
     let mut senders: Vec<String> = keys.iter().filter_map(|k| k.sender.clone()).collect();
     distinct(&mut senders);
     known.load_contacts(conn, backend, &senders).await?;
-    let contact_ids: Vec<i64> = known.contacts.values().copied().collect();
-    known.load_participants(conn, backend, &contact_ids).await?;
     let mut tags: Vec<i64> = keys.iter().filter_map(|k| k.subject_tag).collect();
     tags.sort_unstable();
     tags.dedup();
@@ -200,6 +198,10 @@ async fn snapshot(
         )
         .collect();
     known.load_tickets(conn, backend, tickets).await?;
+    // Who takes part in the tickets the batch may join (a few rows per
+    // ticket, however long the senders' history).
+    let candidates: Vec<i64> = known.tickets.keys().copied().collect();
+    known.load_participants(conn, backend, &candidates).await?;
     Ok(known)
 }
 

@@ -83,7 +83,7 @@ pub struct Snapshot {
     /// (team, Thread-Index root, sender) → the latest ticket of that
     /// Outlook conversation from that sender.
     pub thread_roots: HashMap<(i64, String, String), i64>,
-    /// (ticket, contact) for every ticket the batch's senders take part in.
+    /// (ticket, contact) for the participants of the tickets loaded.
     pub participants: HashSet<(i64, i64)>,
 }
 
@@ -149,15 +149,15 @@ impl Snapshot {
         Ok(())
     }
 
-    /// The tickets these contacts take part in.
+    /// Who takes part in these tickets.
     pub async fn load_participants(
         &mut self,
         conn: &mut AnyConnection,
         backend: Backend,
-        contacts: &[i64],
+        tickets: &[i64],
     ) -> Result<(), sqlx::Error> {
-        let sql = "SELECT ticket_id, contact_id FROM ticket_contacts WHERE contact_id IN ({})";
-        let rows: Vec<(i64, i64)> = select_in(conn, backend, sql, contacts).await?;
+        let sql = "SELECT ticket_id, contact_id FROM ticket_contacts WHERE ticket_id IN ({})";
+        let rows: Vec<(i64, i64)> = select_in(conn, backend, sql, tickets).await?;
         self.participants.extend(rows);
         Ok(())
     }
