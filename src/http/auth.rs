@@ -50,19 +50,33 @@ impl ReplayGuard {
     /// if it was already used.
     async fn first_use(&self, digest: &str, timestamp: i64) -> Result<bool, sqlx::Error> {
         let expires_at = (timestamp + WINDOW_SECS + 1) * 1000;
+        // Pruned a window late: an instance whose clock runs ahead must not
+        // drop a record that another still needs.
+        let prune_before = (self.now() - WINDOW_SECS) * 1000;
         self.store
-            .first_signature_use(digest, expires_at, self.now() * 1000)
+            .first_signature_use(digest, expires_at, prune_before)
             .await
     }
 
     /// Lets a signed request be sent again after it could not be stored
-    /// (the database was unavailable); a bearer request needs nothing.
-    pub async fn forget(&self, accepted: &Accepted) {
-        if let Accepted::Signed { digest } = accepted {
-            if let Err(e) = self.store.forget_signature(digest).await {
-                tracing::warn!(error = %e, "Could not forget a signature; its retry will be refused as a replay.");
+    /// (the database was unavailable, or building it failed); a bearer
+    /// request needs nothing. The database may be down right now, so this
+    /// keeps trying in the background, once a second, for as long as the
+    /// signature could be accepted.
+    pub fn forget(&self, accepted: &Accepted) {
+        let Accepted::Signed { digest } = accepted else {
+            return;
+        };
+        let (store, digest) = (self.store.clone(), digest.clone());
+        tokio::spawn(async move {
+            for _ in 0..=2 * WINDOW_SECS {
+                match store.forget_signature(&digest).await {
+                    Ok(()) => return,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                }
             }
-        }
+            tracing::warn!("Could not forget a signature while the database was down; a retry with it is refused as a replay.");
+        });
     }
 }
 
@@ -117,10 +131,9 @@ pub struct Credentials<'a> {
 }
 
 /// Accepts the request if it carries a valid bearer token or signature for
-/// `scope` (the channel); otherwise returns the 401 to send.
+/// this channel; otherwise returns the 401 to send.
 pub async fn check(
     channel: &Credentials<'_>,
-    scope: &str,
     headers: &HeaderMap,
     body: &[u8],
     replays: &ReplayGuard,
@@ -154,7 +167,7 @@ pub async fn check(
             .trim()
             .parse()
             .map_err(|_| unauthorized("X-Mailroom-Timestamp must be unix seconds"))?;
-        if (replays.now() - timestamp).abs() > WINDOW_SECS {
+        if replays.now().abs_diff(timestamp) > WINDOW_SECS as u64 {
             return Err(unauthorized(
                 "signature timestamp is outside the 5-minute window",
             ));
@@ -166,7 +179,9 @@ pub async fn check(
         ) {
             return Err(unauthorized("signature does not match the body"));
         }
-        let digest = crate::crypto::sha256_hex(format!("{scope}\0{signature}").as_bytes());
+        // The signature alone: it does not cover the channel, so the same
+        // request sent to another channel with the same secret is a replay.
+        let digest = crate::crypto::sha256_hex(signature.as_bytes());
         return match replays.first_use(&digest, timestamp).await {
             Ok(true) => Ok(Accepted::Signed { digest }),
             Ok(false) => Err(unauthorized("this signature was already used (replay)")),

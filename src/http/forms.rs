@@ -23,6 +23,7 @@ use super::{auth, problem, HttpState};
 use crate::config::{Config, FormConfig};
 use crate::crypto::sha256_hex;
 use crate::mail::ids::SYNTHETIC_DOMAIN;
+use crate::mail::wire::base64_len;
 use crate::pipeline::{Disposition, Hints, Outcome, RawMessage};
 
 /// Default per-IP limit for browser forms without a configured one.
@@ -123,10 +124,27 @@ impl Caps {
         problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "field {name:?} is longer than {} bytes (max_field_bytes)",
+                "field {:?} is longer than {} bytes (max_field_bytes)",
+                shown(name),
                 self.field_bytes
             ),
         )
+    }
+
+    /// Checks the raw (still encoded) sizes before anything is decoded:
+    /// decoding never yields more than a few bytes per raw byte, so the
+    /// decoded value stays within a small multiple of the cap.
+    fn check_raw(&self, name: &[u8], value: &[u8]) -> Result<(), Box<Response>> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Box::new(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a field name is longer than {MAX_NAME_BYTES} bytes"),
+            )));
+        }
+        if value.len() > self.field_bytes.saturating_mul(3) {
+            return Err(Box::new(self.too_long(&String::from_utf8_lossy(name))));
+        }
+        Ok(())
     }
 
     /// The answer for a JSON body that did not parse or passed a cap.
@@ -153,6 +171,12 @@ impl Caps {
 impl Submission {
     /// Adds a field, or answers 413 past the cap.
     fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Box<Response>> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Box::new(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a field name is longer than {MAX_NAME_BYTES} bytes"),
+            )));
+        }
         if self.values.len() >= caps.fields && !self.values.contains_key(&name) {
             return Err(Box::new(caps.too_many_fields()));
         }
@@ -161,6 +185,17 @@ impl Submission {
         }
         self.values.insert(name, value);
         Ok(())
+    }
+}
+
+/// Longest field name accepted.
+const MAX_NAME_BYTES: usize = 256;
+
+/// A field name as quoted back in an error: the start of it.
+fn shown(name: &str) -> &str {
+    match name.char_indices().nth(64) {
+        Some((cut, _)) => &name[..cut],
+        None => name,
     }
 }
 
@@ -183,10 +218,15 @@ async fn parse_body(headers: &HeaderMap, body: Bytes, caps: Caps) -> Result<Subm
     let mut submission = Submission::default();
     match mime.as_str() {
         "application/x-www-form-urlencoded" => {
-            for (name, value) in form_urlencoded::parse(&body) {
-                submission
-                    .add_value(caps, name.into_owned(), value.into_owned())
+            for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+                let split = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+                caps.check_raw(&pair[..split], &pair[split..])
                     .map_err(|r| *r)?;
+                if let Some((name, value)) = form_urlencoded::parse(pair).next() {
+                    submission
+                        .add_value(caps, name.into_owned(), value.into_owned())
+                        .map_err(|r| *r)?;
+                }
             }
         }
         "application/json" => {
@@ -306,6 +346,9 @@ async fn parse_multipart(
                 })
             }
             _ => {
+                if data.len() > caps.field_bytes {
+                    return Err(caps.too_long(&name));
+                }
                 let text = String::from_utf8_lossy(&data).into_owned();
                 submission.add_value(caps, name, text).map_err(|r| *r)?;
             }
@@ -390,6 +433,9 @@ pub async fn submit(
     ) {
         Ok(raw) => raw,
         Err(e) => {
+            if let Some(accepted) = &accepted {
+                state.replays.forget(accepted);
+            }
             let message = format!("cannot build the message: {e}");
             return problem(StatusCode::INTERNAL_SERVER_ERROR, message);
         }
@@ -412,7 +458,7 @@ pub async fn submit(
     if let (Some(accepted), Err(crate::pipeline::PipelineError::Unavailable(_))) =
         (&accepted, &result)
     {
-        state.replays.forget(accepted).await;
+        state.replays.forget(accepted);
     }
     answer(&state, result).await
 }
@@ -434,9 +480,8 @@ async fn admit(
             bearer: None,
             signing_secret: config.signing_secret.as_ref(),
         };
-        let scope = format!("form:{name}");
         accepted = Some(
-            auth::check(&credentials, &scope, headers, body, &state.replays)
+            auth::check(&credentials, headers, body, &state.replays)
                 .await
                 .map_err(|denied| Box::new(denied.into_response()))?,
         );
@@ -583,7 +628,7 @@ fn build_message(
     }
     // Sized up front: growing by doubling would hold two copies at once.
     let files: usize = submission.files.iter().map(|f| f.data.len()).sum();
-    let mut raw = Vec::with_capacity(files / 3 * 4 + files / 38 + fields.body.len() * 3 + 8192);
+    let mut raw = Vec::with_capacity(base64_len(files) + fields.body.len() * 3 + 8192);
     builder.write_to(&mut raw)?;
     Ok(raw)
 }

@@ -276,8 +276,7 @@ async fn inbound(
         bearer: config.auth_token.as_ref(),
         signing_secret: config.signing_secret.as_ref(),
     };
-    let accepted = match auth::check(&credentials, &channel, &headers, &body, &state.replays).await
-    {
+    let accepted = match auth::check(&credentials, &headers, &body, &state.replays).await {
         Ok(accepted) => accepted,
         Err(denied) => return denied.into_response(),
     };
@@ -288,7 +287,7 @@ async fn inbound(
     };
     let result = state.commits.submit(raw, Hints::default()).await;
     if matches!(result, Err(PipelineError::Unavailable(_))) {
-        state.replays.forget(&accepted).await;
+        state.replays.forget(&accepted);
     }
     match result {
         Ok(Disposition::Applied(outcome)) => {

@@ -129,10 +129,16 @@ async fn serve_connection(
         inner: stream,
         activity: activity.clone(),
     });
+    let handlers = activity.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        async move { app.oneshot(request).await }
+        let handling = Handling::start(handlers.clone());
+        async move {
+            let response = app.oneshot(request).await;
+            drop(handling);
+            response
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -165,10 +171,30 @@ async fn serve_connection(
     }
 }
 
-/// When a connection last moved a byte, in ms since it opened.
+/// When a connection last moved a byte, in ms since it opened, and how
+/// many of its requests a handler is still working on.
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    handling: AtomicU64,
+}
+
+/// A request being handled: the connection is not idle meanwhile, however
+/// long the handler waits (for a commit, say) without moving a byte.
+struct Handling(Arc<Activity>);
+
+impl Handling {
+    fn start(activity: Arc<Activity>) -> Handling {
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(activity)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
@@ -176,6 +202,7 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            handling: AtomicU64::new(0),
         }
     }
 
@@ -184,15 +211,19 @@ impl Activity {
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
-    /// Completes once no byte has moved for `limit`.
+    /// Completes once no byte has moved for `limit` while no request was
+    /// being handled.
     async fn idle_for(&self, limit: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = self.opened.elapsed().saturating_sub(last);
-            if quiet >= limit {
+            if self.handling.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(limit).await;
+            } else if quiet >= limit {
                 return;
+            } else {
+                tokio::time::sleep(limit - quiet).await;
             }
-            tokio::time::sleep(limit - quiet).await;
         }
     }
 }

@@ -9,6 +9,13 @@ use std::borrow::Cow;
 /// RFC 5322 §2.1.1: a line is at most 998 bytes, CRLF not counted.
 pub const MAX_LINE: usize = 998;
 
+/// Bytes of `n` bytes in MIME base64: 4 per 3, and a CRLF per 76-character
+/// line (the attachment's share of a message's size).
+pub fn base64_len(n: usize) -> usize {
+    let chars = n.div_ceil(3) * 4;
+    chars + chars.div_ceil(76) * 2
+}
+
 /// `text` with every line end (CRLF, a bare CR, a bare LF) made CRLF.
 pub fn crlf(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
@@ -95,6 +102,21 @@ mod tests {
         let long = vec![b'x'; MAX_LINE + 1];
         assert!(check_smtp_safe(&[&long[..], b"\r\n"].concat()).is_err());
         assert!(check_smtp_safe(&long).is_err());
+    }
+
+    #[test]
+    fn base64_length_matches_the_encoder() {
+        for n in [0, 1, 56, 57, 58, 1000, 100_000] {
+            let mut out = Vec::new();
+            mail_builder::encoders::base64::base64_encode_mime(&vec![7u8; n], &mut out, false)
+                .unwrap();
+            assert!(
+                out.len() <= base64_len(n),
+                "{n}: {} > {}",
+                out.len(),
+                base64_len(n)
+            );
+        }
     }
 
     #[test]

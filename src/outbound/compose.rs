@@ -75,7 +75,7 @@ fn list(people: &[Mailbox]) -> Address<'static> {
 /// An attachment as base64, whatever its type: a text file's own line ends
 /// (bare CRs, say) must not reach the wire, and base64 has none.
 fn attachment_part(attachment: &NewAttachment) -> std::io::Result<MimePart<'static>> {
-    let mut encoded = Vec::with_capacity(attachment.data.len() * 4 / 3 + 64);
+    let mut encoded = Vec::with_capacity(wire::base64_len(attachment.data.len()));
     mail_builder::encoders::base64::base64_encode_mime(&attachment.data, &mut encoded, false)?;
     Ok(MimePart::new(
         single_line(&attachment.content_type),
@@ -128,7 +128,7 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
     // Sized up front: growing by doubling would hold two copies at once.
     let files: usize = draft.attachments.iter().map(|a| a.data.len()).sum();
     let mut raw = Vec::with_capacity(
-        files / 3 * 4 + files / 38 + (draft.text.len() + draft.html.len()) * 3 + 8192,
+        wire::base64_len(files) + (draft.text.len() + draft.html.len()) * 3 + 8192,
     );
     builder.write_to(&mut raw)?;
     wire::check_smtp_safe(&raw).map_err(|e| {

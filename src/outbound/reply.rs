@@ -126,9 +126,12 @@ pub(super) async fn accessible_ticket(
         Err(TicketMissing::Deleted { number: n, .. }) => {
             Err(ReplyError::NotFound(format!("ticket #{n} was deleted")))
         }
-        Err(TicketMissing::MergeLoop(n)) => Err(ReplyError::NotFound(format!(
-            "ticket #{n} is merged in a loop"
-        ))),
+        // Its team is unknown, so it answers like a missing one (the loop
+        // is logged for ops).
+        Err(TicketMissing::MergeLoop(n)) => {
+            tracing::warn!(ticket = n, "Ticket is merged in a loop; fix merged_into.");
+            Err(missing())
+        }
     }
 }
 

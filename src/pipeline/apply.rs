@@ -623,9 +623,14 @@ impl<'a> Batch<'a> {
         contact: i64,
         sender: &str,
     ) -> Result<bool, sqlx::Error> {
-        if self.known.participants.contains(&(ticket, contact))
-            || self.dir.agents.values().any(|a| a.email == sender)
-        {
+        let known = &self.known;
+        // Also a participant of a ticket merged into this one.
+        let takes_part = known.participants.contains(&(ticket, contact))
+            || known
+                .participants
+                .iter()
+                .any(|&(t, c)| c == contact && known.live_ticket(t) == Some(ticket));
+        if takes_part || self.dir.agents.values().any(|a| a.email == sender) {
             return Ok(true);
         }
         let named = Snapshot::addressed_on_ticket(conn, ticket, sender).await?;

@@ -163,7 +163,8 @@ impl Snapshot {
     }
 
     /// Whether `address` is in the To or Cc of a message on `ticket` (or on
-    /// a ticket merged into it): someone the conversation already named.
+    /// a ticket merged into it) written by us or by a participant: someone
+    /// the conversation already named. A newcomer's own Cc names nobody.
     pub async fn addressed_on_ticket(
         conn: &mut AnyConnection,
         ticket: i64,
@@ -171,7 +172,8 @@ impl Snapshot {
     ) -> Result<bool, sqlx::Error> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT to_addrs, cc_addrs FROM messages
-             WHERE ticket_id IN (SELECT id FROM tickets WHERE id = $1 OR merged_into = $1)",
+             WHERE ticket_id IN (SELECT id FROM tickets WHERE id = $1 OR merged_into = $1)
+               AND (direction = 'outbound' OR flags NOT LIKE '%new_participant%')",
         )
         .bind(ticket)
         .fetch_all(&mut *conn)

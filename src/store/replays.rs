@@ -6,16 +6,17 @@ use super::Store;
 
 impl Store {
     /// Records `digest` as used until `expires_at` (unix ms) and drops
-    /// records that expired by `now`. False when it was already recorded.
+    /// records that expired before `prune_before`. False when it was
+    /// already recorded.
     pub async fn first_signature_use(
         &self,
         digest: &str,
         expires_at: i64,
-        now: i64,
+        prune_before: i64,
     ) -> Result<bool, sqlx::Error> {
         let mut w = self.begin_write().await?;
         sqlx::query("DELETE FROM seen_signatures WHERE expires_at < $1")
-            .bind(now)
+            .bind(prune_before)
             .execute(&mut *w.tx)
             .await?;
         let inserted = sqlx::query(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::json;
+use sqlx::ConnectOptions as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::*;
@@ -269,8 +270,16 @@ async fn a_stranger_threading_by_message_id_is_kept_but_not_answered() {
         "mallory@evil.test",
         "m1@evil.test",
         "Re: Invoice 12345",
-        "In-Reply-To: <c1@customer.test>\r\n",
+        "In-Reply-To: <c1@customer.test>\r\nCc: trent@evil.test\r\n",
         "me too",
+    );
+    // A newcomer's own Cc names nobody into the conversation.
+    let accomplice = mail(
+        "trent@evil.test",
+        "t1@evil.test",
+        "Re: Invoice 12345",
+        "In-Reply-To: <m1@evil.test>\r\n",
+        "and me",
     );
     let reuse = mail(
         "eve@evil.test",
@@ -287,7 +296,7 @@ async fn a_stranger_threading_by_message_id_is_kept_but_not_answered() {
         "In-Reply-To: <c1@customer.test>\r\n",
         "I am carol's colleague",
     );
-    for raw in [&hijack, &reuse, &dave] {
+    for raw in [&hijack, &accomplice, &reuse, &dave] {
         assert_eq!(app.customer_mail(raw).await, n, "kept on the ticket");
     }
     let view = app.store().ticket_show(n).await.unwrap().unwrap();
@@ -302,6 +311,7 @@ async fn a_stranger_threading_by_message_id_is_kept_but_not_answered() {
         vec![
             ("carol@customer.test".into(), vec![]),
             new("mallory@evil.test"),
+            new("trent@evil.test"),
             new("eve@evil.test"),
             ("dave@customer.test".into(), vec![]),
         ]
@@ -356,6 +366,12 @@ team = "support"
 pipeline = "support"
 signing_secret = "form-secret-0123456789"
 
+[channels.partner2]
+kind = "form"
+team = "support"
+pipeline = "support"
+signing_secret = "form-secret-0123456789"
+
 [http]
 bind = "127.0.0.1:0"
 "#;
@@ -398,6 +414,19 @@ async fn a_signature_is_used_once_for_its_whole_window_and_across_restarts() {
     ];
     let send = || post(url.clone(), headers.clone(), body.clone());
     assert_eq!(send().await.0, 201);
+    // The signature does not cover the channel: another form with the
+    // same secret does not take it again.
+    let (status, answer) = post(
+        format!("{base}/forms/partner2"),
+        headers.clone(),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{answer}");
+    // A timestamp at the edge of i64 is refused, not an overflow.
+    let mut extreme = headers.clone();
+    extreme[1].1 = i64::MIN.to_string();
+    assert_eq!(post(url.clone(), extreme, body.clone()).await.0, 401);
     // 302 s later (the old in-memory guard had forgotten it by then), and
     // at the last second the timestamp is accepted: still a replay.
     for at in [t0 + 302, ts + 300] {
@@ -619,6 +648,21 @@ async fn forms_refuse_too_many_fields_or_files_and_store_nothing() {
         answer["error"].as_str().unwrap().contains("max_file_bytes"),
         "{answer}"
     );
+    let long_name = format!("email=dan%40customer.test&body=hi&{}=x", "n".repeat(300));
+    let (status, answer) = post(
+        url.clone(),
+        headers("application/x-www-form-urlencoded"),
+        long_name.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("field name is longer"),
+        "{answer}"
+    );
     let long = format!("email=dan%40customer.test&body={}", "y".repeat(2000));
     let (status, answer) = post(
         url.clone(),
@@ -774,5 +818,42 @@ async fn a_body_that_never_finishes_gets_408_and_stores_nothing() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert_eq!(app.store().counts().await.unwrap().tickets, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_commit_is_not_idle() {
+    let quick_idle = LISTENER.replace("header_timeout_secs = 2", "idle_timeout_secs = 1");
+    let app = TestApp::with_config(Backend::Sqlite, &quick_idle).await;
+    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    // Another process holds SQLite's write lock for 2.5 s: the form's commit
+    // waits that long without a byte on the connection.
+    let path = app.db.url.trim_start_matches("sqlite://").to_string();
+    let mut blocker = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let posted = tokio::spawn(post(
+        format!("{base}/forms/web"),
+        vec![
+            ("origin", "https://www.example.com".into()),
+            ("content-type", "application/x-www-form-urlencoded".into()),
+        ],
+        b"email=dan%40customer.test&body=hello".to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    let (status, answer) = posted.await.unwrap();
+    assert_eq!(status, 201, "answered after the wait: {answer}");
+    assert_eq!(app.store().counts().await.unwrap().tickets, 1);
     stop.cancel();
 }
