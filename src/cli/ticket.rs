@@ -1,9 +1,11 @@
-//! `mailroom ticket list|show` and `mailroom export --jsonl`.
+//! `mailroom ticket list|show|merge` and `mailroom export --jsonl`.
 
 use std::io::Write;
 
 use super::readout;
+use crate::channel::pipe::{EX_DATAERR, EX_TEMPFAIL};
 use crate::config::Config;
+use crate::outbound::{Actor, ReplyError};
 use crate::store::tickets::{TicketSummary, TicketView};
 
 #[derive(clap::Subcommand)]
@@ -22,9 +24,18 @@ pub enum TicketCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Merge a ticket into another of its team; it lives on there.
+    Merge {
+        number: i64,
+        #[arg(long)]
+        into: i64,
+    },
 }
 
 pub async fn run(config: &Config, command: TicketCommand) -> u8 {
+    if let TicketCommand::Merge { number, into } = command {
+        return merge(config, number, into).await;
+    }
     readout(config, |store| async move {
         match command {
             TicketCommand::List { status, json } => {
@@ -36,6 +47,7 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
                 }
                 Ok(0)
             }
+            TicketCommand::Merge { .. } => unreachable!("handled above"),
             TicketCommand::Show { number, json } => {
                 let Some(ticket) = store.ticket_show(number).await? else {
                     eprintln!("no ticket number {number}");
@@ -51,6 +63,30 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
         }
     })
     .await
+}
+
+async fn merge(config: &Config, number: i64, into: i64) -> u8 {
+    let pipeline = match super::open(config).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let store = pipeline.store();
+    let result = crate::outbound::merge::merge_tickets(store, &Actor::Ops, number, into).await;
+    store.close().await;
+    match result {
+        Ok(_) => {
+            println!("ticket #{number} merged into #{into}");
+            0
+        }
+        Err(ReplyError::Store(e)) => {
+            eprintln!("mailroom ticket merge: database: {e}");
+            EX_TEMPFAIL
+        }
+        Err(e) => {
+            eprintln!("mailroom ticket merge: {e}");
+            EX_DATAERR
+        }
+    }
 }
 
 fn print_list(tickets: &[TicketSummary]) -> std::io::Result<()> {
@@ -86,6 +122,19 @@ fn print_ticket(ticket: &TicketView) -> std::io::Result<()> {
         t.team,
         t.contacts.join(", ")
     )?;
+    if let Some(into) = ticket.merged_into {
+        writeln!(out, "merged into #{into}")?;
+    }
+    for r in &ticket.related {
+        writeln!(
+            out,
+            "related: #{} ({}; merge with `mailroom ticket merge {} --into {}` or the API)",
+            r.ticket,
+            r.reason.replace('_', " "),
+            t.number.max(r.ticket),
+            t.number.min(r.ticket)
+        )?;
+    }
     for m in &ticket.messages {
         let delivery = match (&m.delivery_state, &m.delivery_detail) {
             (Some(state), Some(detail)) => format!(" [{state}: {detail}]"),

@@ -321,6 +321,13 @@ pub struct PipelineConfig {
     /// Status a ticket moves to when a reply is emailed to the customer
     /// (usually a `waiting` one), unless the reply sets a status itself.
     pub status_after_reply: Option<String>,
+    /// When a parent that arrives late shows two tickets are one
+    /// conversation, merge the later ticket into the earlier one if both
+    /// have the same requester and no agent has worked on the later one.
+    /// Otherwise (the default) the link is recorded on both timelines for
+    /// an agent to merge.
+    #[serde(default)]
+    pub merge_late_parents: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

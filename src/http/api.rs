@@ -233,6 +233,59 @@ pub async fn add_participant(
     }
 }
 
+/// A ticket with its messages, its `related` tickets (a late parent showed
+/// they are one conversation) and where it was merged into.
+pub async fn ticket(
+    State(state): State<Arc<HttpState>>,
+    Path(number): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = match authenticate(&state, &headers) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let store = state.pipeline.store();
+    let missing = || {
+        problem(
+            StatusCode::NOT_FOUND,
+            format!("ticket #{number} does not exist"),
+        )
+    };
+    let team_of = |key: &str| state.pipeline.directory().teams.get(key).map(|t| t.id);
+    match store.ticket_show(number).await {
+        Ok(Some(view)) if team_of(&view.ticket.team).is_some_and(|t| actor.can_access_team(t)) => {
+            Json(json!(view)).into_response()
+        }
+        Ok(_) => missing(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeBody {
+    /// The ticket (number) this one lives on in.
+    pub into: i64,
+}
+
+/// Merges a ticket into another of the same team.
+pub async fn merge(
+    State(state): State<Arc<HttpState>>,
+    Path(number): Path<i64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (actor, body) = match authenticated_json::<MergeBody>(&state, &headers, &body) {
+        Ok(parsed) => parsed,
+        Err(r) => return *r,
+    };
+    let store = state.pipeline.store();
+    match crate::outbound::merge::merge_tickets(store, &actor, number, body.into).await {
+        Ok(merged) => Json(json!(merged)).into_response(),
+        Err(e) => reply_error(e),
+    }
+}
+
 /// Delivery state of a message: `queued`, `sent` (with the relay's answer)
 /// or `failed` (with the reason).
 pub async fn message(

@@ -132,6 +132,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
             "/api/v1/tickets/{number}/participants",
             post(api::add_participant),
         )
+        .route("/api/v1/tickets/{number}", get(api::ticket))
+        .route("/api/v1/tickets/{number}/merge", post(api::merge))
         .route("/api/v1/messages/{id}", get(api::message))
         .route(
             "/api/v1/teams/{team}/default-address",

@@ -20,16 +20,34 @@ use crate::crypto::{constant_time_eq, hmac_sha256};
 /// forms, internal notes). `.invalid` is reserved, so no real mail has it.
 pub const SYNTHETIC_DOMAIN: &str = "@mailroom.invalid";
 
-/// Strips angle brackets, whitespace and control characters from a
-/// Message-ID-like value.
+/// The one form of a Message-ID, for storing and for lookup alike: angle
+/// brackets, surrounding whitespace and control characters removed, and a
+/// quoted local part unquoted when its content is a dot-atom (RFC 5322
+/// makes `"abc"@x` and `abc@x` the same ID; some mailers quote, replies
+/// often do not). Case is kept: IDs are case-sensitive. Comments and
+/// folding in References are the header parser's (mail-parser) to remove.
 pub fn clean_id(id: &str) -> String {
-    id.trim()
+    let bare: String = id
+        .trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
         .trim()
         .chars()
         .filter(|c| !c.is_control())
-        .collect()
+        .collect();
+    unquote_local_part(&bare).unwrap_or(bare)
+}
+
+/// `"left"@right` as `left@right` when `left` is a dot-atom.
+fn unquote_local_part(id: &str) -> Option<String> {
+    let rest = id.strip_prefix('"')?;
+    let (local, domain) = rest.rsplit_once("\"@")?;
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_atom = !local.is_empty()
+        && local
+            .split('.')
+            .all(|a| !a.is_empty() && a.chars().all(atext));
+    dot_atom.then(|| format!("{local}@{domain}"))
 }
 
 /// Hex digits of HMAC kept in a Message-ID tag (64 bits).
@@ -238,6 +256,22 @@ pub fn check_header_value(field: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_have_one_form() {
+        assert_eq!(clean_id(" <abc@x.test> "), "abc@x.test");
+        assert_eq!(
+            clean_id("<\"01KF8JCEOCBS0045PS\"@xxx.yyy.com>"),
+            "01KF8JCEOCBS0045PS@xxx.yyy.com"
+        );
+        assert_eq!(clean_id("\"a.b\"@x.com"), "a.b@x.com");
+        // Not a dot-atom inside: the quotes are part of the ID.
+        assert_eq!(clean_id("\"q r\"@x.com"), "\"q r\"@x.com");
+        assert_eq!(clean_id("\"a..b\"@x.com"), "\"a..b\"@x.com");
+        assert_eq!(clean_id("\"\"@x.com"), "\"\"@x.com");
+        // Case is kept.
+        assert_eq!(clean_id("<AbC@X.test>"), "AbC@X.test");
+    }
 
     const SECRET: &[u8] = b"test secret";
 

@@ -4,13 +4,15 @@
 //!   and every reason to refuse one.
 //! - `reply`: loads what a reply needs, renders it and stores it with its
 //!   outbox row (and any status change or assignment) in one transaction.
-//! - `participants`: who default replies go to, as agents decide.
+//! - `participants`: who default replies go to, as agents decide;
+//!   `merge`: an agent merges one ticket into another.
 //! - `compose`: the MIME rendering (mail-builder).
 //! - `outbox`: the worker that claims, sends, retries and records, and puts
 //!   copies in the Sent folder.
 //! - `smtp`: pooled lettre connections per relay.
 
 pub mod compose;
+pub mod merge;
 pub mod outbox;
 pub mod participants;
 pub mod plan;

@@ -459,6 +459,7 @@ addresses = [
             follow_up: FollowUp::Reopen,
             new_ticket_after_days: None,
             status_after_reply,
+            merge_late_parents: false,
         };
         dir.pipelines.insert("support".into(), pipeline);
         dir

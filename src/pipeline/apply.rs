@@ -16,7 +16,9 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::parse::ParsedMessage;
-use super::thread::{continue_ticket, find_ticket, thread_keys, Continue, Found, ThreadKeys};
+use super::thread::{
+    continue_ticket, find_ticket, related_tickets, thread_keys, Continue, Found, ThreadKeys,
+};
 use crate::config::StatusKind;
 use crate::store::directory::{ChannelInfo, PipelineInfo};
 use crate::store::inbound::{
@@ -107,6 +109,7 @@ pub async fn apply_batch(
         known,
         writer: Writer::new(backend),
         bounced: Vec::new(),
+        linked: HashSet::new(),
         now,
     };
     batch.prewrite(conn, items).await?;
@@ -186,12 +189,16 @@ async fn snapshot(
     known
         .load_thread_roots(conn, backend, &teams, &roots)
         .await?;
+    let mut own: Vec<String> = keys.iter().filter_map(|k| k.own_id.clone()).collect();
+    distinct(&mut own);
+    known.load_referrers(conn, backend, &own).await?;
     let tickets: Vec<i64> = known
         .messages
         .values()
         .map(|(t, _)| *t)
         .chain(known.tagged.values().copied())
         .chain(known.thread_roots.values().copied())
+        .chain(known.referrers.values().flatten().copied())
         .chain(
             keys.iter()
                 .flat_map(|k| k.our_tickets.iter().copied().chain(k.marker_ticket)),
@@ -228,8 +235,13 @@ struct Batch<'a> {
     /// Outbound messages a bounce in this batch failed: (message, ticket,
     /// reason); their notes are written after the flush.
     bounced: Vec<(i64, i64, String)>,
+    /// Ticket pairs linked as one conversation in this batch.
+    linked: HashSet<(i64, i64)>,
     now: i64,
 }
+
+/// Parents of a message recorded for reverse lookup: the nearest ones.
+const MAX_RECORDED_PARENTS: usize = 20;
 
 impl<'a> Batch<'a> {
     /// Writes, for every message that is not a known duplicate, its raw
@@ -312,8 +324,14 @@ impl<'a> Batch<'a> {
             }
             Found::Ticket { id, weak } => {
                 let ticket = self.known.tickets[&id].clone();
-                self.continue_on(conn, channel, inbound, &ticket, contact, weak, remaining)
-                    .await?
+                let (outcome, row) = self
+                    .continue_on(conn, channel, inbound, &ticket, contact, weak, remaining)
+                    .await?;
+                if let Some(chosen) = outcome.ticket_id() {
+                    self.link_late_parent(conn, channel, keys, chosen, row)
+                        .await?;
+                }
+                (outcome, row)
             }
             Found::None if channel.create_tickets => {
                 self.open_ticket(conn, channel, inbound, contact, remaining)
@@ -613,6 +631,72 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// A late parent shows `chosen` and other tickets are one conversation:
+    /// the link goes on both timelines, and with the pipeline's
+    /// `merge_late_parents` the later ticket is merged into the earlier one
+    /// when both have the same requester and no agent has worked on the
+    /// later one. Never a silent merge otherwise.
+    async fn link_late_parent(
+        &mut self,
+        conn: &mut AnyConnection,
+        channel: &ChannelInfo,
+        keys: &ThreadKeys,
+        chosen: i64,
+        row: i64,
+    ) -> Result<(), sqlx::Error> {
+        for other in related_tickets(&self.known, keys, channel.team_id, chosen) {
+            let (earlier, later) = (chosen.min(other), chosen.max(other));
+            if !self.linked.insert((earlier, later)) {
+                continue;
+            }
+            let (Some(a), Some(b)) = (
+                self.known.tickets.get(&earlier).cloned(),
+                self.known.tickets.get(&later).cloned(),
+            ) else {
+                continue;
+            };
+            for (on, to) in [(&a, &b), (&b, &a)] {
+                let data = json!({ "ticket": to.number, "reason": "late_parent", "message": row });
+                self.event(on.id, "related_ticket", data);
+            }
+            let merge = self
+                .dir
+                .pipeline_by_id(b.pipeline_id)
+                .is_some_and(|p| p.merge_late_parents)
+                && self.requester(conn, a.id).await? == self.requester(conn, b.id).await?
+                && !Snapshot::agent_touched(conn, b.id).await?;
+            if merge {
+                self.writer.merges.push((b.id, a.id));
+                if let Some(state) = self.known.tickets.get_mut(&b.id) {
+                    state.merged_into = Some(a.id);
+                }
+                self.event(
+                    a.id,
+                    "merged",
+                    json!({ "from": b.number, "reason": "late_parent" }),
+                );
+                self.event(
+                    b.id,
+                    "merged",
+                    json!({ "into": a.number, "reason": "late_parent" }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The requester of a ticket, also of one opened in this batch.
+    async fn requester(
+        &self,
+        conn: &mut AnyConnection,
+        ticket: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        match self.writer.tickets.iter().find(|t| t.id == ticket) {
+            Some(new) => Ok(new.requester),
+            None => Snapshot::requester(conn, ticket).await,
+        }
+    }
+
     /// Whether the sender already takes part in `ticket`: a contact of it
     /// (also earlier in this batch), one of our agents, or an address the
     /// conversation named in To or Cc.
@@ -680,6 +764,9 @@ impl<'a> Batch<'a> {
                 let key = (channel.team_id, root.clone(), from.address.clone());
                 self.known.thread_roots.insert(key, ticket_id);
             }
+        }
+        if let Some(ticket) = ticket_id {
+            self.record_parents(channel.team_id, m, id, ticket);
         }
         let mut row = message_row(id, ticket_id, channel, m, contact);
         if let Some(flag) = flag {
@@ -754,6 +841,28 @@ impl<'a> Batch<'a> {
 
 fn keys_sender(message: &ParsedMessage) -> Option<&str> {
     message.from.as_ref().map(|f| f.address.as_str())
+}
+
+impl Batch<'_> {
+    /// Records the message's nearest parents for reverse lookup, in the
+    /// store and for the rest of the batch (a parent may follow its reply
+    /// in the same batch).
+    fn record_parents(&mut self, team: i64, m: &ParsedMessage, row: i64, ticket: i64) {
+        let mut parents: Vec<&String> = Vec::new();
+        for id in m.in_reply_to.iter().chain(m.references.iter().rev()) {
+            if *id != m.message_id && !parents.contains(&id) && parents.len() < MAX_RECORDED_PARENTS
+            {
+                parents.push(id);
+            }
+        }
+        for id in parents {
+            self.writer.refs.push((team, id.clone(), row));
+            let tickets = self.known.referrers.entry((team, id.clone())).or_default();
+            if !tickets.contains(&ticket) {
+                tickets.push(ticket);
+            }
+        }
+    }
 }
 
 /// Stored in `messages.flags` for a message from someone the ticket did not

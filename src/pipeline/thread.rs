@@ -10,14 +10,21 @@
 //!    ticket of the receiving team counts.
 //! 2. Stored Message-IDs: the message's own, then In-Reply-To, then
 //!    References nearest parent first, then those a bounce reports on.
-//! 3. The body marker of one of our replies quoted back (providers that
+//! 3. Reverse: a stored message names this message's own ID as a parent
+//!    (the reply arrived first). The oldest such ticket wins; the others
+//!    are related tickets ([`related_tickets`]).
+//! 4. The body marker of one of our replies quoted back (providers that
 //!    rewrite Message-IDs). A weak match: the sender may be anyone who saw
 //!    the quote, so they do not become a participant.
-//! 4. A `[#number]` subject tag, only when the sender already takes part in
+//! 5. A `[#number]` subject tag, only when the sender already takes part in
 //!    that ticket (a stranger's "Re: [#12]" does not get into someone
 //!    else's ticket).
-//! 5. An Outlook Thread-Index continuing a conversation from the same sender.
-//! 6. Otherwise a new ticket (if the channel creates tickets).
+//! 6. An Outlook Thread-Index continuing a conversation from the same sender.
+//! 7. Otherwise a new ticket (if the channel creates tickets).
+//!
+//! Which ticket a message joins does not decide who hears back: a sender
+//! the ticket does not know is flagged `new_participant` (see `apply`).
+//! docs/THREADING.md has the rules with examples.
 //!
 //! Merged tickets resolve to the surviving ticket; deleted ones count for
 //! nothing. A changed subject does not break a thread: references win.
@@ -121,6 +128,9 @@ pub fn find_ticket(known: &Snapshot, keys: &ThreadKeys, team_id: i64) -> Found {
             }
         }
     }
+    if let Some(live) = late_parent_of(known, keys, team_id).into_iter().min() {
+        return strong(live);
+    }
     if let Some(live) = keys
         .marker_ticket
         .and_then(|t| known.live_ticket_of_team(t, team_id))
@@ -147,6 +157,35 @@ pub fn find_ticket(known: &Snapshot, keys: &ThreadKeys, team_id: i64) -> Found {
         return strong(live);
     }
     Found::None
+}
+
+/// The live tickets of `team_id` whose messages name this message's own ID
+/// as a parent.
+fn late_parent_of(known: &Snapshot, keys: &ThreadKeys, team_id: i64) -> Vec<i64> {
+    let Some(own) = &keys.own_id else {
+        return Vec::new();
+    };
+    let mut tickets: Vec<i64> = known
+        .referrers
+        .get(&(team_id, own.clone()))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| known.live_ticket_of_team(*t, team_id))
+        .collect();
+    tickets.sort_unstable();
+    tickets.dedup();
+    tickets
+}
+
+/// Other live tickets this message shows to be the same conversation as
+/// `chosen`: tickets of replies that arrived before it (it is their late
+/// parent). Never merged silently: the caller records the link (or merges
+/// when the pipeline says so).
+pub fn related_tickets(known: &Snapshot, keys: &ThreadKeys, team_id: i64, chosen: i64) -> Vec<i64> {
+    late_parent_of(known, keys, team_id)
+        .into_iter()
+        .filter(|t| *t != chosen)
+        .collect()
 }
 
 /// What a message that continues a ticket does to it.
@@ -230,6 +269,7 @@ mod tests {
             follow_up,
             new_ticket_after_days: after_days,
             status_after_reply: None,
+            merge_late_parents: false,
         }
     }
 
@@ -302,6 +342,34 @@ mod tests {
             find_ticket(&known, &keys(raw), TEAM),
             Found::Ticket { id: 5, weak: false }
         );
+    }
+
+    #[test]
+    fn a_late_parent_joins_the_oldest_ticket_of_its_replies_and_relates_the_rest() {
+        let raw = "Message-ID: <p@x>\nFrom: c@x.test\n\nhi\n";
+        let mut known = known(&[ticket(7, TEAM), ticket(3, TEAM), ticket(9, OTHER_TEAM)]);
+        known.referrers.insert((TEAM, "p@x".into()), vec![7, 3, 9]);
+        let keys = keys(raw);
+        assert_eq!(
+            find_ticket(&known, &keys, TEAM),
+            Found::Ticket { id: 3, weak: false }
+        );
+        assert_eq!(related_tickets(&known, &keys, TEAM, 3), vec![7]);
+        // Another team's reply is not this team's conversation.
+        assert_eq!(find_ticket(&known, &keys, OTHER_TEAM), Found::None);
+        // A stored parent of its own (rule 2) comes first; the replies'
+        // ticket is related.
+        known.tickets.insert(1, ticket(1, TEAM));
+        let raw = "Message-ID: <p@x>\nIn-Reply-To: <root@x>\nFrom: c@x.test\n\nhi\n";
+        known
+            .messages
+            .insert((TEAM, "root@x".into()), (1, "inbound".into()));
+        let keys = super::thread_keys(&parse(raw.as_bytes()).unwrap(), SECRET);
+        assert_eq!(
+            find_ticket(&known, &keys, TEAM),
+            Found::Ticket { id: 1, weak: false }
+        );
+        assert_eq!(related_tickets(&known, &keys, TEAM, 1), vec![3, 7]);
     }
 
     #[test]

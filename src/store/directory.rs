@@ -40,6 +40,7 @@ pub struct PipelineInfo {
     pub new_ticket_after_days: Option<u32>,
     /// Status an emailed reply moves a ticket to, unless the reply sets one.
     pub status_after_reply: Option<i64>,
+    pub merge_late_parents: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +386,7 @@ async fn sync_pipeline(
         follow_up: pipeline.follow_up,
         new_ticket_after_days: pipeline.new_ticket_after_days,
         status_after_reply,
+        merge_late_parents: pipeline.merge_late_parents,
     })
 }
 

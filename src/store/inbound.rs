@@ -85,6 +85,9 @@ pub struct Snapshot {
     pub thread_roots: HashMap<(i64, String, String), i64>,
     /// (ticket, contact) for the participants of the tickets loaded.
     pub participants: HashSet<(i64, i64)>,
+    /// (team, Message-ID) → tickets of stored messages whose In-Reply-To or
+    /// References name it: where a parent that arrives late belongs.
+    pub referrers: HashMap<(i64, String), Vec<i64>>,
 }
 
 impl Snapshot {
@@ -147,6 +150,54 @@ impl Snapshot {
         let rows: Vec<(String, i64)> = select_in(conn, backend, sql, emails).await?;
         self.contacts.extend(rows);
         Ok(())
+    }
+
+    /// The tickets of stored messages that name these Message-IDs as a
+    /// parent (In-Reply-To or References).
+    pub async fn load_referrers(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        ids: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let sql = "SELECT DISTINCT r.team_id, r.referenced, m.ticket_id FROM message_refs r
+                   JOIN messages m ON m.id = r.message_id
+                   WHERE m.ticket_id IS NOT NULL AND r.referenced IN ({})";
+        let rows: Vec<(i64, String, i64)> = select_in(conn, backend, sql, ids).await?;
+        for (team, id, ticket) in rows {
+            let tickets = self.referrers.entry((team, id)).or_default();
+            if !tickets.contains(&ticket) {
+                tickets.push(ticket);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an agent has worked on the ticket: an owner, a reply or
+    /// note, or any event by someone other than mailroom itself.
+    pub async fn agent_touched(conn: &mut AnyConnection, ticket: i64) -> Result<bool, sqlx::Error> {
+        let touched: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM tickets WHERE id = $1 AND (owner_agent_id IS NOT NULL
+               OR EXISTS (SELECT 1 FROM messages WHERE ticket_id = $1 AND direction <> 'inbound')
+               OR EXISTS (SELECT 1 FROM ticket_events WHERE ticket_id = $1 AND actor <> 'mailroom'))",
+        )
+        .bind(ticket)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(touched.is_some())
+    }
+
+    /// The requester (contact) of a ticket.
+    pub async fn requester(
+        conn: &mut AnyConnection,
+        ticket: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT contact_id FROM ticket_contacts WHERE ticket_id = $1 AND role = 'requester'",
+        )
+        .bind(ticket)
+        .fetch_optional(&mut *conn)
+        .await
     }
 
     /// Who takes part in these tickets.
@@ -363,6 +414,10 @@ pub struct Writer<'a> {
     pub touched: HashSet<i64>,
     pub events: Vec<(i64, &'static str, String)>,
     pub receipts: Vec<ReceiptRow>,
+    /// (team, Message-ID named as a parent, message row) for reverse lookup.
+    pub refs: Vec<(i64, String, i64)>,
+    /// (ticket, merged into): late parents that joined two conversations.
+    pub merges: Vec<(i64, i64)>,
 }
 
 impl<'a> Writer<'a> {
@@ -380,6 +435,8 @@ impl<'a> Writer<'a> {
             touched: HashSet::new(),
             events: Vec::new(),
             receipts: Vec::new(),
+            refs: Vec::new(),
+            merges: Vec::new(),
         }
     }
 
@@ -546,7 +603,11 @@ impl<'a> Writer<'a> {
         }
         self.flush_tickets(conn, now).await?;
         self.flush_messages(conn, now).await?;
+        self.flush_refs(conn).await?;
         self.flush_ticket_changes(conn, now).await?;
+        for (ticket, into) in &self.merges {
+            super::tickets::merge_into(conn, *ticket, *into, now).await?;
+        }
         self.flush_participants(conn).await?;
         self.flush_companies(conn).await?;
         let backend = self.backend;
@@ -693,6 +754,27 @@ impl<'a> Writer<'a> {
             .collect();
         let sql = format!("UPDATE tickets SET updated_at = {now} WHERE id IN ({{}})");
         execute_in(conn, self.backend, &sql, &touched).await
+    }
+
+    async fn flush_refs(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        let insert = Insert {
+            head: "INSERT INTO message_refs (team_id, referenced, message_id)",
+            tail: "",
+            width: 3,
+        };
+        insert
+            .run(
+                conn,
+                self.backend,
+                &self.refs,
+                |(_, id, _)| id.len(),
+                |args, (team, id, message)| {
+                    add(args, *team);
+                    add(args, id.clone());
+                    add(args, *message);
+                },
+            )
+            .await
     }
 
     /// A new ticket belongs to its requester's company, if they have one.

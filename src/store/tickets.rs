@@ -29,6 +29,11 @@ pub struct TicketSummary {
 pub struct TicketView {
     #[serde(flatten)]
     pub ticket: TicketSummary,
+    /// Where this ticket was merged into, by number (it lives on there).
+    pub merged_into: Option<i64>,
+    /// Tickets shown to be the same conversation (a late parent), for an
+    /// agent to merge.
+    pub related: Vec<Related>,
     pub messages: Vec<MessageView>,
 }
 
@@ -101,16 +106,32 @@ impl Store {
         let Some(ticket) = self.summaries(Filter::Number(number)).await?.pop() else {
             return Ok(None);
         };
+        let view = self.view(ticket).await?;
+        Ok(Some(view))
+    }
+
+    async fn view(&self, ticket: TicketSummary) -> Result<TicketView, sqlx::Error> {
         let messages = self.ticket_messages(ticket.id).await?;
-        Ok(Some(TicketView { ticket, messages }))
+        let related = self.related_tickets(ticket.id).await?;
+        let merged_into = sqlx::query_scalar(
+            "SELECT t2.number FROM tickets t JOIN tickets t2 ON t2.id = t.merged_into WHERE t.id = $1",
+        )
+        .bind(ticket.id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(TicketView {
+            ticket,
+            merged_into,
+            related,
+            messages,
+        })
     }
 
     /// Every ticket with its messages, in ticket-number order.
     pub async fn export(&self) -> Result<Vec<TicketView>, sqlx::Error> {
         let mut out = Vec::new();
         for ticket in self.summaries(Filter::All).await? {
-            let messages = self.ticket_messages(ticket.id).await?;
-            out.push(TicketView { ticket, messages });
+            out.push(self.view(ticket).await?);
         }
         Ok(out)
     }
@@ -164,5 +185,106 @@ impl Store {
         super::events::insert(&mut w.tx, ticket_id, "status_changed", &data, actor, now).await?;
         w.commit().await?;
         Ok(true)
+    }
+}
+
+/// Merges `ticket` into `into`: it resolves to `into` from now on (threading,
+/// replies, read-outs follow `merged_into`), and its contacts take part in
+/// `into`. Events are the caller's: a person or a late parent did it.
+pub async fn merge_into(
+    conn: &mut sqlx::AnyConnection,
+    ticket: i64,
+    into: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tickets SET merged_into = $1, updated_at = $2 WHERE id = $3")
+        .bind(into)
+        .bind(now)
+        .bind(ticket)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ticket_contacts (ticket_id, contact_id, role)
+         SELECT $1, contact_id, 'participant' FROM ticket_contacts WHERE ticket_id = $2
+         ON CONFLICT (ticket_id, contact_id) DO NOTHING",
+    )
+    .bind(into)
+    .bind(ticket)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE tickets SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(into)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A ticket a person acts on: its id, team and whether it is live.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TicketRef {
+    pub id: i64,
+    pub number: i64,
+    pub team_id: i64,
+    pub merged_into: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+/// The related tickets recorded on a ticket's timeline (late parents that
+/// showed two tickets are one conversation), by number, oldest first.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Related {
+    pub ticket: i64,
+    pub reason: String,
+}
+
+impl Store {
+    /// Tickets by number, locked for the rest of the transaction where the
+    /// backend can.
+    pub async fn tickets_for_update(
+        &self,
+        tx: &mut super::Tx,
+        numbers: &[i64],
+    ) -> Result<Vec<TicketRef>, sqlx::Error> {
+        let lock = match self.backend() {
+            super::Backend::Postgres => "FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let mut found = Vec::new();
+        for number in numbers {
+            let row: Option<TicketRef> = sqlx::query_as(&format!(
+                "SELECT id, number, team_id, merged_into, deleted_at FROM tickets WHERE number = $1 {lock}"
+            ))
+            .bind(number)
+            .fetch_optional(&mut **tx)
+            .await?;
+            found.extend(row);
+        }
+        Ok(found)
+    }
+
+    /// The tickets a ticket's timeline links it to.
+    pub async fn related_tickets(&self, ticket: i64) -> Result<Vec<Related>, sqlx::Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT data FROM ticket_events WHERE ticket_id = $1 AND kind = 'related_ticket' ORDER BY id",
+        )
+        .bind(ticket)
+        .fetch_all(self.pool())
+        .await?;
+        let mut related: Vec<Related> = Vec::new();
+        for (data,) in rows {
+            let value: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+            if let (Some(number), Some(reason)) =
+                (value["ticket"].as_i64(), value["reason"].as_str())
+            {
+                if !related.iter().any(|r| r.ticket == number) {
+                    related.push(Related {
+                        ticket: number,
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(related)
     }
 }

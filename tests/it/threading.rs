@@ -715,3 +715,323 @@ both_backends!(
         assert_eq!(outcome.ticket_id(), ours.ticket_id(), "{outcome:?}");
     }
 );
+
+/// A message from `from` with `headers` (In-Reply-To, References …).
+fn msg(from: &str, id: &str, headers: &str) -> Vec<u8> {
+    mail(from, id, "Order 1234", headers, "text")
+}
+
+async fn number(app: &TestApp, outcome: &Outcome) -> i64 {
+    crate::outbound::number_of(app.store(), ticket_of(outcome)).await
+}
+
+both_backends!(
+    a_parent_that_arrives_after_its_replies_joins_their_ticket,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        // A reply first, then its parent.
+        let reply = app
+            .apply(
+                "pipe",
+                &msg(
+                    "carol@customer.test",
+                    "r1@c.test",
+                    "In-Reply-To: <p1@c.test>\r\n",
+                ),
+            )
+            .await;
+        let parent = app
+            .apply("pipe", &msg("carol@customer.test", "p1@c.test", ""))
+            .await;
+        assert!(matches!(reply, Outcome::Created { .. }));
+        assert!(matches!(parent, Outcome::Appended { .. }), "{parent:?}");
+        assert_eq!(ticket_of(&parent), ticket_of(&reply));
+
+        // A chain arriving descendant first: C, then A (the root), then B.
+        let refs = |ids: &[&str]| {
+            let list: Vec<String> = ids.iter().map(|i| format!("<{i}>")).collect();
+            format!(
+                "In-Reply-To: {}\r\nReferences: {}\r\n",
+                list.last().unwrap(),
+                list.join(" ")
+            )
+        };
+        let c = app
+            .apply(
+                "pipe",
+                &msg(
+                    "dan@customer.test",
+                    "c@d.test",
+                    &refs(&["a@d.test", "b@d.test"]),
+                ),
+            )
+            .await;
+        let a = app
+            .apply("pipe", &msg("dan@customer.test", "a@d.test", ""))
+            .await;
+        let b = app
+            .apply(
+                "pipe",
+                &msg("dan@customer.test", "b@d.test", &refs(&["a@d.test"])),
+            )
+            .await;
+        assert_eq!(
+            [ticket_of(&a), ticket_of(&b)],
+            [ticket_of(&c); 2],
+            "one conversation, one ticket"
+        );
+        // And C, B, A in one batch (the same delivery).
+        let batch = [
+            msg(
+                "erin@customer.test",
+                "c@e.test",
+                &refs(&["a@e.test", "b@e.test"]),
+            ),
+            msg("erin@customer.test", "b@e.test", &refs(&["a@e.test"])),
+            msg("erin@customer.test", "a@e.test", ""),
+        ];
+        let raws = batch
+            .iter()
+            .map(|raw| mailroom::pipeline::RawMessage {
+                channel: "pipe".into(),
+                source: None,
+                data: std::sync::Arc::new(raw.clone()),
+            })
+            .collect();
+        let done = app
+            .pipeline
+            .process(raws, mailroom::pipeline::OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        let tickets: Vec<Option<i64>> = done
+            .iter()
+            .map(|d| match d {
+                Disposition::Applied(o) => o.ticket_id(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(tickets, vec![tickets[0]; 3], "{done:?}");
+
+        // A stranger's late "parent" is kept but flagged (participants rule).
+        let stranger = app
+            .apply(
+                "pipe",
+                &msg("mallory@evil.test", "p1@c.test", "X-Other: 1\r\n"),
+            )
+            .await;
+        assert_eq!(ticket_of(&stranger), ticket_of(&reply));
+        let view = app
+            .store()
+            .ticket_show(number(&app, &reply).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.messages.last().unwrap().flags, vec!["new_participant"]);
+    }
+);
+
+both_backends!(
+    a_late_parent_links_two_tickets_and_merges_only_when_told,
+    |backend| async move {
+        let extra = r#"
+[pipelines.merging]
+statuses = [{ name = "open", kind = "open" }, { name = "closed", kind = "closed" }]
+merge_late_parents = true
+[channels.merging]
+kind = "pipe"
+team = "support"
+pipeline = "merging"
+"#;
+        let app = TestApp::with_config(backend, extra).await;
+        let irt = "In-Reply-To: <p@f.test>\r\n";
+        // Two replies to one message that has not arrived: two tickets.
+        let first = app
+            .apply("pipe", &msg("fay@customer.test", "r1@f.test", irt))
+            .await;
+        let second = app
+            .apply("pipe", &msg("fay@customer.test", "r2@f.test", irt))
+            .await;
+        assert_ne!(ticket_of(&first), ticket_of(&second));
+        let parent = app
+            .apply("pipe", &msg("fay@customer.test", "p@f.test", ""))
+            .await;
+        assert_eq!(ticket_of(&parent), ticket_of(&first), "the older ticket");
+        let (a, b) = (number(&app, &first).await, number(&app, &second).await);
+        // Linked on both timelines, not merged.
+        for (on, to) in [(a, b), (b, a)] {
+            let view = app.store().ticket_show(on).await.unwrap().unwrap();
+            assert_eq!(view.merged_into, None);
+            let related: Vec<i64> = view.related.iter().map(|r| r.ticket).collect();
+            assert_eq!(related, vec![to], "#{on}");
+            assert_eq!(view.related[0].reason, "late_parent");
+        }
+        // The agent's one action; later mail to the merged ticket lands on
+        // the survivor.
+        let merged = mailroom::outbound::merge::merge_tickets(
+            app.store(),
+            &mailroom::outbound::Actor::Ops,
+            b,
+            a,
+        )
+        .await
+        .unwrap();
+        assert_eq!((merged.ticket, merged.into), (b, a));
+        let later = app
+            .apply(
+                "pipe",
+                &msg(
+                    "fay@customer.test",
+                    "r3@f.test",
+                    "In-Reply-To: <r2@f.test>\r\n",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&later), ticket_of(&first));
+        assert!(
+            mailroom::outbound::merge::merge_tickets(
+                app.store(),
+                &mailroom::outbound::Actor::Ops,
+                b,
+                a
+            )
+            .await
+            .is_err(),
+            "already merged"
+        );
+
+        // With merge_late_parents: merged at once when nobody worked on the
+        // later ticket and both have the same requester…
+        let irt = "In-Reply-To: <q@g.test>\r\n";
+        let first = app
+            .apply("merging", &msg("gus@customer.test", "s1@g.test", irt))
+            .await;
+        let second = app
+            .apply("merging", &msg("gus@customer.test", "s2@g.test", irt))
+            .await;
+        app.apply("merging", &msg("gus@customer.test", "q@g.test", ""))
+            .await;
+        let view = app
+            .store()
+            .ticket_show(number(&app, &second).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.merged_into, Some(number(&app, &first).await));
+        // …but not when an agent has touched it.
+        let irt = "In-Reply-To: <t@h.test>\r\n";
+        app.apply("merging", &msg("hal@customer.test", "u1@h.test", irt))
+            .await;
+        let touched = app
+            .apply("merging", &msg("hal@customer.test", "u2@h.test", irt))
+            .await;
+        sqlx::query("INSERT INTO ticket_events (ticket_id, kind, data, actor, created_at) VALUES ($1, 'note', '{}', 'agent:alice', 0)")
+            .bind(ticket_of(&touched))
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        app.apply("merging", &msg("hal@customer.test", "t@h.test", ""))
+            .await;
+        let view = app
+            .store()
+            .ticket_show(number(&app, &touched).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.merged_into, None);
+        assert_eq!(view.related.len(), 1, "linked instead");
+    }
+);
+
+both_backends!(
+    quoted_ids_comments_folding_and_cycles_thread_without_surprises,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        // The same ID, quoted by one mailer and not by the other.
+        let quoted = mail(
+            "ivy@customer.test",
+            "\"01KF8JCEOCBS0045PS\"@xxx.yyy.com",
+            "Quoted",
+            "",
+            "hi",
+        );
+        let first = app.apply("pipe", &quoted).await;
+        let reply = app
+            .apply(
+                "pipe",
+                &msg(
+                    "ivy@customer.test",
+                    "v1@i.test",
+                    "In-Reply-To: <01KF8JCEOCBS0045PS@xxx.yyy.com>\r\n",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&reply), ticket_of(&first));
+        let back = app
+            .apply(
+                "pipe",
+                &msg(
+                    "ivy@customer.test",
+                    "v2@i.test",
+                    "References: <\"v1\"@i.test>\r\n",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&back), ticket_of(&first));
+
+        // References with comments and folding.
+        let root = app
+            .apply("pipe", &msg("jo@customer.test", "w1@j.test", ""))
+            .await;
+        let folded =
+            "References: <old@lists.test> (from the list)\r\n\t(a comment) <w1@j.test>\r\n";
+        let commented = app
+            .apply("pipe", &msg("jo@customer.test", "w2@j.test", folded))
+            .await;
+        assert_eq!(ticket_of(&commented), ticket_of(&root));
+
+        // A self-reference and a reference cycle: no loop, no crash, one ticket.
+        let own = app
+            .apply(
+                "pipe",
+                &msg(
+                    "kim@customer.test",
+                    "x1@k.test",
+                    "In-Reply-To: <x1@k.test>\r\nReferences: <x1@k.test>\r\n",
+                ),
+            )
+            .await;
+        assert!(matches!(own, Outcome::Created { .. }));
+        let y = app
+            .apply(
+                "pipe",
+                &msg(
+                    "kim@customer.test",
+                    "y1@k.test",
+                    "References: <z1@k.test>\r\n",
+                ),
+            )
+            .await;
+        let z = app
+            .apply(
+                "pipe",
+                &msg(
+                    "kim@customer.test",
+                    "z1@k.test",
+                    "References: <y1@k.test>\r\n",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&z), ticket_of(&y));
+        let again = app
+            .apply(
+                "pipe",
+                &msg(
+                    "kim@customer.test",
+                    "y1@k.test",
+                    "References: <z1@k.test>\r\n",
+                ),
+            )
+            .await;
+        assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    }
+);
