@@ -282,6 +282,24 @@ mod tests {
         assert_eq!(keys.sender.as_deref(), Some("a@x.test"));
     }
 
+    /// Deliberately unlike JWZ and RFC 5256 (which take the last References
+    /// entry as the parent): In-Reply-To names the message answered.
+    #[test]
+    fn in_reply_to_wins_when_references_disagree() {
+        let raw = "Message-ID: <c@x>\nIn-Reply-To: <answered@x>\nReferences: <root@x> <other@x>\nFrom: a@x.test\n\nbody\n";
+        let mut known = known(&[ticket(1, TEAM), ticket(2, TEAM)]);
+        known
+            .messages
+            .insert((TEAM, "answered@x".into()), (1, "inbound".into()));
+        known
+            .messages
+            .insert((TEAM, "other@x".into()), (2, "inbound".into()));
+        assert_eq!(
+            find_ticket(&known, &keys(raw), TEAM),
+            Found::Ticket { id: 1, weak: false }
+        );
+    }
+
     #[test]
     fn synthetic_ids_are_not_thread_keys() {
         let keys = keys("From: a@x.test\nSubject: hi\n\nbody\n");

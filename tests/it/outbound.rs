@@ -1246,3 +1246,67 @@ async fn a_merged_ticket_lives_on_in_the_ticket_it_was_merged_into() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_a_late_parents_link_and_merges_in_one_call() {
+    let app = OutApp::start(Backend::Sqlite, 0).await;
+    let irt = "In-Reply-To: <p@f.test>\r\n";
+    let a = app
+        .customer_mail(&mail("fay@customer.test", "r1@f.test", "Order", irt, "one"))
+        .await;
+    let b = app
+        .customer_mail(&mail("fay@customer.test", "r2@f.test", "Order", irt, "two"))
+        .await;
+    app.customer_mail(&mail(
+        "fay@customer.test",
+        "p@f.test",
+        "Order",
+        "",
+        "the question",
+    ))
+    .await;
+    let token = "alice-token-0123456789";
+    let (status, view) = app
+        .api("GET", &format!("/api/v1/tickets/{a}"), token, &[], None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["related"],
+        json!([{ "ticket": b, "reason": "late_parent" }])
+    );
+    let (status, _) = app
+        .api(
+            "GET",
+            &format!("/api/v1/tickets/{a}"),
+            "sam-token-0123456789",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "another team's ticket");
+
+    let merge = format!("/api/v1/tickets/{b}/merge");
+    let (status, merged) = app
+        .api("POST", &merge, token, &[], Some(json!({ "into": a })))
+        .await;
+    assert_eq!(status, 200, "{merged}");
+    assert_eq!(merged, json!({ "ticket": b, "into": a }));
+    let (_, view) = app
+        .api("GET", &format!("/api/v1/tickets/{b}"), token, &[], None)
+        .await;
+    assert_eq!(view["merged_into"], a);
+    let (status, again) = app
+        .api("POST", &merge, token, &[], Some(json!({ "into": a })))
+        .await;
+    assert_eq!(status, 422, "{again}");
+    let (status, _) = app
+        .api(
+            "POST",
+            &format!("/api/v1/tickets/{a}/merge"),
+            token,
+            &[],
+            Some(json!({ "into": a })),
+        )
+        .await;
+    assert_eq!(status, 422, "not into itself");
+}
