@@ -856,7 +856,7 @@ impl Batch<'_> {
             }
         }
         for id in parents {
-            self.writer.refs.push((team, id.clone(), row));
+            self.writer.refs.push((team, id.clone(), ticket, row));
             let tickets = self.known.referrers.entry((team, id.clone())).or_default();
             if !tickets.contains(&ticket) {
                 tickets.push(ticket);

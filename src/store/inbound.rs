@@ -160,9 +160,8 @@ impl Snapshot {
         backend: Backend,
         ids: &[String],
     ) -> Result<(), sqlx::Error> {
-        let sql = "SELECT DISTINCT r.team_id, r.referenced, m.ticket_id FROM message_refs r
-                   JOIN messages m ON m.id = r.message_id
-                   WHERE m.ticket_id IS NOT NULL AND r.referenced IN ({})";
+        let sql =
+            "SELECT DISTINCT team_id, referenced, ticket_id FROM message_refs WHERE referenced IN ({})";
         let rows: Vec<(i64, String, i64)> = select_in(conn, backend, sql, ids).await?;
         for (team, id, ticket) in rows {
             let tickets = self.referrers.entry((team, id)).or_default();
@@ -414,8 +413,9 @@ pub struct Writer<'a> {
     pub touched: HashSet<i64>,
     pub events: Vec<(i64, &'static str, String)>,
     pub receipts: Vec<ReceiptRow>,
-    /// (team, Message-ID named as a parent, message row) for reverse lookup.
-    pub refs: Vec<(i64, String, i64)>,
+    /// (team, Message-ID named as a parent, ticket, message row) for
+    /// reverse lookup.
+    pub refs: Vec<(i64, String, i64, i64)>,
     /// (ticket, merged into): late parents that joined two conversations.
     pub merges: Vec<(i64, i64)>,
 }
@@ -758,19 +758,20 @@ impl<'a> Writer<'a> {
 
     async fn flush_refs(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         let insert = Insert {
-            head: "INSERT INTO message_refs (team_id, referenced, message_id)",
+            head: "INSERT INTO message_refs (referenced, team_id, ticket_id, message_id)",
             tail: "",
-            width: 3,
+            width: 4,
         };
         insert
             .run(
                 conn,
                 self.backend,
                 &self.refs,
-                |(_, id, _)| id.len(),
-                |args, (team, id, message)| {
-                    add(args, *team);
+                |(_, id, _, _)| id.len(),
+                |args, (team, id, ticket, message)| {
                     add(args, id.clone());
+                    add(args, *team);
+                    add(args, *ticket);
                     add(args, *message);
                 },
             )

@@ -1035,3 +1035,61 @@ both_backends!(
         assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
     }
 );
+
+both_backends!(
+    the_migration_fills_the_reverse_lookup_for_mail_stored_before_it,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        app.apply("pipe", &msg("lea@customer.test", "m1@l.test", ""))
+            .await;
+        let chain = "In-Reply-To: <m1@l.test>\r\nReferences: <m0@l.test> <m1@l.test>\r\n";
+        app.apply("pipe", &msg("lea@customer.test", "m2@l.test", chain))
+            .await;
+        app.apply(
+            "pipe",
+            &msg(
+                "lea@customer.test",
+                "m3@l.test",
+                "References: <m3@l.test> <m2@l.test>\r\n",
+            ),
+        )
+        .await;
+        let rows = || async {
+            sqlx::query_as::<_, (String, i64, i64, i64)>(
+                "SELECT referenced, team_id, ticket_id, message_id FROM message_refs ORDER BY message_id, referenced",
+            )
+            .fetch_all(app.store().pool())
+            .await
+            .unwrap()
+        };
+        let written = rows().await;
+        let referenced: Vec<&str> = written.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            referenced,
+            vec!["m0@l.test", "m1@l.test", "m2@l.test"],
+            "own ID left out"
+        );
+        // The migration's backfill, run over the same messages, finds the same.
+        sqlx::query("DELETE FROM message_refs")
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        let dir = match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        let migration = std::fs::read_to_string(format!(
+            "{}/migrations/{dir}/0006_message_refs.sql",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let backfill = &migration[migration.find("INSERT INTO").unwrap()..];
+        for statement in backfill.split(';').filter(|s| !s.trim().is_empty()) {
+            sqlx::query(statement)
+                .execute(app.store().pool())
+                .await
+                .unwrap();
+        }
+        assert_eq!(rows().await, written);
+    }
+);
