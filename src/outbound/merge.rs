@@ -27,7 +27,7 @@ pub async fn merge_tickets(
         return Err(invalid("into", "a ticket cannot be merged into itself"));
     }
     let mut w = store.begin_write().await?;
-    let found = store.tickets_for_update(&mut w.tx, &[number, into]).await?;
+    let found = store.tickets_for_update(&mut w.tx, [number, into]).await?;
     let pick = |n: i64| {
         found
             .iter()
@@ -58,7 +58,12 @@ pub async fn merge_tickets(
     }
     let now = now_ms();
     let label = actor.label();
-    tickets::merge_into(&mut w.tx, from.id, to.id, now).await?;
+    if !tickets::merge_into(&mut w.tx, from.id, to.id, now).await? {
+        return Err(invalid(
+            "into",
+            "one of the tickets changed meanwhile; try again",
+        ));
+    }
     let data = serde_json::json!({ "into": into });
     events::insert(&mut w.tx, from.id, "merged", &data, &label, now).await?;
     let data = serde_json::json!({ "from": number });

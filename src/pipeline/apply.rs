@@ -242,6 +242,9 @@ struct Batch<'a> {
 
 /// Parents of a message recorded for reverse lookup: the nearest ones.
 const MAX_RECORDED_PARENTS: usize = 20;
+/// Tickets one late parent links to: a Message-ID named by replies on many
+/// tickets must not make one message write an event per ticket.
+const MAX_LINKS: usize = 10;
 
 impl<'a> Batch<'a> {
     /// Writes, for every message that is not a known duplicate, its raw
@@ -324,12 +327,24 @@ impl<'a> Batch<'a> {
             }
             Found::Ticket { id, weak } => {
                 let ticket = self.known.tickets[&id].clone();
+                // A second copy of a message already stored (the same mail
+                // through another inbox) has linked its tickets already.
+                let copy = keys.own_id.as_ref().is_some_and(|own| {
+                    self.known
+                        .messages
+                        .contains_key(&(channel.team_id, own.clone()))
+                });
                 let (outcome, row) = self
                     .continue_on(conn, channel, inbound, &ticket, contact, weak, remaining)
                     .await?;
-                if let Some(chosen) = outcome.ticket_id() {
-                    self.link_late_parent(conn, channel, keys, chosen, row)
-                        .await?;
+                // Appended only: a follow-up ticket is not the late
+                // parent's conversation (it was opened on purpose).
+                match outcome {
+                    Outcome::Appended { ticket_id, .. } if !copy => {
+                        self.link_late_parent(conn, channel, keys, ticket_id, row)
+                            .await?
+                    }
+                    _ => {}
                 }
                 (outcome, row)
             }
@@ -644,7 +659,8 @@ impl<'a> Batch<'a> {
         chosen: i64,
         row: i64,
     ) -> Result<(), sqlx::Error> {
-        for other in related_tickets(&self.known, keys, channel.team_id, chosen) {
+        let related = related_tickets(&self.known, keys, channel.team_id, chosen);
+        for other in related.into_iter().take(MAX_LINKS) {
             let (earlier, later) = (chosen.min(other), chosen.max(other));
             if !self.linked.insert((earlier, later)) {
                 continue;
@@ -659,12 +675,16 @@ impl<'a> Batch<'a> {
                 let data = json!({ "ticket": to.number, "reason": "late_parent", "message": row });
                 self.event(on.id, "related_ticket", data);
             }
+            let requester = self.requester(conn, a.id).await?;
             let merge = self
                 .dir
                 .pipeline_by_id(b.pipeline_id)
                 .is_some_and(|p| p.merge_late_parents)
-                && self.requester(conn, a.id).await? == self.requester(conn, b.id).await?
-                && !Snapshot::agent_touched(conn, b.id).await?;
+                && requester.is_some()
+                && requester == self.requester(conn, b.id).await?
+                && !Snapshot::agent_touched(conn, b.id).await?
+                && Snapshot::lock_live(conn, self.writer.backend(), &[a.id, b.id]).await?
+                    == [a.id, b.id];
             if merge {
                 self.writer.merges.push((b.id, a.id));
                 if let Some(state) = self.known.tickets.get_mut(&b.id) {

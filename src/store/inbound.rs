@@ -186,6 +186,30 @@ impl Snapshot {
         Ok(touched.is_some())
     }
 
+    /// Those of `tickets` that are live (not merged, not deleted), in id
+    /// order, locked for the rest of the transaction on PostgreSQL (in id
+    /// order, as a person's merge locks them, so the two cannot deadlock).
+    pub async fn lock_live(
+        conn: &mut AnyConnection,
+        backend: Backend,
+        tickets: &[i64],
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let lock = match backend {
+            Backend::Postgres => "FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id FROM tickets WHERE id IN ({{}}) AND merged_into IS NULL AND deleted_at IS NULL ORDER BY id {lock}"
+        );
+        let mut live: Vec<i64> = select_in::<(i64,), _>(conn, backend, &sql, tickets)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
+        live.sort_unstable();
+        Ok(live)
+    }
+
     /// The requester (contact) of a ticket.
     pub async fn requester(
         conn: &mut AnyConnection,
@@ -421,6 +445,10 @@ pub struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     pub fn new(backend: Backend) -> Writer<'a> {
         Writer {
             backend,
@@ -605,10 +633,12 @@ impl<'a> Writer<'a> {
         self.flush_messages(conn, now).await?;
         self.flush_refs(conn).await?;
         self.flush_ticket_changes(conn, now).await?;
+        self.flush_participants(conn).await?;
+        // After the participants: a merged ticket's contacts, also those
+        // this batch added, take part in the survivor.
         for (ticket, into) in &self.merges {
             super::tickets::merge_into(conn, *ticket, *into, now).await?;
         }
-        self.flush_participants(conn).await?;
         self.flush_companies(conn).await?;
         let backend = self.backend;
         super::events::insert_many(conn, backend, &self.events, "mailroom", now).await?;

@@ -185,7 +185,61 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
         };
-        result.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))
+        result.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
+        self.normalize_stored_ids()
+            .await
+            .map_err(|e| anyhow::anyhow!("database migration failed: {e}"))
+    }
+
+    /// Once per database: Message-IDs stored before they had one form (a
+    /// quoted dot-atom local part, `"abc"@x`) are rewritten to it
+    /// (`abc@x`), so mail that names them in either form still threads.
+    async fn normalize_stored_ids(&self) -> Result<(), sqlx::Error> {
+        const DONE: &str = "message_ids_normalized";
+        let done: Option<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
+            .bind(DONE)
+            .fetch_optional(&self.pool)
+            .await?;
+        if done.is_some() {
+            return Ok(());
+        }
+        let mut w = self.begin_write().await?;
+        let quoted: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, message_id FROM messages WHERE message_id LIKE '\"%'")
+                .fetch_all(&mut *w.tx)
+                .await?;
+        for (id, message_id) in quoted {
+            let clean = crate::mail::ids::clean_id(&message_id);
+            if clean != message_id {
+                sqlx::query("UPDATE messages SET message_id = $1 WHERE id = $2")
+                    .bind(clean)
+                    .bind(id)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
+        }
+        let referenced: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT referenced FROM message_refs WHERE referenced LIKE '\"%'",
+        )
+        .fetch_all(&mut *w.tx)
+        .await?;
+        for old in referenced {
+            let clean = crate::mail::ids::clean_id(&old);
+            if clean != old {
+                sqlx::query("UPDATE message_refs SET referenced = $1 WHERE referenced = $2")
+                    .bind(clean)
+                    .bind(old)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ($1, 1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(DONE)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
     }
 
     /// Starts a write transaction. On SQLite it holds the in-process write

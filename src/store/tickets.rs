@@ -79,11 +79,21 @@ impl Store {
         // One query for all contacts instead of one per ticket.
         let index: HashMap<i64, usize> =
             tickets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-        let mut contacts = sqlx::query_as::<_, (i64, String)>(
+        // One ticket (show, the API): its contacts only.
+        let only = match (&filter, tickets.as_slice()) {
+            (Filter::Number(_), [one]) => Some(one.id),
+            _ => None,
+        };
+        let sql = format!(
             "SELECT tc.ticket_id, c.email FROM ticket_contacts tc JOIN contacts c ON c.id = tc.contact_id
-             ORDER BY tc.ticket_id, CASE tc.role WHEN 'requester' THEN 0 ELSE 1 END, c.id",
-        )
-        .fetch(self.pool());
+             {} ORDER BY tc.ticket_id, CASE tc.role WHEN 'requester' THEN 0 ELSE 1 END, c.id",
+            if only.is_some() { "WHERE tc.ticket_id = $1" } else { "" }
+        );
+        let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
+        if let Some(id) = only {
+            query = query.bind(id);
+        }
+        let mut contacts = query.fetch(self.pool());
         while let Some((ticket, email)) = contacts.try_next().await? {
             if let Some(&i) = index.get(&ticket) {
                 tickets[i].contacts.push(email);
@@ -190,19 +200,30 @@ impl Store {
 
 /// Merges `ticket` into `into`: it resolves to `into` from now on (threading,
 /// replies, read-outs follow `merged_into`), and its contacts take part in
-/// `into`. Events are the caller's: a person or a late parent did it.
+/// `into`. Events are the caller's: a person or a late parent did it. Only
+/// a live ticket into a live one (the caller locked both): false, and
+/// nothing changed, otherwise.
 pub async fn merge_into(
     conn: &mut sqlx::AnyConnection,
     ticket: i64,
     into: i64,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE tickets SET merged_into = $1, updated_at = $2 WHERE id = $3")
-        .bind(into)
-        .bind(now)
-        .bind(ticket)
-        .execute(&mut *conn)
-        .await?;
+) -> Result<bool, sqlx::Error> {
+    let merged = sqlx::query(
+        "UPDATE tickets SET merged_into = $1, updated_at = $2
+         WHERE id = $3 AND merged_into IS NULL AND deleted_at IS NULL
+           AND EXISTS (SELECT 1 FROM tickets t WHERE t.id = $1 AND t.merged_into IS NULL AND t.deleted_at IS NULL)",
+    )
+    .bind(into)
+    .bind(now)
+    .bind(ticket)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !merged {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO ticket_contacts (ticket_id, contact_id, role)
          SELECT $1, contact_id, 'participant' FROM ticket_contacts WHERE ticket_id = $2
@@ -217,7 +238,7 @@ pub async fn merge_into(
         .bind(into)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// A ticket a person acts on: its id, team and whether it is live.
@@ -239,28 +260,26 @@ pub struct Related {
 }
 
 impl Store {
-    /// Tickets by number, locked for the rest of the transaction where the
-    /// backend can.
+    /// Two tickets by number, locked in id order for the rest of the
+    /// transaction on PostgreSQL (as an ingest batch's merge locks them, so
+    /// the two cannot deadlock).
     pub async fn tickets_for_update(
         &self,
         tx: &mut super::Tx,
-        numbers: &[i64],
+        numbers: [i64; 2],
     ) -> Result<Vec<TicketRef>, sqlx::Error> {
         let lock = match self.backend() {
             super::Backend::Postgres => "FOR UPDATE",
             super::Backend::Sqlite => "",
         };
-        let mut found = Vec::new();
-        for number in numbers {
-            let row: Option<TicketRef> = sqlx::query_as(&format!(
-                "SELECT id, number, team_id, merged_into, deleted_at FROM tickets WHERE number = $1 {lock}"
-            ))
-            .bind(number)
-            .fetch_optional(&mut **tx)
-            .await?;
-            found.extend(row);
-        }
-        Ok(found)
+        sqlx::query_as(&format!(
+            "SELECT id, number, team_id, merged_into, deleted_at FROM tickets
+             WHERE number IN ($1, $2) ORDER BY id {lock}"
+        ))
+        .bind(numbers[0])
+        .bind(numbers[1])
+        .fetch_all(&mut **tx)
+        .await
     }
 
     /// The tickets a ticket's timeline links it to.

@@ -865,6 +865,26 @@ pipeline = "merging"
             assert_eq!(related, vec![to], "#{on}");
             assert_eq!(view.related[0].reason, "late_parent");
         }
+        // The same parent again through another inbox (other bytes): kept,
+        // not linked a second time.
+        app.apply(
+            "pipe2",
+            &mail(
+                "fay@customer.test",
+                "p@f.test",
+                "Order 1234",
+                "X-Via: other\r\n",
+                "text",
+            ),
+        )
+        .await;
+        let links: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM ticket_events WHERE kind = 'related_ticket'")
+                .fetch_one(app.store().pool())
+                .await
+                .unwrap();
+        assert_eq!(links, 2, "one event on each ticket");
+
         // The agent's one action; later mail to the merged ticket lands on
         // the survivor.
         let merged = mailroom::outbound::merge::merge_tickets(
@@ -977,6 +997,30 @@ both_backends!(
             )
             .await;
         assert_eq!(ticket_of(&back), ticket_of(&first));
+
+        // An ID stored quoted before IDs had one form is rewritten once at
+        // start, and then threads in either form.
+        let old = app
+            .apply("pipe", &msg("ivy@customer.test", "legacy1@i.test", ""))
+            .await;
+        for sql in [
+            "UPDATE messages SET message_id = '\"legacy1\"@i.test' WHERE message_id = 'legacy1@i.test'",
+            "DELETE FROM counters WHERE name = 'message_ids_normalized'",
+        ] {
+            sqlx::query(sql).execute(app.store().pool()).await.unwrap();
+        }
+        app.store().migrate().await.unwrap();
+        let answer = app
+            .apply(
+                "pipe",
+                &msg(
+                    "ivy@customer.test",
+                    "v3@i.test",
+                    "In-Reply-To: <\"legacy1\"@i.test>\r\n",
+                ),
+            )
+            .await;
+        assert_eq!(ticket_of(&answer), ticket_of(&old));
 
         // References with comments and folding.
         let root = app
@@ -1091,5 +1135,60 @@ both_backends!(
                 .unwrap();
         }
         assert_eq!(rows().await, written);
+    }
+);
+
+both_backends!(
+    a_late_parent_to_a_closed_ticket_follows_the_follow_up_policy_unlinked,
+    |backend| async move {
+        let extra = r#"
+[pipelines.followups]
+statuses = [{ name = "open", kind = "open" }, { name = "closed", kind = "closed" }]
+follow_up = "new_ticket"
+merge_late_parents = true
+[channels.followups]
+kind = "pipe"
+team = "support"
+pipeline = "followups"
+"#;
+        let app = TestApp::with_config(backend, extra).await;
+        let reply = app
+            .apply(
+                "followups",
+                &msg(
+                    "mo@customer.test",
+                    "r1@m.test",
+                    "In-Reply-To: <p@m.test>\r\n",
+                ),
+            )
+            .await;
+        let closed = number(&app, &reply).await;
+        assert!(app
+            .store()
+            .set_ticket_status(closed, "closed", "test")
+            .await
+            .unwrap());
+        let parent = app
+            .apply("followups", &msg("mo@customer.test", "p@m.test", ""))
+            .await;
+        assert!(
+            matches!(parent, Outcome::Created { .. }),
+            "a follow-up: {parent:?}"
+        );
+        let follow_up = number(&app, &parent).await;
+        for n in [closed, follow_up] {
+            let view = app.store().ticket_show(n).await.unwrap().unwrap();
+            assert_eq!((view.merged_into, view.related.len()), (None, 0), "#{n}");
+        }
+        assert_eq!(
+            app.store()
+                .ticket_show(follow_up)
+                .await
+                .unwrap()
+                .unwrap()
+                .ticket
+                .follow_up_of,
+            Some(ticket_of(&reply))
+        );
     }
 );
