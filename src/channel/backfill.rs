@@ -120,8 +120,8 @@ fn walk_file(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
         r.read_to_end(&mut data).map(|_| data)
     };
     if &head[..n] == b"From " {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => std::io::BufReader::new(f),
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => std::io::BufReader::with_capacity(64 * 1024, f),
             Err(e) => {
                 return emit(Found {
                     source: path.display().to_string(),
@@ -129,7 +129,15 @@ fn walk_file(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
                 })
             }
         };
-        for (i, message) in mail_parser::mailbox::mbox::MessageIterator::new(file).enumerate() {
+        // An mbox written by an old Mac mailer ends its lines with CR alone.
+        let cr_only = std::io::BufRead::fill_buf(&mut file)
+            .map(|start| !start.contains(&b'\n') && start.contains(&b'\r'))
+            .unwrap_or(false);
+        let lines = std::io::BufReader::new(CrAsLf {
+            inner: file,
+            active: cr_only,
+        });
+        for (i, message) in mail_parser::mailbox::mbox::MessageIterator::new(lines).enumerate() {
             let found = Found {
                 source: format!("{}#{}", path.display(), i + 1),
                 data: message
@@ -146,6 +154,26 @@ fn walk_file(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> bool {
             source: path.display().to_string(),
             data: rest(reader).map_err(|e| format!("cannot read: {e}")),
         })
+    }
+}
+
+/// A reader that turns each CR into LF when `active` (a CR-only file has no
+/// LF of its own, so this restores its line ends exactly).
+struct CrAsLf<R> {
+    inner: R,
+    active: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for CrAsLf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.active {
+            buf[..n]
+                .iter_mut()
+                .filter(|b| **b == b'\r')
+                .for_each(|b| *b = b'\n');
+        }
+        Ok(n)
     }
 }
 
@@ -238,7 +266,9 @@ fn prepare_ahead(
                 }
             }
             let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
-            let prepared = pipeline.prepare(raws, OnBadInput::Refuse).await;
+            // Unusable mail is kept where ops can see and retry it, as the
+            // spool and IMAP do (the pipe refuses instead: its MTA bounces).
+            let prepared = pipeline.prepare(raws, OnBadInput::Quarantine).await;
             let stop = prepared.is_err();
             let sent = prepared_tx.send((unreadable, sources, prepared)).await;
             if sent.is_err() || stop {

@@ -63,13 +63,21 @@ pub enum ParseError {
 /// Parses a raw RFC 5322 message. Never panics on bad input by design, but
 /// callers still run it isolated (`Pipeline::parse`) because it is the
 /// code that meets the most hostile bytes.
-pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
-    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
+    if original.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ParseError::Empty);
     }
-    if !has_header_section(raw) {
-        return Err(ParseError::NotAMessage);
+    // Old Mac mailers end lines with CR alone; the parser wants LF.
+    let lf_lines;
+    let mut raw = original;
+    if !raw.contains(&b'\n') && raw.contains(&b'\r') {
+        lf_lines = raw
+            .iter()
+            .map(|&b| if b == b'\r' { b'\n' } else { b })
+            .collect::<Vec<u8>>();
+        raw = &lf_lines;
     }
+    let raw = skip_leading_junk(raw).ok_or(ParseError::NotAMessage)?;
     let message = MessageParser::default()
         .parse(raw)
         .ok_or(ParseError::NotAMessage)?;
@@ -117,8 +125,54 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMessage, ParseError> {
         flags: classify(&message),
         thread_index_root: thread_index_root(&message),
         fingerprint,
-        raw_sha256: sha256_hex(raw),
+        // Of the bytes as received; the stored original is those bytes too.
+        raw_sha256: sha256_hex(original),
     })
+}
+
+/// Lines a mail server may put above the header block (a wrapper such as
+/// `---- Original email message ----`) that are skipped to find it.
+const MAX_JUNK_LINES: usize = 3;
+
+/// The message from its header block on: as it is when it starts with one,
+/// else after up to [`MAX_JUNK_LINES`] lines that are not headers, when a
+/// header block follows (the stored original keeps those lines).
+fn skip_leading_junk(raw: &[u8]) -> Option<&[u8]> {
+    let mut rest = raw;
+    for _ in 0..=MAX_JUNK_LINES {
+        if has_header_section(rest) && header_block_follows(rest) {
+            return Some(rest);
+        }
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        rest = &rest[nl + 1..];
+    }
+    has_header_section(raw).then_some(raw)
+}
+
+/// Whether the first lines look like a header block: at least two header
+/// lines before a blank line or the end (one line of `Word: text` is what
+/// a wrapper line also looks like).
+fn header_block_follows(raw: &[u8]) -> bool {
+    let mut headers = 0;
+    for line in raw.split(|&b| b == b'\n').take(64) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            continue;
+        }
+        match line.iter().position(|&b| b == b':') {
+            Some(colon) if colon > 0 && line[..colon].iter().all(|&b| b.is_ascii_graphic()) => {
+                headers += 1
+            }
+            _ if line.starts_with(b"From ") && headers == 0 => {}
+            _ => return headers >= 2,
+        }
+    }
+    headers >= 2
 }
 
 /// Who sent it: From, else Sender, else the Return-Path.
@@ -354,6 +408,37 @@ pub fn subject_tag(subject: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrapper_line_above_the_headers_is_skipped_and_the_original_kept() {
+        let raw = b"---- Original email message ----\r\nFrom: a@b.test\r\nSubject: Hi\r\nMessage-ID: <w@b.test>\r\n\r\nbody\r\n";
+        let parsed = parse(raw).unwrap();
+        assert_eq!(
+            (parsed.subject.as_str(), parsed.message_id.as_str()),
+            ("Hi", "w@b.test")
+        );
+        assert_eq!(parsed.raw_sha256, sha256_hex(raw));
+        // Prose is still not mail, however many lines it has.
+        assert!(matches!(
+            parse(b"dear diary\nno headers here\nat all\n\n"),
+            Err(ParseError::NotAMessage)
+        ));
+        // A single header line is still a message (as before).
+        assert_eq!(parse(b"Subject: only\n\nbody\n").unwrap().subject, "only");
+    }
+
+    #[test]
+    fn cr_only_line_ends_parse() {
+        let parsed =
+            parse(b"From: a@b.test\rSubject: Mac\rMessage-ID: <m@b.test>\r\rline one\rline two\r")
+                .unwrap();
+        assert_eq!(parsed.subject, "Mac");
+        assert!(
+            parsed.body_text.contains("line one\nline two"),
+            "{:?}",
+            parsed.body_text
+        );
+    }
 
     #[test]
     fn transport_headers_do_not_change_the_fingerprint() {

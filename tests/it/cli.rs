@@ -863,3 +863,61 @@ fn the_pipe_reads_no_more_than_the_size_limit() {
         0
     );
 }
+
+#[test]
+fn backfill_keeps_odd_framing_and_quarantines_what_it_cannot_read() {
+    let w = Workdir::new();
+    let dir = w.path().join("odd");
+    std::fs::create_dir(&dir).unwrap();
+    let write = |name: &str, data: &[u8]| std::fs::write(dir.join(name), data).unwrap();
+    // A mail server's wrapper line above a normal header block.
+    write(
+        "wrapped.eml",
+        b"---- Original email message ----\r\nFrom: nora@customer.test\r\nTo: support@example.com\r\nSubject: Wrapped\r\nMessage-ID: <w1@n.test>\r\n\r\nHello\r\n",
+    );
+    // An old Mac mailer: CR-only line ends, in one file and in an mbox.
+    write(
+        "mac.eml",
+        b"From: olga@customer.test\rTo: support@example.com\rSubject: Mac mail\rMessage-ID: <m1@o.test>\r\rHello from 1999\r",
+    );
+    write(
+        "mac.mbox",
+        b"From olga@customer.test Mon Jan  1 00:00:00 2001\rFrom: olga@customer.test\rSubject: First\rMessage-ID: <m2@o.test>\r\rone\r\rFrom olga@customer.test Mon Jan  1 00:00:01 2001\rFrom: olga@customer.test\rSubject: Second\rMessage-ID: <m3@o.test>\r\rtwo\r",
+    );
+    // Not mail at all: kept in the quarantine, not dropped.
+    write("notes.txt", b"just some notes\nwith no headers\n");
+    let out = w.run(&["ingest", "--json", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &summary["created"],
+            &summary["quarantined"],
+            &summary["failed"]
+        ),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(1),
+            &serde_json::json!(0)
+        ),
+        "{summary}"
+    );
+    let tickets = w.json(&["ticket", "list", "--json"]);
+    let number_of = |subject: &str| {
+        tickets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["subject"] == subject)
+            .unwrap_or_else(|| panic!("no ticket {subject:?} in {tickets}"))["number"]
+            .to_string()
+    };
+    for subject in ["Wrapped", "First", "Second"] {
+        number_of(subject);
+    }
+    let mac = number_of("Mac mail");
+    let body = &w.json(&["ticket", "show", &mac, "--json"])["messages"][0]["body_text"];
+    assert!(body.as_str().unwrap().contains("Hello from 1999"), "{body}");
+    let quarantined = w.json(&["quarantine", "list", "--json"]);
+    assert_eq!(quarantined.as_array().unwrap().len(), 1, "{quarantined}");
+}
