@@ -328,6 +328,10 @@ pub struct PipelineConfig {
     /// an agent to merge.
     #[serde(default)]
     pub merge_late_parents: bool,
+    /// Opt-in: a message with no threading headers, from a contact of an
+    /// open ticket with the same subject (without `Re:`, `[#n]` …) whose
+    /// last message is at most this many days old, joins that ticket.
+    pub thread_by_subject_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -460,6 +460,7 @@ addresses = [
             new_ticket_after_days: None,
             status_after_reply,
             merge_late_parents: false,
+            thread_by_subject_days: None,
         };
         dir.pipelines.insert("support".into(), pipeline);
         dir

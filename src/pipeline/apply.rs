@@ -15,9 +15,11 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::AnyConnection;
 
+use super::parse::base_subject;
 use super::parse::ParsedMessage;
 use super::thread::{
-    continue_ticket, find_ticket, related_tickets, thread_keys, Continue, Found, ThreadKeys,
+    continue_ticket, find_ticket, related_tickets, subject_fallback, thread_keys, Continue, Found,
+    ThreadKeys,
 };
 use crate::config::StatusKind;
 use crate::store::directory::{ChannelInfo, PipelineInfo};
@@ -103,7 +105,11 @@ pub async fn apply_batch(
         .iter()
         .map(|(_, i)| thread_keys(&i.parsed, &dir.secret.0))
         .collect();
-    let known = snapshot(conn, backend, items, &keys).await?;
+    // The subject fallback's candidates are read only where it is on.
+    let subjects = items
+        .iter()
+        .any(|(channel, _)| dir.pipeline_of(channel).thread_by_subject_days.is_some());
+    let known = snapshot(conn, backend, items, &keys, subjects).await?;
     let mut batch = Batch {
         dir,
         known,
@@ -136,6 +142,7 @@ async fn snapshot(
     backend: Backend,
     items: &[Item<'_>],
     keys: &[ThreadKeys],
+    subjects: bool,
 ) -> Result<Snapshot, sqlx::Error> {
     let mut known = Snapshot::default();
     let distinct = |values: &mut Vec<String>| {
@@ -174,6 +181,21 @@ async fn snapshot(
     let mut senders: Vec<String> = keys.iter().filter_map(|k| k.sender.clone()).collect();
     distinct(&mut senders);
     known.load_contacts(conn, backend, &senders).await?;
+    if subjects {
+        let unthreaded: Vec<i64> = keys
+            .iter()
+            .filter(|k| k.unthreaded && !k.automatic)
+            .filter_map(|k| {
+                k.sender
+                    .as_ref()
+                    .and_then(|s| known.contacts.get(s))
+                    .copied()
+            })
+            .collect();
+        known
+            .load_subject_candidates(conn, backend, &unthreaded, base_subject)
+            .await?;
+    }
     let mut tags: Vec<i64> = keys.iter().filter_map(|k| k.subject_tag).collect();
     tags.sort_unstable();
     tags.dedup();
@@ -199,6 +221,7 @@ async fn snapshot(
         .chain(known.tagged.values().copied())
         .chain(known.thread_roots.values().copied())
         .chain(known.referrers.values().flatten().copied())
+        .chain(known.subject_candidates.iter().map(|c| c.ticket_id))
         .chain(
             keys.iter()
                 .flat_map(|k| k.our_tickets.iter().copied().chain(k.marker_ticket)),
@@ -316,6 +339,17 @@ impl<'a> Batch<'a> {
         let found = match inbound.hints.no_threading {
             true => Found::None,
             false => find_ticket(&self.known, keys, channel.team_id),
+        };
+        // Last, and only where the pipeline asks for it: same sender, same
+        // subject, an open ticket, recently.
+        let days = self.dir.pipeline_of(channel).thread_by_subject_days;
+        let found = match (found, contact, days, inbound.hints.no_threading) {
+            (Found::None, Some(contact), Some(days), false) => {
+                let since = self.now - i64::from(days) * 86_400_000;
+                subject_fallback(&self.known, keys, channel.team_id, contact, since)
+                    .map_or(Found::None, |id| Found::Ticket { id, weak: false })
+            }
+            (found, ..) => found,
         };
         let (outcome, row) = match found {
             Found::Echo(ticket_id) => {
@@ -611,6 +645,16 @@ impl<'a> Batch<'a> {
                 keys_sender(message),
                 "requester",
             );
+            // A reply without headers later in this batch may find it.
+            self.known
+                .subject_candidates
+                .push(crate::store::inbound::SubjectCandidate {
+                    team_id: channel.team_id,
+                    contact_id: contact,
+                    ticket_id: id,
+                    base_subject: base_subject(&message.subject),
+                    last_at: self.now,
+                });
         }
         let ticket = TicketState {
             id,

@@ -392,6 +392,35 @@ fn thread_index_root(message: &mail_parser::Message<'_>) -> Option<String> {
 }
 
 /// The ticket number in a subject tag such as `[#1042]`, if any.
+/// A subject without what replies and lists add: `Re:`, `AW:`, `SV:`,
+/// `Fwd:` … prefixes, `[#n]` tags and `[list]` prefixes at the front;
+/// whitespace collapsed and lower-cased, for comparing.
+pub fn base_subject(subject: &str) -> String {
+    const PREFIXES: [&str; 12] = [
+        "re:", "aw:", "sv:", "vs:", "antw:", "wg:", "fwd:", "fw:", "tr:", "rif:", "r:", "réf:",
+    ];
+    let lower = subject
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    let mut rest = lower.as_str();
+    loop {
+        let before = rest;
+        rest = rest.trim_start();
+        if let Some(prefix) = PREFIXES.iter().find(|p| rest.starts_with(**p)) {
+            rest = &rest[prefix.len()..];
+        } else if rest.starts_with('[') {
+            if let Some(end) = rest.find(']') {
+                rest = &rest[end + 1..];
+            }
+        }
+        if rest == before {
+            return rest.trim().to_string();
+        }
+    }
+}
+
 pub fn subject_tag(subject: &str) -> Option<i64> {
     let mut rest = subject;
     while let Some(start) = rest.find("[#") {
@@ -408,6 +437,21 @@ pub fn subject_tag(subject: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_subjects_drop_what_replies_and_lists_add() {
+        for subject in [
+            "Printer on fire",
+            "Re: Printer on fire",
+            "RE: AW: [#12] Printer  on fire",
+            "Fwd: [support-list] Re: printer ON fire",
+            "SV:Printer on fire",
+        ] {
+            assert_eq!(base_subject(subject), "printer on fire", "{subject}");
+        }
+        assert_eq!(base_subject("[unclosed"), "[unclosed");
+        assert_eq!(base_subject("Re:"), "");
+    }
 
     #[test]
     fn a_wrapper_line_above_the_headers_is_skipped_and_the_original_kept() {

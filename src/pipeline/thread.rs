@@ -20,7 +20,10 @@
 //!    that ticket (a stranger's "Re: [#12]" does not get into someone
 //!    else's ticket).
 //! 6. An Outlook Thread-Index continuing a conversation from the same sender.
-//! 7. Otherwise a new ticket (if the channel creates tickets).
+//! 7. Opt-in per pipeline: the same sender's one open, recent ticket with
+//!    the same base subject, for a message with no threading headers
+//!    ([`subject_fallback`], applied by `apply`).
+//! 8. Otherwise a new ticket (if the channel creates tickets).
 //!
 //! Which ticket a message joins does not decide who hears back: a sender
 //! the ticket does not know is flagged `new_participant` (see `apply`).
@@ -29,7 +32,7 @@
 //! Merged tickets resolve to the surviving ticket; deleted ones count for
 //! nothing. A changed subject does not break a thread: references win.
 
-use super::parse::{subject_tag, ParsedMessage};
+use super::parse::{base_subject, subject_tag, ParsedMessage};
 use crate::config::{FollowUp, StatusKind};
 use crate::mail::ids;
 use crate::store::directory::PipelineInfo;
@@ -54,6 +57,13 @@ pub struct ThreadKeys {
     pub thread_index_root: Option<String>,
     /// The sender's address.
     pub sender: Option<String>,
+    /// The subject without reply prefixes and tags, for the opt-in
+    /// subject-and-sender fallback.
+    pub base_subject: String,
+    /// Neither In-Reply-To nor References: a reply that lost its headers,
+    /// or a new message.
+    pub unthreaded: bool,
+    pub automatic: bool,
 }
 
 /// The thread keys of `message`; `secret` verifies our own identifiers.
@@ -87,6 +97,9 @@ pub fn thread_keys(message: &ParsedMessage, secret: &[u8]) -> ThreadKeys {
         subject_tag: subject_tag(&message.subject),
         thread_index_root: message.thread_index_root.clone(),
         sender: message.from.as_ref().map(|f| f.address.clone()),
+        base_subject: base_subject(&message.subject),
+        unthreaded: message.in_reply_to.is_empty() && message.references.is_empty(),
+        automatic: message.flags.is_automatic(),
     }
 }
 
@@ -188,6 +201,40 @@ pub fn related_tickets(known: &Snapshot, keys: &ThreadKeys, team_id: i64, chosen
         .collect()
 }
 
+/// The opt-in fallback after every other rule: a message with no threading
+/// headers, not automatic, from `contact`, whose base subject is that of
+/// exactly one open ticket of `team_id` the contact takes part in, last
+/// written to at or after `since` (unix ms). Several matches: none (a new
+/// ticket is safer than a guess).
+pub fn subject_fallback(
+    known: &Snapshot,
+    keys: &ThreadKeys,
+    team_id: i64,
+    contact: i64,
+    since: i64,
+) -> Option<i64> {
+    if !keys.unthreaded || keys.automatic || keys.base_subject.is_empty() {
+        return None;
+    }
+    let mut matches: Vec<i64> = known
+        .subject_candidates
+        .iter()
+        .filter(|c| {
+            c.team_id == team_id
+                && c.contact_id == contact
+                && c.last_at >= since
+                && c.base_subject == keys.base_subject
+        })
+        .filter_map(|c| known.live_ticket_of_team(c.ticket_id, team_id))
+        .collect();
+    matches.sort_unstable();
+    matches.dedup();
+    match matches.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 /// What a message that continues a ticket does to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Continue {
@@ -270,6 +317,7 @@ mod tests {
             new_ticket_after_days: after_days,
             status_after_reply: None,
             merge_late_parents: false,
+            thread_by_subject_days: None,
         }
     }
 

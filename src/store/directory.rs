@@ -41,6 +41,7 @@ pub struct PipelineInfo {
     /// Status an emailed reply moves a ticket to, unless the reply sets one.
     pub status_after_reply: Option<i64>,
     pub merge_late_parents: bool,
+    pub thread_by_subject_days: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +388,7 @@ async fn sync_pipeline(
         new_ticket_after_days: pipeline.new_ticket_after_days,
         status_after_reply,
         merge_late_parents: pipeline.merge_late_parents,
+        thread_by_subject_days: pipeline.thread_by_subject_days,
     })
 }
 

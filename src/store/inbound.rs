@@ -88,6 +88,20 @@ pub struct Snapshot {
     /// (team, Message-ID) → tickets of stored messages whose In-Reply-To or
     /// References name it: where a parent that arrives late belongs.
     pub referrers: HashMap<(i64, String), Vec<i64>>,
+    /// Open tickets the batch's unthreaded senders take part in, for the
+    /// opt-in subject-and-sender fallback.
+    pub subject_candidates: Vec<SubjectCandidate>,
+}
+
+/// An open ticket a contact takes part in, with its base subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectCandidate {
+    pub team_id: i64,
+    pub contact_id: i64,
+    pub ticket_id: i64,
+    pub base_subject: String,
+    /// When it was last written to (unix ms).
+    pub last_at: i64,
 }
 
 impl Snapshot {
@@ -221,6 +235,34 @@ impl Snapshot {
         .bind(ticket)
         .fetch_optional(&mut *conn)
         .await
+    }
+
+    /// The open (not closed) live tickets these contacts take part in;
+    /// `base` turns a subject into its base form.
+    pub async fn load_subject_candidates(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        contacts: &[i64],
+        base: impl Fn(&str) -> String,
+    ) -> Result<(), sqlx::Error> {
+        let sql = "SELECT t.team_id, tc.contact_id, t.id, t.subject, t.updated_at
+                   FROM ticket_contacts tc JOIN tickets t ON t.id = tc.ticket_id
+                   JOIN statuses s ON s.id = t.status_id
+                   WHERE s.kind <> 'closed' AND t.merged_into IS NULL AND t.deleted_at IS NULL
+                     AND tc.contact_id IN ({})";
+        let rows: Vec<(i64, i64, i64, String, i64)> =
+            select_in(conn, backend, sql, contacts).await?;
+        self.subject_candidates.extend(rows.into_iter().map(
+            |(team_id, contact_id, ticket_id, subject, last_at)| SubjectCandidate {
+                team_id,
+                contact_id,
+                ticket_id,
+                base_subject: base(&subject),
+                last_at,
+            },
+        ));
+        Ok(())
     }
 
     /// Who takes part in these tickets.

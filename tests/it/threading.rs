@@ -1192,3 +1192,160 @@ pipeline = "followups"
         );
     }
 );
+
+both_backends!(
+    the_opt_in_subject_fallback_joins_one_open_recent_ticket_of_the_same_sender,
+    |backend| async move {
+        let extra = r#"
+[pipelines.bysubject]
+statuses = [{ name = "open", kind = "open" }, { name = "closed", kind = "closed" }]
+thread_by_subject_days = 14
+[channels.bysubject]
+kind = "pipe"
+team = "support"
+pipeline = "bysubject"
+[channels.bysubject_sales]
+kind = "pipe"
+team = "sales"
+pipeline = "bysubject"
+"#;
+        let app = TestApp::with_config(backend, extra).await;
+        let say = |from: &str, id: &str, subject: &str, headers: &str| {
+            mail(from, id, subject, headers, "text")
+        };
+        let first = app
+            .apply(
+                "bysubject",
+                &say("carol@customer.test", "s1@c.test", "Printer on fire", ""),
+            )
+            .await;
+        let t1 = ticket_of(&first);
+        // A reply that lost its headers, from the same sender: joins.
+        let again = app
+            .apply(
+                "bysubject",
+                &say(
+                    "carol@customer.test",
+                    "s2@c.test",
+                    "RE: AW: Printer on fire",
+                    "",
+                ),
+            )
+            .await;
+        assert!(
+            matches!(again, Outcome::Appended { ticket_id, .. } if ticket_id == t1),
+            "{again:?}"
+        );
+        // Never: automatic mail, another sender, another team, a pipeline
+        // without the option.
+        let auto = app
+            .apply(
+                "bysubject",
+                &say(
+                    "carol@customer.test",
+                    "s3@c.test",
+                    "Re: Printer on fire",
+                    "Auto-Submitted: auto-replied\r\n",
+                ),
+            )
+            .await;
+        let dave = app
+            .apply(
+                "bysubject",
+                &say("dave@customer.test", "s4@c.test", "Re: Printer on fire", ""),
+            )
+            .await;
+        let sales = app
+            .apply(
+                "bysubject_sales",
+                &say(
+                    "carol@customer.test",
+                    "s5@c.test",
+                    "Re: Printer on fire",
+                    "",
+                ),
+            )
+            .await;
+        let off = app
+            .apply(
+                "pipe",
+                &say(
+                    "carol@customer.test",
+                    "s6@c.test",
+                    "Re: Printer on fire",
+                    "",
+                ),
+            )
+            .await;
+        for (what, outcome) in [
+            ("automatic", &auto),
+            ("other sender", &dave),
+            ("other team", &sales),
+            ("option off", &off),
+        ] {
+            assert_ne!(ticket_of(outcome), t1, "{what}: {outcome:?}");
+        }
+
+        // Several open tickets with that subject: a new ticket, not a guess.
+        app.apply(
+            "pipe",
+            &say("erin@customer.test", "i1@e.test", "Invoice", ""),
+        )
+        .await;
+        app.apply(
+            "pipe",
+            &say("erin@customer.test", "i2@e.test", "Invoice", ""),
+        )
+        .await;
+        let ambiguous = app
+            .apply(
+                "bysubject",
+                &say("erin@customer.test", "i3@e.test", "Re: Invoice", ""),
+            )
+            .await;
+        assert!(
+            matches!(ambiguous, Outcome::Created { .. }),
+            "{ambiguous:?}"
+        );
+
+        // Too old, or closed: a new ticket.
+        let old = app
+            .apply(
+                "bysubject",
+                &say("fay@customer.test", "o1@f.test", "Old question", ""),
+            )
+            .await;
+        sqlx::query("UPDATE tickets SET updated_at = $1 WHERE id = $2")
+            .bind(mailroom::store::now_ms() - 20 * 86_400_000)
+            .bind(ticket_of(&old))
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        let late = app
+            .apply(
+                "bysubject",
+                &say("fay@customer.test", "o2@f.test", "Re: Old question", ""),
+            )
+            .await;
+        assert_ne!(ticket_of(&late), ticket_of(&old));
+        let done = app
+            .apply(
+                "bysubject",
+                &say("gus@customer.test", "c1@g.test", "Done deal", ""),
+            )
+            .await;
+        let n = number(&app, &done).await;
+        assert!(app
+            .store()
+            .set_ticket_status(n, "closed", "test")
+            .await
+            .unwrap());
+        let reopened = app
+            .apply(
+                "bysubject",
+                &say("gus@customer.test", "c2@g.test", "Re: Done deal", ""),
+            )
+            .await;
+        assert_ne!(ticket_of(&reopened), ticket_of(&done));
+    }
+);
