@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::pipeline::{Disposition, Hints, OnBadInput, Pipeline, PipelineError, RawMessage};
 
 /// sysexits.h codes that MTAs understand.
 pub const EX_OK: u8 = 0;
@@ -21,7 +21,12 @@ pub const EX_CONFIG: u8 = 78;
 /// At most `ingest.max_message_bytes` + 1 bytes are read: a larger message
 /// is refused (65, so the MTA bounces it to its sender) without holding it
 /// in memory.
-pub async fn ingest_one(pipeline: &Pipeline, channel: &str, input: impl Read) -> u8 {
+pub async fn ingest_one(
+    pipeline: &Pipeline,
+    channel: &str,
+    recipient: Option<&str>,
+    input: impl Read,
+) -> u8 {
     let limit = pipeline.max_message_bytes();
     let mut data = Vec::new();
     if let Err(e) = input.take(limit.saturating_add(1)).read_to_end(&mut data) {
@@ -39,7 +44,18 @@ pub async fn ingest_one(pipeline: &Pipeline, channel: &str, input: impl Read) ->
         source: Some("stdin".into()),
         data: Arc::new(data),
     };
-    match pipeline.process(vec![raw], OnBadInput::Refuse).await {
+    let hints = Hints {
+        envelope_to: recipient.map(str::to_string),
+        ..Hints::default()
+    };
+    let prepared = pipeline
+        .prepare_with(vec![(raw, hints)], OnBadInput::Refuse)
+        .await;
+    let done = match prepared {
+        Ok(prepared) => pipeline.commit(prepared).await,
+        Err(e) => Err(e),
+    };
+    match done {
         Ok(mut dispositions) => match dispositions.remove(0) {
             Disposition::Applied(outcome) => {
                 tracing::info!(

@@ -17,6 +17,10 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// The envelope recipient, as the MTA passes it (Postfix: `${recipient}`);
+    /// a channel with `route = "recipient"` routes by it first.
+    #[arg(long)]
+    recipient: Option<String>,
     /// Files or folders; stdin when none.
     paths: Vec<PathBuf>,
 }
@@ -45,7 +49,8 @@ pub async fn run(config: &Config, args: Args) -> u8 {
         Err(code) => return code,
     };
     if args.paths.is_empty() {
-        let code = pipe::ingest_one(&pipeline, &channel, std::io::stdin().lock()).await;
+        let stdin = std::io::stdin().lock();
+        let code = pipe::ingest_one(&pipeline, &channel, args.recipient.as_deref(), stdin).await;
         pipeline.store().close().await;
         return code;
     }

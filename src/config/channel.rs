@@ -18,7 +18,24 @@ pub struct ChannelConfig {
     pub pipeline: String,
     /// A channel that does not create tickets only appends to existing ones.
     pub create_tickets: bool,
+    /// Which team a message goes to: the channel's, or the team whose
+    /// address it was sent to (one inbox that receives several teams'
+    /// forwarded mail).
+    pub route: Route,
     pub settings: ChannelSettings,
+}
+
+/// How a channel picks each message's team.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The channel's `team`.
+    #[default]
+    Team,
+    /// The first team address among the envelope recipient (the pipe's
+    /// `--recipient`), Delivered-To, X-Original-To, X-Forwarded-To, To and
+    /// Cc; the channel's `team` when none is one.
+    Recipient,
 }
 
 /// What a channel of each kind needs.
@@ -98,6 +115,8 @@ struct Common {
     pipeline: String,
     #[serde(default = "yes")]
     create_tickets: bool,
+    #[serde(default)]
+    route: Route,
 }
 
 impl<'de> Deserialize<'de> for ChannelConfig {
@@ -111,7 +130,7 @@ impl<'de> Deserialize<'de> for ChannelConfig {
             .map_err(|e| D::Error::custom(e.to_string()))?;
         let (common, rest): (config::Map<String, config::Value>, _) =
             table.into_iter().partition(|(k, _)| {
-                ["kind", "team", "pipeline", "create_tickets"].contains(&k.as_str())
+                ["kind", "team", "pipeline", "create_tickets", "route"].contains(&k.as_str())
             });
         let table = |map| config::Value::new(None, config::ValueKind::Table(map));
         let common: Common = table(common)
@@ -140,6 +159,7 @@ impl<'de> Deserialize<'de> for ChannelConfig {
             team: common.team,
             pipeline: common.pipeline,
             create_tickets: common.create_tickets,
+            route: common.route,
             settings,
         })
     }

@@ -13,7 +13,7 @@ mod validate;
 
 pub use channel::{
     After, ChannelConfig, ChannelKind, ChannelSettings, FirstSync, FormConfig, FormFields,
-    ImapConfig, MaildirAfter, MaildirConfig, WebhookConfig,
+    ImapConfig, MaildirAfter, MaildirConfig, Route, WebhookConfig,
 };
 pub use validate::Problems;
 

@@ -448,6 +448,7 @@ pub async fn submit(
         properties: fields.properties,
         status: config.status.clone(),
         fingerprint: idempotency,
+        envelope_to: None,
     };
     let raw = RawMessage {
         channel: name.clone(),

@@ -50,6 +50,28 @@ pub struct Hints {
     /// Replaces the content fingerprint: a form post retried under the same
     /// Idempotency-Key is then the same message, whatever its bytes.
     pub fingerprint: Option<String>,
+    /// The envelope recipient, when the source knows it (an MTA passes it
+    /// to `mailroom ingest --recipient`): the first routing key.
+    pub envelope_to: Option<String>,
+}
+
+/// The team a message of a `route = "recipient"` channel goes to: the first
+/// team address among the envelope recipient, Delivered-To, X-Original-To,
+/// X-Forwarded-To, To and Cc; the channel's own team when none is one.
+pub fn route_team(
+    dir: &Directory,
+    channel: &ChannelInfo,
+    envelope_to: Option<&str>,
+    message: &ParsedMessage,
+) -> i64 {
+    envelope_to
+        .map(crate::mail::address::normalize)
+        .into_iter()
+        .chain(message.delivered_to.iter().map(|m| m.address.clone()))
+        .chain(message.to.iter().map(|m| m.address.clone()))
+        .chain(message.cc.iter().map(|m| m.address.clone()))
+        .find_map(|address| dir.team_addresses.get(&address).copied())
+        .unwrap_or(channel.team_id)
 }
 
 /// Why a message could not be turned into a [`ParsedMessage`].
@@ -244,9 +266,13 @@ impl Pipeline {
             to_apply: Vec::new(),
         };
         let parsed = parsed.into_iter().zip(channels).enumerate();
-        for (index, ((raw, hints, result), channel)) in parsed {
+        for (index, ((raw, hints, result), mut channel)) in parsed {
             match result {
                 Ok(mut message) => {
+                    if channel.route_by_recipient {
+                        channel.team_id =
+                            route_team(&self.dir, &channel, hints.envelope_to.as_deref(), &message);
+                    }
                     if let Some(fingerprint) = &hints.fingerprint {
                         message.fingerprint = fingerprint.clone();
                     }

@@ -50,6 +50,9 @@ pub struct ParsedMessage {
     pub fingerprint: String,
     /// SHA-256 of the raw bytes as received.
     pub raw_sha256: String,
+    /// Addresses of the Delivered-To, X-Original-To and X-Forwarded-To
+    /// headers, in that order (routing by recipient).
+    pub delivered_to: Vec<Mailbox>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +130,7 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
         fingerprint,
         // Of the bytes as received; the stored original is those bytes too.
         raw_sha256: sha256_hex(original),
+        delivered_to: delivered_to(&message),
     })
 }
 
@@ -173,6 +177,26 @@ fn header_block_follows(raw: &[u8]) -> bool {
         }
     }
     headers >= 2
+}
+
+/// The delivery headers' addresses: each header may appear several times
+/// (one per hop) and hold a list.
+fn delivered_to(message: &mail_parser::Message<'_>) -> Vec<Mailbox> {
+    let mut found = Vec::new();
+    for name in ["delivered-to", "x-original-to", "x-forwarded-to"] {
+        for (header, value) in message.headers_raw() {
+            if !header.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            for part in value.split([',', ';']) {
+                let address = normalize_address(part);
+                if address.contains('@') && !found.iter().any(|m: &Mailbox| m.address == address) {
+                    found.push(Mailbox::new(address, None));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Who sent it: From, else Sender, else the Return-Path.

@@ -52,6 +52,8 @@ pub struct ChannelInfo {
     pub team_id: i64,
     pub pipeline_key: String,
     pub create_tickets: bool,
+    /// Each message goes to the team it was addressed to (`route = "recipient"`).
+    pub route_by_recipient: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ pub struct Directory {
     pub channels: HashMap<String, ChannelInfo>,
     /// Agents by config key.
     pub agents: HashMap<String, AgentInfo>,
+    /// Every team address (lower-case) → its team, for routing by recipient.
+    pub team_addresses: HashMap<String, i64>,
     /// Key for the HMAC tags on our Message-IDs and body markers.
     pub secret: ServerSecret,
 }
@@ -188,6 +192,10 @@ impl Store {
         let mut dir = Directory::default();
         for (key, team) in &config.teams {
             let info = sync_team(tx, key, team).await?;
+            for address in &team.addresses {
+                dir.team_addresses
+                    .insert(address.address.to_lowercase(), info.id);
+            }
             dir.teams.insert(key.clone(), info);
         }
         for (key, pipeline) in &config.pipelines {
@@ -235,6 +243,7 @@ impl Store {
                 team_id: team.id,
                 pipeline_key: channel.pipeline.clone(),
                 create_tickets: channel.create_tickets,
+                route_by_recipient: channel.route == crate::config::Route::Recipient,
             };
             dir.channels.insert(key.clone(), info);
         }

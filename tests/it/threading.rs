@@ -1349,3 +1349,94 @@ pipeline = "bysubject"
         assert_ne!(ticket_of(&reopened), ticket_of(&done));
     }
 );
+
+async fn team_of(app: &TestApp, outcome: Outcome) -> String {
+    let n = number(app, &outcome).await;
+    app.store()
+        .ticket_show(n)
+        .await
+        .unwrap()
+        .unwrap()
+        .ticket
+        .team
+}
+
+/// A message into the `inbox` channel, with the envelope recipient an MTA
+/// would pass.
+async fn routed(app: &TestApp, data: Vec<u8>, envelope: Option<&str>) -> Outcome {
+    let hints = mailroom::pipeline::Hints {
+        envelope_to: envelope.map(str::to_string),
+        ..Default::default()
+    };
+    let raw = mailroom::pipeline::RawMessage {
+        channel: "inbox".into(),
+        source: None,
+        data: std::sync::Arc::new(data),
+    };
+    let prepared = app
+        .pipeline
+        .prepare_with(vec![(raw, hints)], mailroom::pipeline::OnBadInput::Refuse)
+        .await
+        .unwrap();
+    match app.pipeline.commit(prepared).await.unwrap().remove(0) {
+        Disposition::Applied(outcome) => outcome,
+        other => panic!("{other:?}"),
+    }
+}
+
+both_backends!(
+    a_shared_inbox_routes_each_message_to_the_team_it_was_sent_to,
+    |backend| async move {
+        let extra = "[channels.inbox]\nkind = \"pipe\"\nteam = \"support\"\npipeline = \"support\"\nroute = \"recipient\"\n";
+        let app = TestApp::with_config(backend, extra).await;
+        let raw = |id: &str, to: &str, headers: &str| {
+            format!(
+                "From: pat@customer.test\r\nTo: {to}\r\nSubject: Routing {id}\r\nMessage-ID: <{id}@p.test>\r\n{headers}\r\nhello\r\n"
+            )
+            .into_bytes()
+        };
+        // A Google Workspace / Microsoft 365 forward of sales@ into the inbox.
+        let forwarded = routed(
+            &app,
+            raw(
+                "f1",
+                "someone@partner.test",
+                "X-Forwarded-To: sales@example.com\r\n",
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(team_of(&app, forwarded).await, "sales");
+        // An alias: the list address is no team's, Delivered-To says which.
+        let alias = routed(
+            &app,
+            raw(
+                "a1",
+                "all@lists.example.org",
+                "Delivered-To: SALES@example.com\r\n",
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(team_of(&app, alias).await, "sales");
+        // Addressed to two teams: To before Cc.
+        let both = routed(
+            &app,
+            raw("b1", "support@example.com", "Cc: sales@example.com\r\n"),
+            None,
+        )
+        .await;
+        assert_eq!(team_of(&app, both).await, "support");
+        // The envelope recipient (the MTA's) comes first.
+        let envelope = routed(
+            &app,
+            raw("e1", "support@example.com", ""),
+            Some("<sales@example.com>"),
+        )
+        .await;
+        assert_eq!(team_of(&app, envelope).await, "sales");
+        // No team address anywhere: the channel's team.
+        let none = routed(&app, raw("n1", "someone@else.test", ""), None).await;
+        assert_eq!(team_of(&app, none).await, "support");
+    }
+);
