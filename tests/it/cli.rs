@@ -921,3 +921,39 @@ fn backfill_keeps_odd_framing_and_quarantines_what_it_cannot_read() {
     let quarantined = w.json(&["quarantine", "list", "--json"]);
     assert_eq!(quarantined.as_array().unwrap().len(), 1, "{quarantined}");
 }
+
+#[test]
+fn the_pipe_routes_by_the_envelope_recipient_the_mta_passes() {
+    let w = Workdir::new();
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(w.path().join("config/mailroom.toml"))
+        .unwrap();
+    write!(
+        config,
+        "\n[teams.sales]\naddresses = [{{ address = \"sales@example.com\" }}]\n\
+         \n[channels.inbox]\nkind = \"pipe\"\nteam = \"support\"\npipeline = \"support\"\nroute = \"recipient\"\n"
+    )
+    .unwrap();
+    let message = mail(
+        "pat@customer.test",
+        "r1@p.test",
+        "Quote please",
+        "",
+        "How much?",
+    );
+    let out = w.pipe(
+        &[
+            "ingest",
+            "--channel",
+            "inbox",
+            "--recipient",
+            "sales@example.com",
+        ],
+        &[],
+        &message,
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let ticket = w.json(&["ticket", "show", "1", "--json"]);
+    assert_eq!(ticket["team"], "sales", "{ticket}");
+}
