@@ -382,7 +382,8 @@ impl<'a> Batch<'a> {
                 }
                 (outcome, row)
             }
-            Found::None if channel.create_tickets => {
+            // Reports (ARF, DMARC) are kept and counted, never a ticket.
+            Found::None if channel.create_tickets && !message.flags.report => {
                 self.open_ticket(conn, channel, inbound, contact, remaining)
                     .await?
             }

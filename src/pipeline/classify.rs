@@ -12,6 +12,9 @@ pub struct Flags {
     pub auto_reply: bool,
     pub bounce: bool,
     pub bulk: bool,
+    /// An abuse/feedback (ARF) or DMARC report: kept and countable, never
+    /// a ticket of its own.
+    pub report: bool,
     /// For a bounce: Message-IDs of the message(s) it reports on.
     pub bounced_message_ids: Vec<String>,
 }
@@ -19,7 +22,7 @@ pub struct Flags {
 impl Flags {
     /// True when a person did not write this message.
     pub fn is_automatic(&self) -> bool {
-        self.auto_reply || self.bounce || self.bulk
+        self.auto_reply || self.bounce || self.bulk || self.report
     }
 
     /// Comma-separated names, as stored in `messages.flags`.
@@ -38,6 +41,9 @@ impl Flags {
         if self.bulk {
             names.push("bulk");
         }
+        if self.report {
+            names.push("report");
+        }
         names
     }
 }
@@ -46,20 +52,77 @@ fn header_text<'a>(message: &'a Message<'_>, name: &'a str) -> Option<&'a str> {
     message.header_raw(name).map(str::trim)
 }
 
+/// What the headers say about who sent a message, read once.
+struct Signals {
+    subject: String,
+    precedence: String,
+    report_type: Option<String>,
+    null_return_path: bool,
+    /// The sender's local part, lower-case.
+    sender_local: String,
+    sender_name: String,
+    sender_address: String,
+}
+
+fn signals(message: &Message<'_>) -> Signals {
+    let sender = message.from().and_then(|a| a.first());
+    let sender_address = sender
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    Signals {
+        subject: message
+            .subject()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase(),
+        precedence: header_text(message, "Precedence")
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default(),
+        report_type: message.content_type().and_then(|ct| {
+            let report = ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"));
+            report.then(|| {
+                ct.attribute("report-type")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            })
+        }),
+        null_return_path: header_text(message, "Return-Path").is_some_and(|v| {
+            v.trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+                .is_empty()
+        }),
+        sender_local: sender_address
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        sender_name: sender
+            .and_then(|a| a.name())
+            .unwrap_or_default()
+            .to_lowercase(),
+        sender_address,
+    }
+}
+
 pub fn classify(message: &Message<'_>) -> Flags {
-    let precedence = header_text(message, "Precedence")
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    let subject = message.subject().unwrap_or_default().to_lowercase();
+    let s = signals(message);
+    let report = is_report(message, &s);
+    let bounce = !report && is_bounce(message, &s);
     let mut flags = Flags {
-        auto_reply: is_auto_reply(message, &precedence, &subject),
+        auto_reply: is_auto_reply(message, &s),
         // Lists and bulk senders.
         bulk: !matches!(message.list_id(), HeaderValue::Empty)
             || !matches!(message.list_unsubscribe(), HeaderValue::Empty)
             || ["bulk", "list", "junk"]
                 .iter()
-                .any(|p| precedence.contains(p)),
-        bounce: is_bounce(message, &subject),
+                .any(|p| s.precedence.contains(p)),
+        bounce,
+        report,
         bounced_message_ids: Vec::new(),
     };
     if flags.bounce {
@@ -69,8 +132,9 @@ pub fn classify(message: &Message<'_>) -> Flags {
 }
 
 /// RFC 3834 Auto-Submitted (anything but "no"), the vendor headers seen in
-/// the wild, and Exchange's out-of-office answers.
-fn is_auto_reply(message: &Message<'_>, precedence: &str, subject: &str) -> bool {
+/// the wild, read receipts (RFC 8098), and the subjects out-of-office
+/// answers carry, in several languages.
+fn is_auto_reply(message: &Message<'_>, s: &Signals) -> bool {
     let lower = |name: &str| header_text(message, name).map(str::to_ascii_lowercase);
     if lower("Auto-Submitted").is_some_and(|v| !v.is_empty() && !v.starts_with("no")) {
         return true;
@@ -91,55 +155,147 @@ fn is_auto_reply(message: &Message<'_>, precedence: &str, subject: &str) -> bool
     {
         return true;
     }
-    if precedence.contains("auto_reply") || precedence.contains("auto-reply") {
+    if s.precedence.contains("auto_reply") || s.precedence.contains("auto-reply") {
         return true;
     }
-    // Exchange marks its out-of-office answers with this header and subject prefix.
-    let out_of_office = [
+    if s.report_type.as_deref() == Some("disposition-notification") {
+        return true;
+    }
+    // Prefixes only a machine writes, colon included.
+    const MACHINE_PREFIXES: [&str; 10] = [
         "automatic reply:",
+        "automatische antwort:",
+        "out of office autoreply:",
+        "auto-reply:",
+        "autoreply:",
+        "abwesenheitsnotiz:",
+        "réponse automatique",
+        "respuesta automática:",
+        "risposta automatica:",
+        "automatisch antwoord:",
+    ];
+    if MACHINE_PREFIXES.iter().any(|p| s.subject.starts_with(p)) {
+        return true;
+    }
+    // Looser prefixes ("Auto:", "Out of office") count with a header that
+    // says a machine answered.
+    let machine_header = message.header_raw("X-Auto-Response-Suppress").is_some()
+        || message
+            .header_raw("X-MS-Exchange-Inbox-Rules-Loop")
+            .is_some()
+        || s.null_return_path;
+    let loose = [
         "auto:",
         "out of office",
         "autoreply",
-        "abwesenheitsnotiz",
+        "vacation",
+        "abwesend",
     ];
-    if message.header_raw("X-Auto-Response-Suppress").is_some()
-        && out_of_office.iter().any(|p| subject.starts_with(p))
-    {
+    if machine_header && loose.iter().any(|p| s.subject.starts_with(p)) {
         return true;
     }
     message
         .header_raw("X-MS-Exchange-Generated-Message-Source")
         .is_some()
-        || message
-            .header_raw("X-MS-Exchange-Inbox-Rules-Loop")
-            .is_some()
-            && subject.starts_with("automatic reply")
 }
 
-/// A delivery-status report, or a daemon sender with a null return path
-/// or a delivery subject.
-fn is_bounce(message: &Message<'_>, subject: &str) -> bool {
-    let is_report = message.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case("multipart")
-            && ct
-                .subtype()
-                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
-            && ct
-                .attribute("report-type")
-                .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"))
+/// Subjects delivery failures and warnings carry, from many MTAs and in
+/// several languages (lower-case, matched anywhere).
+const BOUNCE_SUBJECTS: [&str; 30] = [
+    "undeliver",
+    "undelivered mail",
+    "delivery status notification",
+    "delivery failure",
+    "delivery failed",
+    "delivery has failed",
+    "delivery notification",
+    "delivery problem",
+    "delivery delayed",
+    "delayed mail",
+    "mail delivery failed",
+    "mail delivery failure",
+    "mail delivery system",
+    "returned mail",
+    "returned to sender",
+    "failure notice",
+    "nondeliverable",
+    "non-deliverable",
+    "non delivery",
+    "could not send message",
+    "message not delivered",
+    "warning: message",
+    "unzustellbar",
+    "nicht zustellbar",
+    "non remis",
+    "no se puede entregar",
+    "mancato recapito",
+    "onbestelbaar",
+    "não entregue",
+    "nao entregue",
+];
+
+/// A delivery-status report, an `X-Failed-Recipients` header, a mail
+/// daemon or a null return path with a delivery subject, or a provider's
+/// bounce notification (Amazon SES through SNS).
+fn is_bounce(message: &Message<'_>, s: &Signals) -> bool {
+    if s.report_type.as_deref() == Some("delivery-status")
+        || message.header_raw("X-Failed-Recipients").is_some()
+    {
+        return true;
+    }
+    let daemon_locals = [
+        "mailer-daemon",
+        "mailerdaemon",
+        "mail-daemon",
+        "postmaster",
+        "bounce",
+        "bounces",
+        "mdaemon",
+    ];
+    let daemon = daemon_locals.contains(&s.sender_local.as_str())
+        || s.sender_local.starts_with("bounce+")
+        || s.sender_local.starts_with("bounces+")
+        || ["mail delivery", "mailer-daemon", "mail administrator"]
+            .iter()
+            .any(|n| s.sender_name.contains(n));
+    let delivery_subject = BOUNCE_SUBJECTS.iter().any(|p| s.subject.contains(p))
+        || s.subject.starts_with("bounce")
+        || s.subject.contains("配信")
+        || s.subject.contains("不能");
+    if (daemon || s.null_return_path) && delivery_subject {
+        return true;
+    }
+    if daemon && s.null_return_path {
+        return true;
+    }
+    // Amazon SES reports bounces and complaints as SNS notifications.
+    let sns =
+        s.sender_address.ends_with("@sns.amazonaws.com") && s.subject.contains("aws notification");
+    sns && message.body_text(0).is_some_and(|b| {
+        b.contains("\"notificationType\":\"Bounce\"")
+            || b.contains("\"notificationType\": \"Bounce\"")
+            || b.contains("\"notificationType\":\"Complaint\"")
+    })
+}
+
+/// An ARF abuse/feedback report (RFC 5965) or a DMARC report (aggregate or
+/// failure): kept, counted, never a ticket of its own.
+fn is_report(message: &Message<'_>, s: &Signals) -> bool {
+    if s.report_type.as_deref() == Some("feedback-report") {
+        return true;
+    }
+    let dmarc_subject = s.subject.starts_with("report domain:")
+        || s.subject.starts_with("report-id:")
+        || s.subject.contains("dmarc aggregate report")
+        || s.subject.contains("dmarc report");
+    let dmarc_sender = s.sender_local.contains("dmarc");
+    let attached_report = message.attachments().any(|a| {
+        a.content_type().is_some_and(|ct| {
+            let sub = ct.subtype().unwrap_or_default().to_ascii_lowercase();
+            ["zip", "gzip", "x-gzip", "xml"].contains(&sub.as_str())
+        })
     });
-    let null_return_path = header_text(message, "Return-Path").is_some_and(|v| v == "<>");
-    let from_daemon = message
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .is_some_and(|a| {
-            let local = a.split('@').next().unwrap_or_default().to_ascii_lowercase();
-            local == "mailer-daemon" || local == "postmaster"
-        });
-    is_report
-        || (from_daemon
-            && (null_return_path || subject.contains("undeliver") || subject.contains("delivery")))
+    (dmarc_subject && (dmarc_sender || attached_report)) || (dmarc_sender && attached_report)
 }
 
 /// Message-IDs of the original message a DSN carries (as message/rfc822 or
@@ -189,6 +345,44 @@ mod tests {
         let f = flags("From: a@b.test\nSubject: Delivery of my order\n\nWhere is it?");
         assert_eq!(f, Flags::default());
         assert!(!f.is_automatic());
+    }
+
+    #[test]
+    fn bounces_without_a_report_part_are_recognised() {
+        for raw in [
+            "From: Mail Delivery System <MAILER-DAEMON@mx.test>\nSubject: Mail delivery failed: returning message to sender\n\nx",
+            "From: MAILER-DAEMON@mx.test\nSubject: failure notice\n\nHi. This is the qmail-send program",
+            "From: postmaster@mx.test\nSubject: Returned mail: see transcript for details\n\nx",
+            "From: someone@mx.test\nX-Failed-Recipients: a@b.test\nSubject: whatever\n\nx",
+            "Return-Path: <>\nFrom: System <system@mx.test>\nSubject: Unzustellbar: Angebot\n\nx",
+            "From: no-reply@sns.amazonaws.com\nSubject: AWS Notification Message\n\n{\"notificationType\":\"Bounce\",\"bounce\":{}}",
+        ] {
+            assert!(flags(raw).bounce, "{raw}");
+        }
+    }
+
+    #[test]
+    fn machine_answers_receipts_and_reports_are_automatic() {
+        assert!(flags("From: a@b.test\nSubject: Automatic reply: Invoice\n\nx").auto_reply);
+        assert!(flags("From: a@b.test\nSubject: Out of Office AutoReply: Invoice\n\nx").auto_reply);
+        let mdn = "From: a@b.test\nSubject: Read: hi\nContent-Type: multipart/report; report-type=disposition-notification; boundary=b\n\n--b\n\nx\n--b--\n";
+        assert!(flags(mdn).auto_reply);
+        let arf = "From: abuse@isp.test\nSubject: report\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\n\nx\n--b--\n";
+        assert!(flags(arf).report && !flags(arf).bounce);
+        let dmarc = "From: noreply-dmarc-support@google.com\nSubject: Report domain: example.com Submitter: google.com Report-ID: 1\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: application/zip\nContent-Disposition: attachment; filename=r.zip\n\nUEs=\n--b--\n";
+        assert!(flags(dmarc).report);
+    }
+
+    #[test]
+    fn customers_who_write_about_delivery_are_people() {
+        for raw in [
+            "From: a@b.test\nSubject: Delivery of my order failed\n\nWhere is it?",
+            "From: a@b.test\nSubject: Out of office printer broken\n\nhelp",
+            "From: a@b.test\nSubject: Automatic reply function not working\n\nx",
+            "From: Postmaster Team <postmaster-team@customer.test>\nSubject: Returned mail from your form\n\nx",
+        ] {
+            assert!(!flags(raw).is_automatic(), "{raw}");
+        }
     }
 
     #[test]
