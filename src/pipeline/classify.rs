@@ -158,11 +158,20 @@ fn is_auto_reply(message: &Message<'_>, s: &Signals) -> bool {
     if s.precedence.contains("auto_reply") || s.precedence.contains("auto-reply") {
         return true;
     }
-    if s.report_type.as_deref() == Some("disposition-notification") {
+    if s.report_type.as_deref() == Some("disposition-notification") || sns_notification(s) {
         return true;
     }
     // Prefixes only a machine writes, colon included.
-    const MACHINE_PREFIXES: [&str; 10] = [
+    const MACHINE_PREFIXES: [&str; 19] = [
+        "resposta automática:",
+        "自动回复:",
+        "自动回复：",
+        "自動回覆:",
+        "自動返信:",
+        "automatiskt svar:",
+        "autosvar:",
+        "automaattinen vastaus:",
+        "odpowiedź automatyczna:",
         "automatic reply:",
         "automatische antwort:",
         "out of office autoreply:",
@@ -190,6 +199,8 @@ fn is_auto_reply(message: &Message<'_>, s: &Signals) -> bool {
         "autoreply",
         "vacation",
         "abwesend",
+        "resposta automática",
+        "自动回复",
     ];
     if machine_header && loose.iter().any(|p| s.subject.starts_with(p)) {
         return true;
@@ -269,13 +280,17 @@ fn is_bounce(message: &Message<'_>, s: &Signals) -> bool {
         return true;
     }
     // Amazon SES reports bounces and complaints as SNS notifications.
-    let sns =
-        s.sender_address.ends_with("@sns.amazonaws.com") && s.subject.contains("aws notification");
-    sns && message.body_text(0).is_some_and(|b| {
-        b.contains("\"notificationType\":\"Bounce\"")
-            || b.contains("\"notificationType\": \"Bounce\"")
-            || b.contains("\"notificationType\":\"Complaint\"")
-    })
+    sns_notification(s)
+        && message.body_text(0).is_some_and(|b| {
+            let b = b.replace(' ', "");
+            b.contains("\"notificationType\":\"Bounce\"")
+                || b.contains("\"notificationType\":\"Complaint\"")
+        })
+}
+
+/// An Amazon SNS notification mail (SES bounces, complaints, deliveries).
+fn sns_notification(s: &Signals) -> bool {
+    s.sender_address.ends_with("@sns.amazonaws.com") && s.subject.contains("aws notification")
 }
 
 /// An ARF abuse/feedback report (RFC 5965) or a DMARC report (aggregate or

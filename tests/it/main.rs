@@ -2,6 +2,7 @@
 //! SQLite and on the real PostgreSQL server.
 
 mod app;
+mod classify;
 mod cli;
 mod dovecot;
 mod fixtures;
