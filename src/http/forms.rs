@@ -136,10 +136,7 @@ impl Caps {
     /// decoded value stays within a small multiple of the cap.
     fn check_raw(&self, name: &[u8], value: &[u8]) -> Result<(), Box<Response>> {
         if name.len() > MAX_NAME_BYTES {
-            return Err(Box::new(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a field name is longer than {MAX_NAME_BYTES} bytes"),
-            )));
+            return Err(Box::new(name_too_long()));
         }
         if value.len() > self.field_bytes.saturating_mul(3) {
             return Err(Box::new(self.too_long(&String::from_utf8_lossy(name))));
@@ -172,10 +169,7 @@ impl Submission {
     /// Adds a field, or answers 413 past the cap.
     fn add_value(&mut self, caps: Caps, name: String, value: String) -> Result<(), Box<Response>> {
         if name.len() > MAX_NAME_BYTES {
-            return Err(Box::new(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a field name is longer than {MAX_NAME_BYTES} bytes"),
-            )));
+            return Err(Box::new(name_too_long()));
         }
         if self.values.len() >= caps.fields && !self.values.contains_key(&name) {
             return Err(Box::new(caps.too_many_fields()));
@@ -190,6 +184,13 @@ impl Submission {
 
 /// Longest field name accepted.
 const MAX_NAME_BYTES: usize = 256;
+
+fn name_too_long() -> Response {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("a field name is longer than {MAX_NAME_BYTES} bytes"),
+    )
+}
 
 /// A field name as quoted back in an error: the start of it.
 fn shown(name: &str) -> &str {

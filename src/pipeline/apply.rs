@@ -389,7 +389,7 @@ impl<'a> Batch<'a> {
             }
             Found::None => {
                 let row = self
-                    .add_message(conn, None, channel, inbound, contact, remaining)
+                    .add_message(conn, None, channel, inbound, contact, None, remaining)
                     .await?;
                 (Outcome::Recorded, row)
             }
@@ -444,7 +444,7 @@ impl<'a> Batch<'a> {
         };
         let flag = newcomer.then_some(NEW_PARTICIPANT);
         let row = self
-            .add_message_flagged(
+            .add_message(
                 conn,
                 Some(ticket.id),
                 channel,
@@ -530,7 +530,15 @@ impl<'a> Batch<'a> {
             )
             .await?;
         let row = self
-            .add_message(conn, Some(new.id), channel, inbound, contact, remaining)
+            .add_message(
+                conn,
+                Some(new.id),
+                channel,
+                inbound,
+                contact,
+                None,
+                remaining,
+            )
             .await?;
         self.event(
             old.id,
@@ -581,7 +589,15 @@ impl<'a> Batch<'a> {
             )
             .await?;
         let row = self
-            .add_message(conn, Some(new.id), channel, inbound, contact, remaining)
+            .add_message(
+                conn,
+                Some(new.id),
+                channel,
+                inbound,
+                contact,
+                None,
+                remaining,
+            )
             .await?;
         let flags = inbound.parsed.flags.names();
         self.event(
@@ -789,23 +805,11 @@ impl<'a> Batch<'a> {
         Ok(named)
     }
 
-    async fn add_message(
-        &mut self,
-        conn: &mut AnyConnection,
-        ticket_id: Option<i64>,
-        channel: &'a ChannelInfo,
-        inbound: &'a Inbound,
-        contact: Option<i64>,
-        remaining: usize,
-    ) -> Result<i64, sqlx::Error> {
-        self.add_message_flagged(conn, ticket_id, channel, inbound, contact, None, remaining)
-            .await
-    }
-
-    /// `add_message`, with a flag of the ticket's (not of the message's own
-    /// headers) stored beside its own.
+    /// Stores the message (on `ticket_id`, or recorded without one), with
+    /// `flag`: one of the ticket's (not of the message's own headers)
+    /// stored beside its own.
     #[allow(clippy::too_many_arguments)]
-    async fn add_message_flagged(
+    async fn add_message(
         &mut self,
         conn: &mut AnyConnection,
         ticket_id: Option<i64>,

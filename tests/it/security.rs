@@ -455,6 +455,16 @@ async fn a_signature_is_used_once_for_its_whole_window_and_across_restarts() {
     assert_eq!(app.store().counts().await.unwrap().tickets, 1);
 }
 
+/// Serves `app`'s HTTP listener on a free loopback port.
+async fn serve(app: &TestApp) -> (u16, CancellationToken) {
+    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    (port, stop)
+}
+
 /// Opens a connection and sends half a request head.
 fn half_open(port: u16) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -500,11 +510,7 @@ max_connections = 400
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_do_not_starve_the_listener_and_are_closed() {
     let app = TestApp::with_config(Backend::Sqlite, LISTENER).await;
-    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = CancellationToken::new();
-    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let (port, stop) = serve(&app).await;
 
     let mut held =
         tokio::task::spawn_blocking(move || (0..300).map(|_| half_open(port)).collect::<Vec<_>>())
@@ -540,11 +546,7 @@ async fn half_open_connections_do_not_starve_the_listener_and_are_closed() {
 async fn connections_over_the_cap_are_answered_503_and_closed() {
     let capped = LISTENER.replace("max_connections = 400", "max_connections = 20");
     let app = TestApp::with_config(Backend::Sqlite, &capped).await;
-    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = CancellationToken::new();
-    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let (port, stop) = serve(&app).await;
 
     let answer = tokio::task::spawn_blocking(move || {
         let held: Vec<TcpStream> = (0..20).map(|_| half_open(port)).collect();
@@ -581,11 +583,8 @@ async fn forms_refuse_too_many_fields_or_files_and_store_nothing() {
                   max_fields = 10\nmax_field_bytes = 1024\nmax_files = 2\nmax_file_bytes = 1000\n\
                   [http]\nbind = \"127.0.0.1:0\"\n";
     let app = TestApp::with_config(Backend::Sqlite, limits).await;
-    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/forms/web", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let (port, stop) = serve(&app).await;
+    let url = format!("http://127.0.0.1:{port}/forms/web");
     let headers = |content_type: &str| {
         vec![
             ("origin", "https://www.example.com".to_string()),
@@ -796,11 +795,7 @@ fn check_refuses_unsafe_config_and_names_the_key() {
 async fn a_body_that_never_finishes_gets_408_and_stores_nothing() {
     let slow = LISTENER.replace("header_timeout_secs = 2", "request_timeout_secs = 1");
     let app = TestApp::with_config(Backend::Sqlite, &slow).await;
-    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = CancellationToken::new();
-    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let (port, stop) = serve(&app).await;
     let answer = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
@@ -825,11 +820,8 @@ async fn a_body_that_never_finishes_gets_408_and_stores_nothing() {
 async fn a_request_waiting_for_its_commit_is_not_idle() {
     let quick_idle = LISTENER.replace("header_timeout_secs = 2", "idle_timeout_secs = 1");
     let app = TestApp::with_config(Backend::Sqlite, &quick_idle).await;
-    let state = Arc::new(HttpState::new(app.pipeline.clone(), app.config.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(mailroom::http::serve_on(listener, state, stop.clone()));
+    let (port, stop) = serve(&app).await;
+    let base = format!("http://127.0.0.1:{port}");
     // Another process holds SQLite's write lock for 2.5 s: the form's commit
     // waits that long without a byte on the connection.
     let path = app.db.url.trim_start_matches("sqlite://").to_string();
