@@ -19,6 +19,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod desk;
 pub mod http;
 pub mod mail;
 pub mod metrics;

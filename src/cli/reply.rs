@@ -8,7 +8,7 @@ use super::open;
 use crate::channel::pipe::{EX_CONFIG, EX_DATAERR, EX_TEMPFAIL};
 use crate::config::Config;
 use crate::outbound::compose::NewAttachment;
-use crate::outbound::{queue_reply, Actor, ReplyError, ReplyRequest};
+use crate::outbound::{queue_reply, Actor, ActionError, ReplyRequest};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -136,7 +136,7 @@ pub async fn run(config: &Config, args: Args) -> u8 {
             );
             0
         }
-        Err(ReplyError::Store(e)) => {
+        Err(ActionError::Store(e)) => {
             eprintln!("mailroom reply: database: {e}");
             EX_TEMPFAIL
         }

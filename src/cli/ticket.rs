@@ -5,7 +5,7 @@ use std::io::Write;
 use super::readout;
 use crate::channel::pipe::{EX_DATAERR, EX_TEMPFAIL};
 use crate::config::Config;
-use crate::outbound::{Actor, ReplyError};
+use crate::outbound::{Actor, ActionError};
 use crate::store::tickets::{TicketSummary, TicketView};
 
 #[derive(clap::Subcommand)]
@@ -78,7 +78,7 @@ async fn merge(config: &Config, number: i64, into: i64) -> u8 {
             println!("ticket #{number} merged into #{into}");
             0
         }
-        Err(ReplyError::Store(e)) => {
+        Err(ActionError::Store(e)) => {
             eprintln!("mailroom ticket merge: database: {e}");
             EX_TEMPFAIL
         }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::{problem, unavailable, HttpState};
 use crate::crypto::constant_time_eq;
 use crate::outbound::compose::NewAttachment;
-use crate::outbound::{queue_reply, Actor, ReplyError, ReplyRequest};
+use crate::outbound::{queue_reply, Actor, ActionError, ReplyRequest};
 use crate::store::{classify_error, ErrorClass};
 
 /// The agent a bearer token belongs to, or the 401 to send.
@@ -70,16 +70,16 @@ fn authenticated_json<T: serde::de::DeserializeOwned>(
     Ok((actor, body))
 }
 
-fn reply_error(e: ReplyError) -> Response {
+fn reply_error(e: ActionError) -> Response {
     match e {
-        ReplyError::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
-        ReplyError::Forbidden(m) => problem(StatusCode::FORBIDDEN, m),
-        ReplyError::Invalid { field, message } => (
+        ActionError::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
+        ActionError::Forbidden(m) => problem(StatusCode::FORBIDDEN, m),
+        ActionError::Invalid { field, message } => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({ "error": format!("{field}: {message}"), "field": field })),
         )
             .into_response(),
-        ReplyError::Store(e) => store_error(e),
+        ActionError::Store(e) => store_error(e),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::plan::{invalid, ReplyError};
+use super::plan::{invalid, ActionError};
 use crate::store::directory::Actor;
 use crate::store::{events, now_ms, tickets, Store};
 
@@ -22,7 +22,7 @@ pub async fn merge_tickets(
     actor: &Actor,
     number: i64,
     into: i64,
-) -> Result<Merged, ReplyError> {
+) -> Result<Merged, ActionError> {
     if number == into {
         return Err(invalid("into", "a ticket cannot be merged into itself"));
     }
@@ -33,12 +33,12 @@ pub async fn merge_tickets(
             .iter()
             .find(|t| t.number == n && actor.can_access_team(t.team_id))
             .cloned()
-            .ok_or_else(|| ReplyError::NotFound(format!("ticket #{n} does not exist")))
+            .ok_or_else(|| ActionError::NotFound(format!("ticket #{n} does not exist")))
     };
     let (from, to) = (pick(number)?, pick(into)?);
     for t in [&from, &to] {
         if t.deleted_at.is_some() {
-            return Err(ReplyError::NotFound(format!(
+            return Err(ActionError::NotFound(format!(
                 "ticket #{} was deleted",
                 t.number
             )));

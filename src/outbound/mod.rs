@@ -21,5 +21,5 @@ pub mod smtp;
 
 pub use crate::store::Actor;
 pub use outbox::Outbox;
-pub use plan::{ReplyError, ReplyRequest};
+pub use plan::{ActionError, ReplyRequest};
 pub use reply::{queue_reply, Queued};

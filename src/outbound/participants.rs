@@ -2,7 +2,7 @@
 //! which default replies go to them too. A stranger whose mail threaded
 //! onto a ticket (flagged `new_participant`) gets nothing until then.
 
-use super::plan::{parse_recipient, ReplyError};
+use super::plan::{parse_recipient, ActionError};
 use super::reply::accessible_ticket;
 use crate::store::directory::Actor;
 use crate::store::{now_ms, Store};
@@ -14,7 +14,7 @@ pub async fn add_participant(
     actor: &Actor,
     number: i64,
     address: &str,
-) -> Result<bool, ReplyError> {
+) -> Result<bool, ActionError> {
     let person = parse_recipient("address", address)?;
     let mut w = store.begin_write().await?;
     let ticket = accessible_ticket(store, &mut w.tx, actor, number).await?;

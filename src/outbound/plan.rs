@@ -40,7 +40,7 @@ pub struct ReplyRequest {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReplyError {
+pub enum ActionError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -51,8 +51,8 @@ pub enum ReplyError {
     Store(#[from] sqlx::Error),
 }
 
-pub fn invalid(field: &str, message: impl Into<String>) -> ReplyError {
-    ReplyError::Invalid {
+pub fn invalid(field: &str, message: impl Into<String>) -> ActionError {
+    ActionError::Invalid {
         field: field.into(),
         message: message.into(),
     }
@@ -60,11 +60,11 @@ pub fn invalid(field: &str, message: impl Into<String>) -> ReplyError {
 
 /// Parses `addr` or `Name <addr>` from user input, refusing anything that
 /// could break out of its header.
-pub fn parse_recipient(field: &str, input: &str) -> Result<Mailbox, ReplyError> {
+pub fn parse_recipient(field: &str, input: &str) -> Result<Mailbox, ActionError> {
     parse_input(input).map_err(|m| invalid(field, m))
 }
 
-fn recipients(field: &str, list: &[String]) -> Result<Vec<Mailbox>, ReplyError> {
+fn recipients(field: &str, list: &[String]) -> Result<Vec<Mailbox>, ActionError> {
     list.iter().map(|r| parse_recipient(field, r)).collect()
 }
 
@@ -82,7 +82,7 @@ pub struct Recipients {
 pub fn check_request(
     request: &ReplyRequest,
     max_recipients: usize,
-) -> Result<Recipients, ReplyError> {
+) -> Result<Recipients, ActionError> {
     // Counted before anything is parsed: the work must not grow with a
     // hostile list's length.
     let count = request.to.as_ref().map_or(0, Vec::len) + request.cc.len() + request.bcc.len();
@@ -183,7 +183,7 @@ pub fn plan(
     dir: &Directory,
     config: &Config,
     actor: &Actor,
-) -> Result<Plan, ReplyError> {
+) -> Result<Plan, ActionError> {
     let ticket = known.ticket;
     let team = known.team;
     let (from, relay) = from_and_relay(&known, config)?;
@@ -263,7 +263,7 @@ pub fn plan(
 fn from_and_relay<'c>(
     known: &Known<'_>,
     config: &'c Config,
-) -> Result<(Mailbox, &'c str), ReplyError> {
+) -> Result<(Mailbox, &'c str), ActionError> {
     let team = &known.team.key;
     let from = known.from.clone().ok_or_else(|| match &known.asked_from {
         Some(from) => invalid("from", format!("{from} is not an address of team {team}")),
@@ -326,21 +326,11 @@ fn status(
     request: &ReplyRequest,
     ticket: &ReplyTicket,
     dir: &Directory,
-) -> Result<StatusDecision, ReplyError> {
+) -> Result<StatusDecision, ActionError> {
     let mut properties = ticket.properties.clone();
     properties.extend(request.properties.clone());
     let pipeline = dir.pipeline_by_id(ticket.pipeline_id);
-    let missing_for = |status_id: i64| -> Vec<String> {
-        let required = dir
-            .status(status_id)
-            .map(|s| s.required_properties.clone())
-            .unwrap_or_default();
-        let unset = |v: &Value| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty());
-        required
-            .into_iter()
-            .filter(|p| properties.get(p).is_none_or(unset))
-            .collect()
-    };
+    let missing_for = |status_id: i64| missing_properties(dir, status_id, &properties);
     if let Some(name) = &request.status {
         let status = dir.status_named(ticket.pipeline_id, name).ok_or_else(|| {
             invalid(
@@ -352,16 +342,7 @@ fn status(
                 ),
             )
         })?;
-        let missing = missing_for(status.id);
-        if !missing.is_empty() {
-            return Err(invalid(
-                "properties",
-                format!(
-                    "status {name:?} requires {}; supply them in properties",
-                    missing.join(", ")
-                ),
-            ));
-        }
+        check_required(dir, status.id, &properties)?;
         let reason = (status.id != ticket.status_id).then_some("reply");
         return Ok(StatusDecision {
             status_id: status.id,
@@ -385,6 +366,45 @@ fn status(
             properties,
         },
     })
+}
+
+/// The properties status `status_id` requires that `properties` leaves
+/// unset (missing, null or blank).
+pub fn missing_properties(
+    dir: &Directory,
+    status_id: i64,
+    properties: &BTreeMap<String, Value>,
+) -> Vec<String> {
+    let required = dir
+        .status(status_id)
+        .map(|s| s.required_properties.clone())
+        .unwrap_or_default();
+    let unset = |v: &Value| v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty());
+    required
+        .into_iter()
+        .filter(|p| properties.get(p).is_none_or(unset))
+        .collect()
+}
+
+/// Refuses entering status `status_id` while a property it requires is
+/// unset, naming them (422 in the API).
+pub fn check_required(
+    dir: &Directory,
+    status_id: i64,
+    properties: &BTreeMap<String, Value>,
+) -> Result<(), ActionError> {
+    let missing = missing_properties(dir, status_id, properties);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let name = dir.status(status_id).map_or("?", |s| s.name.as_str());
+    Err(invalid(
+        "properties",
+        format!(
+            "status {name:?} requires {}; supply them in properties",
+            missing.join(", ")
+        ),
+    ))
 }
 
 /// Where a copy of mail sent from `address` goes, if the address says.
@@ -470,6 +490,7 @@ addresses = [
         TeamInfo {
             id: 1,
             key: "support".into(),
+            name: "Support".into(),
             subject_tag: true,
             assign_on_reply,
         }
@@ -513,6 +534,7 @@ addresses = [
             id: 7,
             key: "alice".into(),
             email: "alice@example.com".into(),
+            name: "Alice".into(),
             role: Role::Agent,
             team_ids: vec![1],
         })
@@ -525,9 +547,9 @@ addresses = [
         }
     }
 
-    fn refusal(result: Result<Plan, ReplyError>) -> (String, String) {
+    fn refusal(result: Result<Plan, ActionError>) -> (String, String) {
         match result {
-            Err(ReplyError::Invalid { field, message }) => (field, message),
+            Err(ActionError::Invalid { field, message }) => (field, message),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -537,7 +559,7 @@ addresses = [
         known: Known<'_>,
         dir: &Directory,
         actor: &Actor,
-    ) -> Result<Plan, ReplyError> {
+    ) -> Result<Plan, ActionError> {
         let recipients = check_request(request, 300)?;
         plan(request, recipients, known, dir, &with_relay(), actor)
     }
@@ -595,7 +617,7 @@ addresses = [
         ];
         for (request, field) in cases {
             match check_request(&request, 300) {
-                Err(ReplyError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                Err(ActionError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected a refusal, got {other:?}"),
             }
         }

@@ -5,7 +5,7 @@
 //! point either leaves nothing or a complete, queued reply.
 
 use super::compose::{self, Draft};
-use super::plan::{self, invalid, parse_recipient, Known, Plan, ReplyError, ReplyRequest};
+use super::plan::{self, invalid, parse_recipient, Known, Plan, ActionError, ReplyRequest};
 use crate::config::Config;
 use crate::mail::ids;
 use crate::store::directory::{Actor, Directory};
@@ -37,12 +37,12 @@ pub async fn queue_reply(
     actor: &Actor,
     number: i64,
     request: ReplyRequest,
-) -> Result<Queued, ReplyError> {
+) -> Result<Queued, ActionError> {
     let keyed = request.idempotency_key.is_some();
     match queue_reply_once(store, dir, config, actor, number, &request).await {
         // Two requests with one Idempotency-Key at once: the loser meets the
         // unique index; a second try finds the winner's reply and returns it.
-        Err(ReplyError::Store(sqlx::Error::Database(e))) if keyed && e.is_unique_violation() => {
+        Err(ActionError::Store(sqlx::Error::Database(e))) if keyed && e.is_unique_violation() => {
             queue_reply_once(store, dir, config, actor, number, &request).await
         }
         other => other,
@@ -56,7 +56,7 @@ async fn queue_reply_once(
     actor: &Actor,
     number: i64,
     request: &ReplyRequest,
-) -> Result<Queued, ReplyError> {
+) -> Result<Queued, ActionError> {
     let recipients = plan::check_request(request, config.outbox.max_recipients)?;
     let now = now_ms();
     let mut w = store.begin_write().await?;
@@ -76,7 +76,7 @@ async fn queue_reply_once(
         }
     }
     let team = dir.team_by_id(ticket.team_id).ok_or_else(|| {
-        ReplyError::NotFound(format!("ticket #{number}'s team is no longer configured"))
+        ActionError::NotFound(format!("ticket #{number}'s team is no longer configured"))
     })?;
     let asked_from = request
         .from
@@ -110,13 +110,13 @@ async fn queue_reply_once(
 
 /// The ticket, if it exists and the actor works in its team. Another team's
 /// ticket answers exactly like a missing one: numbers are not for probing.
-pub(super) async fn accessible_ticket(
+pub(crate) async fn accessible_ticket(
     store: &Store,
     tx: &mut Tx,
     actor: &Actor,
     number: i64,
-) -> Result<ReplyTicket, ReplyError> {
-    let missing = || ReplyError::NotFound(format!("ticket #{number} does not exist"));
+) -> Result<ReplyTicket, ActionError> {
+    let missing = || ActionError::NotFound(format!("ticket #{number} does not exist"));
     match store.reply_ticket(tx, number).await? {
         Ok(ticket) if actor.can_access_team(ticket.team_id) => Ok(ticket),
         Ok(_) | Err(TicketMissing::NotFound(_)) => Err(missing()),
@@ -124,7 +124,7 @@ pub(super) async fn accessible_ticket(
             Err(missing())
         }
         Err(TicketMissing::Deleted { number: n, .. }) => {
-            Err(ReplyError::NotFound(format!("ticket #{n} was deleted")))
+            Err(ActionError::NotFound(format!("ticket #{n} was deleted")))
         }
         // Its team is unknown, so it answers like a missing one (the loop
         // is logged for ops).
@@ -152,7 +152,7 @@ async fn store_reply(
     request: &ReplyRequest,
     plan: &Plan,
     now: i64,
-) -> Result<Queued, ReplyError> {
+) -> Result<Queued, ActionError> {
     let team = dir.team_by_id(ticket.team_id);
     let subject_tag = team.is_some_and(|t| t.subject_tag);
     let rendered = render(&dir.secret.0, ticket, request, plan, subject_tag, now)?;
@@ -235,7 +235,7 @@ fn render(
     plan: &Plan,
     subject_tag: bool,
     now: i64,
-) -> Result<Rendered, ReplyError> {
+) -> Result<Rendered, ActionError> {
     let domain = plan
         .from
         .address
@@ -309,13 +309,13 @@ pub async fn set_default_address(
     actor: &Actor,
     team_key: &str,
     address: &str,
-) -> Result<(), ReplyError> {
+) -> Result<(), ActionError> {
     let team = dir
         .teams
         .get(team_key)
-        .ok_or_else(|| ReplyError::NotFound(format!("team {team_key:?} does not exist")))?;
+        .ok_or_else(|| ActionError::NotFound(format!("team {team_key:?} does not exist")))?;
     if !actor.can_admin_team(team.id) {
-        return Err(ReplyError::Forbidden(format!(
+        return Err(ActionError::Forbidden(format!(
             "only an admin of team {team_key} or a super admin can change its default address"
         )));
     }

@@ -14,6 +14,8 @@ use crate::config::{
 pub struct TeamInfo {
     pub id: i64,
     pub key: String,
+    /// The display name (the key unless configured).
+    pub name: String,
     pub subject_tag: bool,
     pub assign_on_reply: bool,
 }
@@ -62,6 +64,7 @@ pub struct AgentInfo {
     pub key: String,
     /// Normalised (lower-case).
     pub email: String,
+    pub name: String,
     pub role: Role,
     pub team_ids: Vec<i64>,
 }
@@ -115,6 +118,10 @@ impl Directory {
     }
 
     /// The status called `name` in pipeline `pipeline_id`.
+    pub fn agent_by_id(&self, id: i64) -> Option<&AgentInfo> {
+        self.agents.values().find(|a| a.id == id)
+    }
+
     pub fn status_named(&self, pipeline_id: i64, name: &str) -> Option<&StatusInfo> {
         self.statuses
             .values()
@@ -157,6 +164,23 @@ impl Actor {
         match self {
             Actor::Agent(a) => a.role == Role::SuperAdmin || a.team_ids.contains(&team_id),
             Actor::Ops => true,
+        }
+    }
+
+    /// An admin of some team, a super admin or the operator: the actions
+    /// that are not one team's (blocked senders, shared snippets).
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Actor::Agent(a) => a.role != Role::Agent,
+            Actor::Ops => true,
+        }
+    }
+
+    /// The teams the actor works in; None for all.
+    pub fn teams(&self) -> Option<Vec<i64>> {
+        match self {
+            Actor::Agent(a) if a.role != Role::SuperAdmin => Some(a.team_ids.clone()),
+            _ => None,
         }
     }
 
@@ -275,7 +299,7 @@ async fn sync_team(tx: &mut Tx, key: &str, team: &TeamConfig) -> Result<TeamInfo
          RETURNING id",
     )
     .bind(key)
-    .bind(name)
+    .bind(&name)
     .bind(team.subject_tag as i64)
     .fetch_one(&mut **tx)
     .await?;
@@ -317,6 +341,7 @@ async fn sync_team(tx: &mut Tx, key: &str, team: &TeamConfig) -> Result<TeamInfo
     Ok(TeamInfo {
         id,
         key: key.to_string(),
+        name,
         subject_tag: team.subject_tag,
         assign_on_reply: team.assign_on_reply,
     })
@@ -416,7 +441,7 @@ async fn sync_agent(
     )
     .bind(key)
     .bind(&email)
-    .bind(name)
+    .bind(&name)
     .bind(agent.role.as_str())
     .fetch_one(&mut **tx)
     .await?;
@@ -440,6 +465,7 @@ async fn sync_agent(
         id,
         key: key.to_string(),
         email,
+        name,
         role: agent.role,
         team_ids,
     })

@@ -160,7 +160,7 @@ impl Snapshot {
         backend: Backend,
         emails: &[String],
     ) -> Result<(), sqlx::Error> {
-        let sql = "SELECT email, id FROM contacts WHERE email IN ({})";
+        let sql = "SELECT email, COALESCE(merged_into, id) FROM contacts WHERE email IN ({})";
         let rows: Vec<(String, i64)> = select_in(conn, backend, sql, emails).await?;
         self.contacts.extend(rows);
         Ok(())
@@ -597,7 +597,7 @@ impl<'a> Writer<'a> {
         }
         let domain = |email: &str| email.rsplit_once('@').map(|(_, d)| d.to_string());
         let domains: Vec<String> = senders.iter().filter_map(|s| domain(s.email)).collect();
-        let sql = "SELECT domain, id FROM companies WHERE domain IN ({})";
+        let sql = "SELECT domain, company_id FROM company_domains WHERE domain IN ({})";
         let companies: HashMap<String, i64> =
             select_in::<(String, i64), _>(conn, self.backend, sql, &domains)
                 .await?
@@ -627,7 +627,7 @@ impl<'a> Writer<'a> {
             )
             .await?;
         let emails: Vec<String> = senders.iter().map(|s| s.email.to_string()).collect();
-        let sql = "SELECT email, id FROM contacts WHERE email IN ({})";
+        let sql = "SELECT email, COALESCE(merged_into, id) FROM contacts WHERE email IN ({})";
         Ok(
             select_in::<(String, i64), _>(conn, self.backend, sql, &emails)
                 .await?

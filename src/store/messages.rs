@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Store;
 use crate::mail::address::list_from_json;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: i64,
     pub message_id: String,
@@ -90,7 +90,7 @@ impl MessageRow {
 }
 
 /// One message with its delivery state, as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub message: i64,
     pub ticket: i64,

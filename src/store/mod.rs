@@ -5,8 +5,12 @@
 //! All timestamps are unix milliseconds.
 
 pub mod blobs;
+pub mod blocks;
 pub mod channels;
+pub mod comments;
+pub mod contacts;
 pub mod directory;
+pub mod drafts;
 pub mod events;
 pub mod inbound;
 pub mod leases;
@@ -16,7 +20,9 @@ pub mod outbox;
 pub mod quarantine;
 pub mod replays;
 pub mod replies;
+pub mod snippets;
 pub mod sql;
+pub mod ticket_changes;
 pub mod tickets;
 
 use std::str::FromStr;

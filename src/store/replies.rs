@@ -319,6 +319,10 @@ impl Store {
             }
             events::insert(tx, reply.ticket.id, kind, &data, reply.actor, reply.now).await?;
         }
+        // The reply is what the agent drafted: the draft has served.
+        if let Some(agent) = reply.author {
+            self.delete_draft(tx, reply.ticket.id, agent).await?;
+        }
         self.notify(tx, NOTIFY_CHANNEL).await?;
         Ok(message)
     }
@@ -411,8 +415,8 @@ async fn update_replied_ticket(tx: &mut Tx, reply: &NewReply<'_>) -> Result<(), 
 
 impl Store {
     /// Makes `person` a participant of `ticket` (creating the contact if
-    /// needed), so default replies go to them too. False when they already
-    /// were one.
+    /// needed), so default replies go to them too; a ticket without a
+    /// company takes theirs. False when they already were one.
     pub async fn add_participant(
         &self,
         tx: &mut Tx,
@@ -421,19 +425,7 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO contacts (email, name, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (email) DO NOTHING",
-        )
-        .bind(&person.address)
-        .bind(&person.name)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        let contact: i64 = sqlx::query_scalar("SELECT id FROM contacts WHERE email = $1")
-            .bind(&person.address)
-            .fetch_one(&mut **tx)
-            .await?;
+        let contact = self.contact_for(tx, person, now).await?;
         let added = sqlx::query(
             "INSERT INTO ticket_contacts (ticket_id, contact_id, role) VALUES ($1, $2, 'participant')
              ON CONFLICT (ticket_id, contact_id) DO NOTHING",
@@ -445,6 +437,14 @@ impl Store {
         .rows_affected()
             == 1;
         if added {
+            sqlx::query(
+                "UPDATE tickets SET company_id = (SELECT company_id FROM contacts WHERE id = $1)
+                 WHERE id = $2 AND company_id IS NULL",
+            )
+            .bind(contact)
+            .bind(ticket)
+            .execute(&mut **tx)
+            .await?;
             let data = serde_json::json!({ "address": person.address });
             super::events::insert(tx, ticket, "participant_added", &data, actor, now).await?;
         }

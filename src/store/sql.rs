@@ -132,3 +132,30 @@ where
     }
     Ok(())
 }
+
+/// Bind values for a statement assembled from optional parts (a filtered
+/// list): each `push` binds a value and returns its placeholder.
+pub struct Binds<'q> {
+    backend: Backend,
+    pub args: AnyArguments<'q>,
+    count: usize,
+}
+
+impl<'q> Binds<'q> {
+    pub fn new(backend: Backend) -> Binds<'q> {
+        Binds {
+            backend,
+            args: AnyArguments::default(),
+            count: 0,
+        }
+    }
+
+    pub fn push<T>(&mut self, value: T) -> String
+    where
+        T: 'q + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
+    {
+        add(&mut self.args, value);
+        self.count += 1;
+        placeholders(self.backend, self.count, 1)
+    }
+}

@@ -7,25 +7,33 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::messages::MessageView;
+use super::sql::Binds;
 use super::{now_ms, Store};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TicketSummary {
+    #[serde(skip)]
     pub id: i64,
     pub number: i64,
     pub subject: String,
     pub status: String,
     pub status_kind: String,
     pub team: String,
+    pub pipeline: String,
+    /// The owner's agent key.
+    pub owner: Option<String>,
+    pub company_id: Option<i64>,
     #[sqlx(skip)]
     pub contacts: Vec<String>,
     pub message_count: i64,
     pub follow_up_of: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Set on a deleted ticket (only admins list those).
+    pub deleted_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TicketView {
     #[serde(flatten)]
     pub ticket: TicketSummary,
@@ -47,59 +55,155 @@ pub struct Counts {
     pub receipts: i64,
 }
 
-/// Which tickets a read-out wants.
-enum Filter<'a> {
-    All,
-    Status(&'a str),
-    Number(i64),
+/// Which tickets a list wants; every filter is optional. Newest change
+/// first, `limit` at a time, continuing after `after` (a cursor).
+#[derive(Debug, Clone, Default)]
+pub struct TicketQuery {
+    /// Only these teams (an agent's); None for all.
+    pub teams: Option<Vec<i64>>,
+    pub number: Option<i64>,
+    /// A status name or kind.
+    pub status: Option<String>,
+    pub team: Option<i64>,
+    /// Some(None): tickets without an owner.
+    pub owner: Option<Option<i64>>,
+    pub contact: Option<i64>,
+    pub company: Option<i64>,
+    /// Text in the subject (case-insensitive).
+    pub text: Option<String>,
+    pub updated_since: Option<i64>,
+    /// Deleted tickets instead of live ones.
+    pub deleted: bool,
+    /// (updated_at, id) of the last ticket of the previous page.
+    pub after: Option<(i64, i64)>,
+    /// None: every ticket, in number order (ops read-outs, the export).
+    pub limit: Option<i64>,
 }
 
 const SUMMARY: &str =
     "SELECT t.id, t.number, t.subject, s.name AS status, s.kind AS status_kind, tm.key AS team,
-       t.follow_up_of, t.created_at, t.updated_at,
-       (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id) AS message_count
+       p.key AS pipeline, ag.key AS owner, t.company_id, t.follow_up_of, t.created_at, t.updated_at,
+       t.deleted_at, (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id) AS message_count
      FROM tickets t JOIN statuses s ON s.id = t.status_id JOIN teams tm ON tm.id = t.team_id
-     WHERE t.deleted_at IS NULL";
+     JOIN pipelines p ON p.id = t.pipeline_id LEFT JOIN agents ag ON ag.id = t.owner_agent_id";
+
+/// `LIKE` pattern for text anywhere, with the wildcards in it escaped.
+fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
 
 impl Store {
-    async fn summaries(&self, filter: Filter<'_>) -> Result<Vec<TicketSummary>, sqlx::Error> {
-        let condition = match filter {
-            Filter::All => "",
-            Filter::Status(_) => "AND (s.name = $1 OR s.kind = $1)",
-            Filter::Number(_) => "AND t.number = $1",
-        };
-        let sql = format!("{SUMMARY} {condition} ORDER BY t.number");
-        let query = sqlx::query_as::<_, TicketSummary>(&sql);
-        let query = match filter {
-            Filter::All => query,
-            Filter::Status(s) => query.bind(s),
-            Filter::Number(n) => query.bind(n),
-        };
-        let mut tickets = query.fetch_all(self.pool()).await?;
-        // One query for all contacts instead of one per ticket.
+    /// Tickets as `query` asks, with their contacts.
+    pub async fn tickets(&self, query: &TicketQuery) -> Result<Vec<TicketSummary>, sqlx::Error> {
+        let mut binds = Binds::new(self.backend());
+        let mut sql = format!("{SUMMARY} WHERE ");
+        sql.push_str(match query.deleted {
+            true => "t.deleted_at IS NOT NULL",
+            false => "t.deleted_at IS NULL",
+        });
+        if let Some(teams) = &query.teams {
+            let list: Vec<String> = teams.iter().map(|t| binds.push(*t)).collect();
+            match list.is_empty() {
+                true => sql.push_str(" AND 1 = 0"),
+                false => sql.push_str(&format!(" AND t.team_id IN ({})", list.join(", "))),
+            }
+        }
+        if let Some(number) = query.number {
+            sql.push_str(&format!(" AND t.number = {}", binds.push(number)));
+        } else if query.limit.is_some() {
+            // A merged ticket lives on in the other; it is found by number.
+            sql.push_str(" AND t.merged_into IS NULL");
+        }
+        if let Some(status) = &query.status {
+            let (a, b) = (binds.push(status.clone()), binds.push(status.clone()));
+            sql.push_str(&format!(" AND (s.name = {a} OR s.kind = {b})"));
+        }
+        if let Some(team) = query.team {
+            sql.push_str(&format!(" AND t.team_id = {}", binds.push(team)));
+        }
+        match query.owner {
+            Some(None) => sql.push_str(" AND t.owner_agent_id IS NULL"),
+            Some(Some(owner)) => {
+                sql.push_str(&format!(" AND t.owner_agent_id = {}", binds.push(owner)))
+            }
+            None => {}
+        }
+        if let Some(contact) = query.contact {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM ticket_contacts tc WHERE tc.ticket_id = t.id AND tc.contact_id = {})",
+                binds.push(contact)
+            ));
+        }
+        if let Some(company) = query.company {
+            sql.push_str(&format!(" AND t.company_id = {}", binds.push(company)));
+        }
+        if let Some(text) = &query.text {
+            sql.push_str(&format!(
+                " AND LOWER(t.subject) LIKE {} ESCAPE '\\'",
+                binds.push(contains_pattern(text))
+            ));
+        }
+        if let Some(since) = query.updated_since {
+            sql.push_str(&format!(" AND t.updated_at >= {}", binds.push(since)));
+        }
+        if let Some((updated, id)) = query.after {
+            let (a, b, c) = (binds.push(updated), binds.push(updated), binds.push(id));
+            sql.push_str(&format!(
+                " AND (t.updated_at < {a} OR (t.updated_at = {b} AND t.id < {c}))"
+            ));
+        }
+        match query.limit {
+            Some(limit) => sql.push_str(&format!(
+                " ORDER BY t.updated_at DESC, t.id DESC LIMIT {}",
+                binds.push(limit)
+            )),
+            None => sql.push_str(" ORDER BY t.number"),
+        }
+        let mut tickets: Vec<TicketSummary> = sqlx::query_as_with(&sql, binds.args)
+            .fetch_all(self.pool())
+            .await?;
+        self.add_contacts(&mut tickets, query.limit.is_none() && query.number.is_none())
+            .await?;
+        Ok(tickets)
+    }
+
+    /// Fills in the tickets' contact addresses, requester first: one query
+    /// for all (`every`: the whole table, for the export) or for these ids.
+    async fn add_contacts(
+        &self,
+        tickets: &mut [TicketSummary],
+        every: bool,
+    ) -> Result<(), sqlx::Error> {
+        if tickets.is_empty() {
+            return Ok(());
+        }
         let index: HashMap<i64, usize> =
             tickets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
-        // One ticket (show, the API): its contacts only.
-        let only = match (&filter, tickets.as_slice()) {
-            (Filter::Number(_), [one]) => Some(one.id),
-            _ => None,
+        let mut binds = Binds::new(self.backend());
+        let condition = match every {
+            true => String::new(),
+            false => {
+                let ids: Vec<String> = tickets.iter().map(|t| binds.push(t.id)).collect();
+                format!("WHERE tc.ticket_id IN ({})", ids.join(", "))
+            }
         };
         let sql = format!(
             "SELECT tc.ticket_id, c.email FROM ticket_contacts tc JOIN contacts c ON c.id = tc.contact_id
-             {} ORDER BY tc.ticket_id, CASE tc.role WHEN 'requester' THEN 0 ELSE 1 END, c.id",
-            if only.is_some() { "WHERE tc.ticket_id = $1" } else { "" }
+             {condition} ORDER BY tc.ticket_id, CASE tc.role WHEN 'requester' THEN 0 ELSE 1 END, c.id"
         );
-        let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
-        if let Some(id) = only {
-            query = query.bind(id);
-        }
+        let query = sqlx::query_as_with::<_, (i64, String), _>(&sql, binds.args);
         let mut contacts = query.fetch(self.pool());
         while let Some((ticket, email)) = contacts.try_next().await? {
             if let Some(&i) = index.get(&ticket) {
                 tickets[i].contacts.push(email);
             }
         }
-        Ok(tickets)
+        Ok(())
     }
 
     /// Tickets, optionally only those in a status (by name or by kind).
@@ -107,17 +211,37 @@ impl Store {
         &self,
         status: Option<&str>,
     ) -> Result<Vec<TicketSummary>, sqlx::Error> {
-        self.summaries(status.map_or(Filter::All, Filter::Status))
-            .await
+        let query = TicketQuery {
+            status: status.map(str::to_string),
+            ..TicketQuery::default()
+        };
+        self.tickets(&query).await
     }
 
-    /// A ticket by number, with its messages.
+    /// A live ticket by number, with its messages.
     pub async fn ticket_show(&self, number: i64) -> Result<Option<TicketView>, sqlx::Error> {
-        let Some(ticket) = self.summaries(Filter::Number(number)).await?.pop() else {
+        let query = TicketQuery {
+            number: Some(number),
+            ..TicketQuery::default()
+        };
+        let Some(ticket) = self.tickets(&query).await?.pop() else {
             return Ok(None);
         };
         let view = self.view(ticket).await?;
         Ok(Some(view))
+    }
+
+    /// A ticket as it is (live, or deleted), with its messages.
+    pub async fn ticket_view(&self, number: i64, deleted: bool) -> Result<Option<TicketView>, sqlx::Error> {
+        let query = TicketQuery {
+            number: Some(number),
+            deleted,
+            ..TicketQuery::default()
+        };
+        match self.tickets(&query).await?.pop() {
+            Some(ticket) => Ok(Some(self.view(ticket).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn view(&self, ticket: TicketSummary) -> Result<TicketView, sqlx::Error> {
@@ -140,7 +264,7 @@ impl Store {
     /// Every ticket with its messages, in ticket-number order.
     pub async fn export(&self) -> Result<Vec<TicketView>, sqlx::Error> {
         let mut out = Vec::new();
-        for ticket in self.summaries(Filter::All).await? {
+        for ticket in self.tickets(&TicketQuery::default()).await? {
             out.push(self.view(ticket).await?);
         }
         Ok(out)
@@ -253,7 +377,7 @@ pub struct TicketRef {
 
 /// The related tickets recorded on a ticket's timeline (late parents that
 /// showed two tickets are one conversation), by number, oldest first.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Related {
     pub ticket: i64,
     pub reason: String,
@@ -305,5 +429,29 @@ impl Store {
             }
         }
         Ok(related)
+    }
+}
+
+impl Store {
+    /// A ticket by number, read without a lock (drafts, read-outs).
+    pub async fn ticket_ref(&self, number: i64) -> Result<Option<TicketRef>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, number, team_id, merged_into, deleted_at FROM tickets WHERE number = $1",
+        )
+        .bind(number)
+        .fetch_optional(self.pool())
+        .await
+    }
+}
+
+impl Store {
+    /// The number of the ticket `id` was merged into.
+    pub async fn merged_number(&self, id: i64) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT t2.number FROM tickets t JOIN tickets t2 ON t2.id = t.merged_into WHERE t.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
     }
 }
