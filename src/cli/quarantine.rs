@@ -1,13 +1,13 @@
-//! `mailroom quarantine list|show|retry|drop`: messages that could not be
-//! parsed or applied, kept whole with the reason.
+//! `mailroom quarantine list|show|retry|release|drop`: messages that could
+//! not be parsed or applied, or came from a blocked sender, kept whole
+//! with the reason.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use super::{open, readout};
 use crate::channel::pipe::{EX_CONFIG, EX_TEMPFAIL};
 use crate::config::Config;
-use crate::pipeline::{Disposition, OnBadInput, RawMessage};
+use crate::pipeline::{Disposition, RetryError};
 
 #[derive(clap::Subcommand)]
 pub enum QuarantineCommand {
@@ -24,13 +24,17 @@ pub enum QuarantineCommand {
     },
     /// Run a quarantined message through the pipeline again (after fixing the cause).
     Retry { id: i64 },
+    /// Let a blocked sender's quarantined message through into a ticket.
+    Release { id: i64 },
     /// Delete a quarantined message for good.
     Drop { id: i64 },
 }
 
 pub async fn run(config: &Config, command: QuarantineCommand) -> u8 {
-    if let QuarantineCommand::Retry { id } = command {
-        return retry(config, id).await;
+    match command {
+        QuarantineCommand::Retry { id } => return retry(config, id, false).await,
+        QuarantineCommand::Release { id } => return retry(config, id, true).await,
+        _ => {}
     }
     readout(config, |store| async move {
         match command {
@@ -77,70 +81,49 @@ pub async fn run(config: &Config, command: QuarantineCommand) -> u8 {
                     Ok(1)
                 }
             }
-            QuarantineCommand::Retry { .. } => Ok(0),
+            QuarantineCommand::Retry { .. } | QuarantineCommand::Release { .. } => Ok(0),
         }
     })
     .await
 }
 
-/// Runs the entry through the pipeline again; removes it once it applies.
-async fn retry(config: &Config, id: i64) -> u8 {
+/// Runs the entry through the pipeline again (`release`: past a sender
+/// block); removes it once it applies.
+async fn retry(config: &Config, id: i64, release: bool) -> u8 {
     let pipeline = match open(config).await {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let store = pipeline.store().clone();
-    let (entry, data) = match store.quarantine_get(id).await {
-        Ok(Some(entry)) => entry,
+    let fallback = config.default_pipe_channel().ok().map(String::from);
+    let code = match pipeline.retry_quarantined(id, release, fallback).await {
         Ok(None) => {
             eprintln!("no quarantine entry #{id}");
-            return 1;
+            1
         }
-        Err(e) => {
-            eprintln!("mailroom: {e}");
-            return EX_TEMPFAIL;
+        Ok(Some(Disposition::Applied(outcome))) => {
+            let ticket = outcome
+                .ticket_id()
+                .map_or("none".to_string(), |t| t.to_string());
+            println!("#{id}: {} (ticket {ticket})", outcome.name());
+            0
         }
-    };
-    let channel = entry
-        .channel
-        .filter(|c| pipeline.directory().channel(c).is_some())
-        .or_else(|| config.default_pipe_channel().ok().map(String::from));
-    let Some(channel) = channel else {
-        eprintln!("quarantine #{id}: its channel is no longer configured and there is no single pipe channel to use");
-        return EX_CONFIG;
-    };
-    let raw = RawMessage {
-        channel,
-        source: entry.source,
-        data: Arc::new(data),
-    };
-    let code = match pipeline.process(vec![raw], OnBadInput::Quarantine).await {
-        Ok(dispositions) => match dispositions.into_iter().next() {
-            Some(Disposition::Applied(outcome)) => {
-                if let Err(e) = store.quarantine_drop(id).await {
-                    eprintln!("applied, but could not remove quarantine entry #{id}: {e}");
-                }
-                let ticket = outcome
-                    .ticket_id()
-                    .map_or("none".to_string(), |t| t.to_string());
-                println!("#{id}: {} (ticket {ticket})", outcome.name());
-                0
-            }
-            Some(Disposition::Quarantined { reason, .. }) => {
-                println!("#{id}: still failing: {reason}");
-                1
-            }
-            Some(Disposition::Refused { reason }) => {
-                println!("#{id}: refused: {reason}");
-                1
-            }
-            None => 1,
-        },
+        Ok(Some(Disposition::Quarantined { reason, .. })) => {
+            println!("#{id}: still failing: {reason}");
+            1
+        }
+        Ok(Some(Disposition::Refused { reason })) => {
+            println!("#{id}: refused: {reason}");
+            1
+        }
+        Err(RetryError::NoChannel) => {
+            eprintln!("quarantine #{id}: {}", RetryError::NoChannel);
+            EX_CONFIG
+        }
         Err(e) => {
             eprintln!("mailroom: {e}");
             EX_TEMPFAIL
         }
     };
-    store.close().await;
+    pipeline.store().close().await;
     code
 }

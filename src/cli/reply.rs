@@ -8,7 +8,7 @@ use super::open;
 use crate::channel::pipe::{EX_CONFIG, EX_DATAERR, EX_TEMPFAIL};
 use crate::config::Config;
 use crate::outbound::compose::NewAttachment;
-use crate::outbound::{queue_reply, Actor, ActionError, ReplyRequest};
+use crate::outbound::{queue_reply, ActionError, Actor, ReplyRequest};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -5,7 +5,7 @@ use std::io::Write;
 use super::readout;
 use crate::channel::pipe::{EX_DATAERR, EX_TEMPFAIL};
 use crate::config::Config;
-use crate::outbound::{Actor, ActionError};
+use crate::outbound::{ActionError, Actor};
 use crate::store::tickets::{TicketSummary, TicketView};
 
 #[derive(clap::Subcommand)]

@@ -11,12 +11,15 @@ use crate::store::Store;
 /// `example.com` or `@example.com` a domain.
 pub fn normalize(value: &str) -> Result<(String, &'static str), ActionError> {
     let value = value.trim().to_lowercase();
-    if let Some(domain) = value.strip_prefix('@').or((!value.contains('@')).then_some(value.as_str())) {
+    if let Some(domain) = value
+        .strip_prefix('@')
+        .or((!value.contains('@')).then_some(value.as_str()))
+    {
         let ok = domain.contains('.')
             && domain.len() <= 253
-            && domain.split('.').all(|l| {
-                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         return match ok {
             true => Ok((domain.to_string(), "domain")),
             false => Err(invalid("value", format!("{domain:?} is not a mail domain"))),
@@ -69,9 +72,18 @@ mod tests {
 
     #[test]
     fn tells_addresses_from_domains() {
-        assert_eq!(normalize("Spam@Example.COM").unwrap(), ("spam@example.com".into(), "address"));
-        assert_eq!(normalize("@example.com").unwrap(), ("example.com".into(), "domain"));
-        assert_eq!(normalize("example.com").unwrap(), ("example.com".into(), "domain"));
+        assert_eq!(
+            normalize("Spam@Example.COM").unwrap(),
+            ("spam@example.com".into(), "address")
+        );
+        assert_eq!(
+            normalize("@example.com").unwrap(),
+            ("example.com".into(), "domain")
+        );
+        assert_eq!(
+            normalize("example.com").unwrap(),
+            ("example.com".into(), "domain")
+        );
         assert!(normalize("localhost").is_err());
         assert!(normalize("a b@example.com").is_err());
         assert!(normalize("%.com").is_err());

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{invalid, ActionError};
 use crate::outbound::reply::accessible_ticket;
-use crate::store::comments::{CommentView, NotificationView};
+use crate::store::comments::{CommentView, Notice, NotificationView};
 use crate::store::directory::{Actor, AgentInfo, Directory};
 use crate::store::{events, now_ms, Store};
 
@@ -109,9 +109,15 @@ pub async fn add(
         .filter(|a| Some(a.id) != actor.agent_id())
         .collect();
     for agent in &notified {
-        store
-            .add_notification(&mut w.tx, agent.id, ticket.id, "mention", Some(id), &label, now)
-            .await?;
+        let notice = Notice {
+            agent: agent.id,
+            ticket: ticket.id,
+            kind: "mention",
+            comment: Some(id),
+            actor: &label,
+            now,
+        };
+        store.add_notification(&mut w.tx, &notice).await?;
     }
     let keys: Vec<String> = notified.iter().map(|a| a.key.clone()).collect();
     let data = json!({ "comment": id, "mentioned": keys });

@@ -40,7 +40,10 @@ pub async fn list(
         check_kind(k)?;
     }
     let before = cursor
-        .map(|c| c.parse::<i64>().map_err(|_| invalid("cursor", "not a cursor this API gave out")))
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| invalid("cursor", "not a cursor this API gave out"))
+        })
         .transpose()?;
     let query = ContactQuery {
         text: text.filter(|t| !t.trim().is_empty()),
@@ -76,7 +79,10 @@ fn missing_contact(id: i64) -> ActionError {
 /// A contact with the tickets (of the actor's teams) they take part in. An
 /// attached visitor shows the contact they belong to (`merged_into`).
 pub async fn show(store: &Store, actor: &Actor, id: i64) -> Result<ContactDetail, ActionError> {
-    let contact = store.contact(id).await?.ok_or_else(|| missing_contact(id))?;
+    let contact = store
+        .contact(id)
+        .await?
+        .ok_or_else(|| missing_contact(id))?;
     let query = TicketQuery {
         teams: actor.teams(),
         contact: Some(contact.merged_into.unwrap_or(id)),

@@ -52,7 +52,10 @@ async fn draft_ticket(store: &Store, actor: &Actor, number: i64) -> Result<i64, 
         let into = store.merged_number(ticket.id).await?;
         return Err(invalid(
             "ticket",
-            format!("ticket #{number} was merged into #{}; draft there", into.unwrap_or(0)),
+            format!(
+                "ticket #{number} was merged into #{}; draft there",
+                into.unwrap_or(0)
+            ),
         ));
     }
     Ok(ticket.id)
@@ -112,8 +115,5 @@ pub async fn delete(store: &Store, actor: &Actor, number: i64) -> Result<(), Act
 pub async fn mine(store: &Store, actor: &Actor) -> Result<Vec<DraftView>, ActionError> {
     let agent = agent_of(actor)?;
     let rows = store.drafts_of(agent).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| r.view())
-        .collect())
+    Ok(rows.into_iter().map(|r| r.view()).collect())
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::{invalid, require_admin, ActionError};
 use crate::outbound::ReplyRequest;
 use crate::store::directory::{Actor, Directory};
-use crate::store::snippets::SnippetView;
+use crate::store::snippets::{SnippetFields, SnippetView};
 use crate::store::{now_ms, Store};
 
 /// Every placeholder a snippet may use.
@@ -154,9 +154,15 @@ pub async fn save(
         team_for(dir, actor, existing.team.as_deref())?;
     }
     let mut w = store.begin_write().await?;
-    let saved = store
-        .save_snippet(&mut w.tx, id, team_id, name, body, &actor.label(), now_ms())
-        .await;
+    let label = actor.label();
+    let fields = SnippetFields {
+        team: team_id,
+        name,
+        body,
+        actor: &label,
+        now: now_ms(),
+    };
+    let saved = store.save_snippet(&mut w.tx, id, &fields).await;
     let saved = match saved {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             return Err(invalid(
@@ -234,9 +240,12 @@ pub async fn insert_into_reply(
     let team = dir.teams.get(&ticket.team);
     let mut texts = Vec::new();
     for id in ids {
-        let snippet = existing(store, dir, actor, *id)
-            .await
-            .map_err(|_| invalid("snippets", format!("no snippet {id} for this ticket's team")))?;
+        let snippet = existing(store, dir, actor, *id).await.map_err(|_| {
+            invalid(
+                "snippets",
+                format!("no snippet {id} for this ticket's team"),
+            )
+        })?;
         if snippet.team_id != 0 && team.is_none_or(|t| t.id != snippet.team_id) {
             return Err(invalid(
                 "snippets",
@@ -250,11 +259,17 @@ pub async fn insert_into_reply(
         None => None,
     };
     let first = |name: &str| name.split_whitespace().next().unwrap_or("").to_string();
-    let contact_name = contact.as_ref().and_then(|c| c.name.clone()).unwrap_or_default();
+    let contact_name = contact
+        .as_ref()
+        .and_then(|c| c.name.clone())
+        .unwrap_or_default();
     let mut values: BTreeMap<&str, String> = BTreeMap::new();
     values.insert("contact.first_name", first(&contact_name));
     values.insert("contact.name", contact_name);
-    values.insert("contact.email", ticket.contacts.first().cloned().unwrap_or_default());
+    values.insert(
+        "contact.email",
+        ticket.contacts.first().cloned().unwrap_or_default(),
+    );
     values.insert("ticket.number", ticket.number.to_string());
     values.insert("ticket.subject", ticket.subject.clone());
     if let Actor::Agent(agent) = actor {
@@ -290,7 +305,11 @@ mod tests {
         let mut values = BTreeMap::new();
         values.insert("contact.first_name", "Ann".to_string());
         values.insert("ticket.number", "42".to_string());
-        let out = render("Hi {{contact.first_name}}, re #{{ ticket.number }}.", &values).unwrap();
+        let out = render(
+            "Hi {{contact.first_name}}, re #{{ ticket.number }}.",
+            &values,
+        )
+        .unwrap();
         assert_eq!(out, "Hi Ann, re #42.");
         let err = render("{{contact.shoe_size}} {{x}} {{x}}", &values).unwrap_err();
         assert!(err.to_string().contains("contact.shoe_size, x"), "{err}");

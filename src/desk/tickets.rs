@@ -110,11 +110,11 @@ pub async fn list(
             format!("must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let team = match &filters.team {
-        // Another team's key lists nothing rather than telling it exists.
-        Some(key) => Some(dir.teams.get(key).map_or(-1, |t| t.id)),
-        None => None,
-    };
+    // Another team's key lists nothing rather than telling it exists.
+    let team = filters
+        .team
+        .as_ref()
+        .map(|key| dir.teams.get(key).map_or(-1, |t| t.id));
     let owner = match filters.owner.as_deref() {
         None => None,
         Some("none") => Some(None),
@@ -623,36 +623,48 @@ pub async fn restore(
 ) -> Result<TicketDetail, ActionError> {
     let now = now_ms();
     let mut w = store.begin_write().await?;
-    let ticket = deleted_for_admin(store, &mut w.tx, actor, number, "restore a ticket").await?;
+    let ticket = for_admin(store, &mut w.tx, actor, number, false, "restore a ticket").await?;
     store.set_deleted(&mut w.tx, ticket, None, now).await?;
-    events::insert(&mut w.tx, ticket, "restored", &json!({}), &actor.label(), now).await?;
+    events::insert(
+        &mut w.tx,
+        ticket,
+        "restored",
+        &json!({}),
+        &actor.label(),
+        now,
+    )
+    .await?;
     w.commit().await?;
     show(store, actor, number).await
 }
 
-/// Removes a deleted ticket for good (admins).
+/// Removes a ticket, live or deleted, for good (admins).
 pub async fn purge(store: &Store, actor: &Actor, number: i64) -> Result<(), ActionError> {
     let mut w = store.begin_write().await?;
-    let ticket = deleted_for_admin(store, &mut w.tx, actor, number, "purge a ticket").await?;
+    let ticket = for_admin(store, &mut w.tx, actor, number, true, "purge a ticket").await?;
     store.purge_ticket(&mut w.tx, ticket).await?;
     w.commit().await?;
     tracing::info!(ticket = number, actor = %actor.label(), "Ticket purged.");
     Ok(())
 }
 
-/// The deleted ticket `number` (its id), for an admin of its team.
-async fn deleted_for_admin(
+/// Ticket `number` (its id), deleted unless `live_too`, for an admin of
+/// its team.
+async fn for_admin(
     store: &Store,
     tx: &mut crate::store::Tx,
     actor: &Actor,
     number: i64,
+    live_too: bool,
     what: &str,
 ) -> Result<i64, ActionError> {
-    let ticket = store.deleted_ticket(tx, number).await?;
+    let ticket = store.deleted_ticket(tx, number, live_too).await?;
     let Some(ticket) = ticket.filter(|t| actor.can_access_team(t.team_id)) else {
-        return Err(ActionError::NotFound(format!(
-            "no deleted ticket #{number}"
-        )));
+        let missing = match live_too {
+            true => format!("ticket #{number} does not exist"),
+            false => format!("no deleted ticket #{number}"),
+        };
+        return Err(ActionError::NotFound(missing));
     };
     if !actor.can_admin_team(ticket.team_id) {
         return Err(ActionError::Forbidden(format!("only an admin can {what}")));

@@ -450,6 +450,7 @@ pub async fn submit(
         status: config.status.clone(),
         fingerprint: idempotency,
         envelope_to: None,
+        release_blocked: false,
     };
     let raw = RawMessage {
         channel: name.clone(),

@@ -119,7 +119,18 @@ impl HttpState {
     }
 }
 
+/// The OpenAPI document of `/api/v1`, made from the same annotations as
+/// the routes.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api::routes().1
+}
+
+async fn openapi() -> Response {
+    Json(openapi_document()).into_response()
+}
+
 pub fn router(state: Arc<HttpState>) -> Router {
+    let (api_routes, _) = api::routes();
     let limit = state.config.http.max_body_bytes;
     let timeout = Duration::from_secs(state.config.http.request_timeout_secs);
     Router::new()
@@ -127,18 +138,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/inbound/{channel}", post(inbound))
         .route("/forms/{name}", post(forms::submit))
-        .route("/api/v1/tickets/{number}/replies", post(api::reply))
-        .route(
-            "/api/v1/tickets/{number}/participants",
-            post(api::add_participant),
-        )
-        .route("/api/v1/tickets/{number}", get(api::ticket))
-        .route("/api/v1/tickets/{number}/merge", post(api::merge))
-        .route("/api/v1/messages/{id}", get(api::message))
-        .route(
-            "/api/v1/teams/{team}/default-address",
-            axum::routing::put(api::default_address),
-        )
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(api_routes)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |request, next| {
             receive_within(timeout, limit, request, next)

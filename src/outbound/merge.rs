@@ -9,7 +9,7 @@ use super::plan::{invalid, ActionError};
 use crate::store::directory::Actor;
 use crate::store::{events, now_ms, tickets, Store};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Merged {
     pub ticket: i64,
     pub into: i64,

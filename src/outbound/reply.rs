@@ -5,7 +5,7 @@
 //! point either leaves nothing or a complete, queued reply.
 
 use super::compose::{self, Draft};
-use super::plan::{self, invalid, parse_recipient, Known, Plan, ActionError, ReplyRequest};
+use super::plan::{self, invalid, parse_recipient, ActionError, Known, Plan, ReplyRequest};
 use crate::config::Config;
 use crate::mail::ids;
 use crate::store::directory::{Actor, Directory};
@@ -13,7 +13,7 @@ use crate::store::replies::{NewReply, ReplyTicket, TicketMissing};
 use crate::store::{now_ms, Store, Tx};
 
 /// The queued reply.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Queued {
     /// The message's row id.
     pub message: i64,

@@ -53,6 +53,9 @@ pub struct Hints {
     /// The envelope recipient, when the source knows it (an MTA passes it
     /// to `mailroom ingest --recipient`): the first routing key.
     pub envelope_to: Option<String>,
+    /// An admin released it from the quarantine: a blocked sender's mail
+    /// goes through this once.
+    pub release_blocked: bool,
 }
 
 /// The team a message of a `route = "recipient"` channel goes to: the first
@@ -113,6 +116,17 @@ pub enum Disposition {
     Applied(Outcome),
     Quarantined { id: i64, reason: String },
     Refused { reason: String },
+}
+
+/// Why a quarantined message could not be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("its channel is no longer configured and there is no single pipe channel to use")]
+    NoChannel,
+    #[error("{0}")]
+    Pipeline(#[from] PipelineError),
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -299,12 +313,100 @@ impl Pipeline {
                 }
             }
         }
+        self.hold_blocked(&mut prepared).await?;
         tracing::debug!(
             messages = prepared.results.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "Batch parsed."
         );
         Ok(prepared)
+    }
+
+    /// Mail from a blocked address or domain goes to the quarantine with
+    /// the reason: no ticket, nothing triggered (one look-up per batch).
+    async fn hold_blocked(&self, prepared: &mut Prepared) -> Result<(), PipelineError> {
+        let sender = |inbound: &Inbound| -> Option<(String, String)> {
+            let from = inbound.parsed.from.as_ref()?;
+            let domain = from.address.rsplit_once('@')?.1.to_string();
+            (!inbound.hints.release_blocked).then(|| (from.address.clone(), domain))
+        };
+        let mut values: Vec<String> = Vec::new();
+        for (_, _, _, inbound) in &prepared.to_apply {
+            if let Some((address, domain)) = sender(inbound) {
+                for v in [address, domain] {
+                    if !values.contains(&v) {
+                        values.push(v);
+                    }
+                }
+            }
+        }
+        let blocks = self
+            .store
+            .blocked_among(&values)
+            .await
+            .map_err(|e| PipelineError::Unavailable(e.to_string()))?;
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        for item in std::mem::take(&mut prepared.to_apply) {
+            let (index, raw, _, inbound) = &item;
+            let hit = sender(inbound).and_then(|(address, domain)| {
+                blocks
+                    .iter()
+                    .find(|b| b.value == address || b.value == domain)
+                    .map(|b| (address, b))
+            });
+            let Some((address, block)) = hit else {
+                prepared.to_apply.push(item);
+                continue;
+            };
+            let reason = format!(
+                "blocked sender: {address} ({} {} blocked by {})",
+                block.kind, block.value, block.actor
+            );
+            tracing::info!(channel = %raw.channel, source = raw.source.as_deref().unwrap_or("-"), %reason, "Message from a blocked sender quarantined.");
+            metrics::counter!("mailroom_messages_blocked_total").increment(1);
+            let id = self.quarantine(raw, &reason).await?;
+            prepared.results[*index] = Some(Disposition::Quarantined { id, reason });
+        }
+        Ok(())
+    }
+
+    /// Runs quarantine entry `id` through the pipeline again (on its own
+    /// channel, else `fallback_channel`) and removes it once it applies.
+    /// `release`: an admin lets a blocked sender's message through. None
+    /// when there is no such entry.
+    pub async fn retry_quarantined(
+        &self,
+        id: i64,
+        release: bool,
+        fallback_channel: Option<String>,
+    ) -> Result<Option<Disposition>, RetryError> {
+        let Some((entry, data)) = self.store.quarantine_get(id).await? else {
+            return Ok(None);
+        };
+        let channel = entry
+            .channel
+            .filter(|c| self.dir.channel(c).is_some())
+            .or(fallback_channel)
+            .ok_or(RetryError::NoChannel)?;
+        let raw = RawMessage {
+            channel,
+            source: entry.source,
+            data: Arc::new(data),
+        };
+        let hints = Hints {
+            release_blocked: release,
+            ..Hints::default()
+        };
+        let prepared = self
+            .prepare_with(vec![(raw, hints)], OnBadInput::Quarantine)
+            .await?;
+        let disposition = self.commit(prepared).await?.into_iter().next();
+        if let Some(Disposition::Applied(_)) = &disposition {
+            self.store.quarantine_drop(id).await?;
+        }
+        Ok(disposition)
     }
 
     /// The second half of [`process`](Self::process): apply and commit.

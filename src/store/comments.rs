@@ -31,6 +31,17 @@ pub struct NotificationView {
     pub read_at: Option<i64>,
 }
 
+/// A notification to store: for `agent`, about `ticket`, caused by `actor`.
+pub struct Notice<'a> {
+    pub agent: i64,
+    pub ticket: i64,
+    /// `mention`.
+    pub kind: &'a str,
+    pub comment: Option<i64>,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
 impl Store {
     pub async fn add_comment(
         &self,
@@ -41,6 +52,11 @@ impl Store {
         body: &str,
         now: i64,
     ) -> Result<i64, sqlx::Error> {
+        sqlx::query("UPDATE tickets SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(ticket)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query_scalar(
             "INSERT INTO comments (ticket_id, author_agent_id, actor, body, created_at)
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -68,23 +84,18 @@ impl Store {
     pub async fn add_notification(
         &self,
         tx: &mut Tx,
-        agent: i64,
-        ticket: i64,
-        kind: &str,
-        comment: Option<i64>,
-        actor: &str,
-        now: i64,
+        notice: &Notice<'_>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO notifications (agent_id, ticket_id, kind, comment_id, actor, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent_id, comment_id, kind) DO NOTHING",
         )
-        .bind(agent)
-        .bind(ticket)
-        .bind(kind)
-        .bind(comment)
-        .bind(actor)
-        .bind(now)
+        .bind(notice.agent)
+        .bind(notice.ticket)
+        .bind(notice.kind)
+        .bind(notice.comment)
+        .bind(notice.actor)
+        .bind(notice.now)
         .execute(&mut **tx)
         .await?;
         Ok(())

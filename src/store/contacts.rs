@@ -42,7 +42,8 @@ pub struct ContactQuery {
     pub limit: i64,
 }
 
-const CONTACT: &str = "SELECT id, email, name, kind, company_id, merged_into, created_at FROM contacts";
+const CONTACT: &str =
+    "SELECT id, email, name, kind, company_id, merged_into, created_at FROM contacts";
 
 impl Store {
     /// The contact `person` is (following an attachment to another), made
@@ -90,7 +91,10 @@ impl Store {
         if let Some(before) = query.before {
             sql.push_str(&format!(" AND id < {}", binds.push(before)));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", binds.push(query.limit)));
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT {}",
+            binds.push(query.limit)
+        ));
         sqlx::query_as_with(&sql, binds.args)
             .fetch_all(self.pool())
             .await

@@ -15,9 +15,11 @@ pub struct DraftRow {
 }
 
 /// A draft as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DraftView {
     pub ticket: i64,
+    /// What the agent saved (see the PUT request body).
+    #[schema(value_type = Object)]
     pub content: Box<RawValue>,
     pub updated_at: i64,
 }

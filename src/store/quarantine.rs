@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{blobs, now_ms, Store};
 use crate::crypto::sha256_hex;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QuarantineEntry {
     pub id: i64,
     #[sqlx(rename = "channel_key")]

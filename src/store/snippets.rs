@@ -18,6 +18,16 @@ pub struct SnippetView {
     pub updated_at: i64,
 }
 
+/// What a snippet is saved with: its team (0: shared), name, body, who
+/// saved it and when.
+pub struct SnippetFields<'a> {
+    pub team: i64,
+    pub name: &'a str,
+    pub body: &'a str,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
 const SNIPPET: &str = "SELECT id, team_id, name, body, updated_at FROM snippets";
 
 impl Store {
@@ -45,37 +55,27 @@ impl Store {
         &self,
         tx: &mut Tx,
         id: Option<i64>,
-        team: i64,
-        name: &str,
-        body: &str,
-        actor: &str,
-        now: i64,
+        snippet: &SnippetFields<'_>,
     ) -> Result<Option<i64>, sqlx::Error> {
-        match id {
+        let query = match id {
             None => sqlx::query_scalar(
                 "INSERT INTO snippets (team_id, name, body, actor, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-            )
-            .bind(team)
-            .bind(name)
-            .bind(body)
-            .bind(actor)
-            .bind(now)
-            .fetch_optional(&mut **tx)
-            .await,
-            Some(id) => sqlx::query_scalar(
+            ),
+            Some(_) => sqlx::query_scalar(
                 "UPDATE snippets SET team_id = $1, name = $2, body = $3, actor = $4, updated_at = $5
                  WHERE id = $6 RETURNING id",
-            )
-            .bind(team)
-            .bind(name)
-            .bind(body)
-            .bind(actor)
-            .bind(now)
-            .bind(id)
+            ),
+        };
+        query
+            .bind(snippet.team)
+            .bind(snippet.name)
+            .bind(snippet.body)
+            .bind(snippet.actor)
+            .bind(snippet.now)
+            .bind(id.unwrap_or_default())
             .fetch_optional(&mut **tx)
-            .await,
-        }
+            .await
     }
 
     pub async fn delete_snippet(&self, id: i64) -> Result<bool, sqlx::Error> {

@@ -24,7 +24,7 @@ pub struct NewTicket<'a> {
     pub now: i64,
 }
 
-/// A soft-deleted ticket, for restore and purge.
+/// A ticket for restore and purge.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeletedTicket {
     pub id: i64,
@@ -245,18 +245,24 @@ impl Store {
         Ok(())
     }
 
-    /// A deleted ticket by number (locked on PostgreSQL).
+    /// A ticket by number, deleted ones only unless `live_too` (locked on
+    /// PostgreSQL).
     pub async fn deleted_ticket(
         &self,
         tx: &mut Tx,
         number: i64,
+        live_too: bool,
     ) -> Result<Option<DeletedTicket>, sqlx::Error> {
         let lock = match self.backend() {
             Backend::Postgres => "FOR UPDATE",
             Backend::Sqlite => "",
         };
+        let deleted = match live_too {
+            true => "",
+            false => "AND deleted_at IS NOT NULL",
+        };
         sqlx::query_as(&format!(
-            "SELECT id, team_id FROM tickets WHERE number = $1 AND deleted_at IS NOT NULL {lock}"
+            "SELECT id, team_id FROM tickets WHERE number = $1 {deleted} {lock}"
         ))
         .bind(number)
         .fetch_optional(&mut **tx)

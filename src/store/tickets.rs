@@ -12,7 +12,7 @@ use super::{now_ms, Store};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TicketSummary {
-    #[serde(skip)]
+    /// The row id (API calls take the number).
     pub id: i64,
     pub number: i64,
     pub subject: String,
@@ -167,8 +167,11 @@ impl Store {
         let mut tickets: Vec<TicketSummary> = sqlx::query_as_with(&sql, binds.args)
             .fetch_all(self.pool())
             .await?;
-        self.add_contacts(&mut tickets, query.limit.is_none() && query.number.is_none())
-            .await?;
+        self.add_contacts(
+            &mut tickets,
+            query.limit.is_none() && query.number.is_none(),
+        )
+        .await?;
         Ok(tickets)
     }
 
@@ -232,7 +235,11 @@ impl Store {
     }
 
     /// A ticket as it is (live, or deleted), with its messages.
-    pub async fn ticket_view(&self, number: i64, deleted: bool) -> Result<Option<TicketView>, sqlx::Error> {
+    pub async fn ticket_view(
+        &self,
+        number: i64,
+        deleted: bool,
+    ) -> Result<Option<TicketView>, sqlx::Error> {
         let query = TicketQuery {
             number: Some(number),
             deleted,

@@ -12,15 +12,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "app", "channel", "http", "metrics", "outbound", "pipeline", "store", "config", "net",
-            "mail", "crypto", "retry",
+            "app", "channel", "desk", "http", "metrics", "outbound", "pipeline", "store", "config",
+            "net", "mail", "crypto", "retry",
         ],
     ),
     (
         "app",
         &[
-            "channel", "http", "metrics", "outbound", "pipeline", "store", "config", "net", "mail",
-            "crypto", "retry",
+            "channel", "desk", "http", "metrics", "outbound", "pipeline", "store", "config", "net",
+            "mail", "crypto", "retry",
         ],
     ),
     (
@@ -32,8 +32,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "http",
         &[
-            "outbound", "pipeline", "store", "config", "mail", "crypto", "retry",
+            "desk", "outbound", "pipeline", "store", "config", "mail", "crypto", "retry",
         ],
+    ),
+    (
+        "desk",
+        &["outbound", "store", "config", "mail", "crypto", "retry"],
     ),
     ("metrics", &["store", "config"]),
     (

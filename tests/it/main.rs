@@ -4,6 +4,7 @@
 mod app;
 mod classify;
 mod cli;
+mod desk;
 mod dovecot;
 mod fixtures;
 mod harness;

@@ -176,6 +176,13 @@ impl OutApp {
                 .into();
             let auth = format!("Bearer {token}");
             let mut response = match method {
+                "DELETE" => {
+                    let mut r = agent.delete(&url).header("authorization", &auth);
+                    for (k, v) in &headers {
+                        r = r.header(*k, v.as_str());
+                    }
+                    r.call().unwrap()
+                }
                 "GET" => {
                     let mut r = agent.get(&url).header("authorization", &auth);
                     for (k, v) in &headers {
@@ -184,10 +191,10 @@ impl OutApp {
                     r.call().unwrap()
                 }
                 _ => {
-                    let mut r = if method == "PUT" {
-                        agent.put(&url)
-                    } else {
-                        agent.post(&url)
+                    let mut r = match method {
+                        "PUT" => agent.put(&url),
+                        "PATCH" => agent.patch(&url),
+                        _ => agent.post(&url),
                     }
                     .header("authorization", &auth)
                     .header("content-type", "application/json");

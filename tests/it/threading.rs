@@ -592,7 +592,11 @@ both_backends!(
     new_contacts_join_the_company_owning_their_domain,
     |backend| async move {
         let app = TestApp::new(backend).await;
-        sqlx::query("INSERT INTO companies (name, domain) VALUES ('Acme', 'acme.test')")
+        sqlx::query("INSERT INTO companies (name) VALUES ('Acme')")
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO company_domains (domain, company_id) SELECT 'acme.test', id FROM companies")
             .execute(app.store().pool())
             .await
             .unwrap();
