@@ -52,9 +52,19 @@ if [ ! -x /usr/sbin/smtp-sink ] || [ ! -x /usr/sbin/postfix ]; then
   apt_install postfix
 fi
 
+# schemathesis: the property-based API fuzzer run against the served
+# OpenAPI document (scripts/api-fuzz.sh).
+if ! command -v schemathesis >/dev/null 2>&1; then
+  log "installing schemathesis (pip)"
+  python3 -m pip install -q schemathesis
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
 cargo test --all-targets 2>&1
+log "API fuzzing (schemathesis)"
+cargo build --quiet
+./scripts/api-fuzz.sh target/debug/mailroom

@@ -26,7 +26,7 @@ pub fn routes(router: OpenApiRouter<Arc<HttpState>>) -> OpenApiRouter<Arc<HttpSt
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListParams {
+pub struct ContactListParams {
     /// Text in the address or name.
     pub q: Option<String>,
     /// `visitor` or `contact`.
@@ -36,16 +36,17 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 200; 50 when unset.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
 /// Contacts and visitors, newest first.
-#[utoipa::path(get, path = "/api/v1/contacts", tag = "contacts", params(ListParams),
+#[utoipa::path(get, path = "/api/v1/contacts", tag = "contacts", params(ContactListParams),
     responses((status = 200, body = ContactPage), Refusals))]
 pub async fn list(
     State(state): State<Arc<HttpState>>,
     Agent(_agent): Agent,
-    ApiQuery(p): ApiQuery<ListParams>,
+    ApiQuery(p): ApiQuery<ContactListParams>,
 ) -> Response {
     let store = state.pipeline.store();
     let result = contacts::list(store, p.q, p.kind, p.company, p.cursor, p.limit).await;
@@ -54,7 +55,7 @@ pub async fn list(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub struct NewContactBody {
     pub email: String,
     pub name: Option<String>,
     pub company_id: Option<i64>,
@@ -62,12 +63,12 @@ pub struct CreateBody {
 
 /// Makes a contact: 201 when new, 200 when a visitor with that address
 /// became one.
-#[utoipa::path(post, path = "/api/v1/contacts", tag = "contacts", request_body = CreateBody,
+#[utoipa::path(post, path = "/api/v1/contacts", tag = "contacts", request_body = NewContactBody,
     responses((status = 201, body = ContactDetail), (status = 200, body = ContactDetail), Refusals))]
 pub async fn create(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
-    Body(b): Body<CreateBody>,
+    Body(b): Body<NewContactBody>,
 ) -> Response {
     let store = state.pipeline.store();
     match contacts::create(store, &actor, &b.email, b.name, b.company_id).await {
@@ -94,7 +95,7 @@ pub async fn show(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EditBody {
+pub struct ContactEditBody {
     pub name: Option<String>,
     /// `contact` makes a visitor a contact.
     pub kind: Option<String>,
@@ -103,13 +104,13 @@ pub struct EditBody {
 
 /// Names a contact, makes a visitor a contact, or sets their company.
 #[utoipa::path(patch, path = "/api/v1/contacts/{id}", tag = "contacts",
-    params(("id" = i64, Path, description = "Contact id")), request_body = EditBody,
+    params(("id" = i64, Path, description = "Contact id")), request_body = ContactEditBody,
     responses((status = 200, body = ContactDetail), Refusals))]
 pub async fn edit(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
     ApiPath(id): ApiPath<i64>,
-    Body(b): Body<EditBody>,
+    Body(b): Body<ContactEditBody>,
 ) -> Response {
     let store = state.pipeline.store();
     let result = contacts::edit(store, &actor, id, b.name, b.kind, b.company_id).await;
@@ -118,7 +119,7 @@ pub async fn edit(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MergeBody {
+pub struct ContactMergeBody {
     /// The contact this one is attached to.
     pub into: i64,
 }
@@ -126,13 +127,13 @@ pub struct MergeBody {
 /// Attaches this contact (a visitor, say) to another: their tickets and
 /// messages follow, and their address resolves to the other from now on.
 #[utoipa::path(post, path = "/api/v1/contacts/{id}/merge", tag = "contacts",
-    params(("id" = i64, Path, description = "Contact id")), request_body = MergeBody,
+    params(("id" = i64, Path, description = "Contact id")), request_body = ContactMergeBody,
     responses((status = 200, body = ContactDetail), Refusals))]
 pub async fn merge(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
     ApiPath(id): ApiPath<i64>,
-    Body(b): Body<MergeBody>,
+    Body(b): Body<ContactMergeBody>,
 ) -> Response {
     let result = contacts::merge(state.pipeline.store(), &actor, id, b.into).await;
     answer(StatusCode::OK, result)

@@ -34,7 +34,7 @@ pub fn routes(router: OpenApiRouter<Arc<HttpState>>) -> OpenApiRouter<Arc<HttpSt
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListParams {
+pub struct TicketListParams {
     /// A status name, or a kind: `open`, `waiting`, `closed`.
     pub status: Option<String>,
     /// A team key.
@@ -54,16 +54,17 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 200; 50 when unset.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
 /// Tickets of the agent's teams, most recently changed first.
-#[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets", params(ListParams),
+#[utoipa::path(get, path = "/api/v1/tickets", tag = "tickets", params(TicketListParams),
     responses((status = 200, body = TicketPage), Refusals))]
 pub async fn list(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
-    ApiQuery(p): ApiQuery<ListParams>,
+    ApiQuery(p): ApiQuery<TicketListParams>,
 ) -> Response {
     let filters = ListFilters {
         status: p.status,
@@ -84,7 +85,7 @@ pub async fn list(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBody {
+pub struct NewTicketBody {
     /// The ticket's name (its subject).
     #[serde(alias = "name")]
     pub subject: String,
@@ -107,12 +108,12 @@ pub struct CreateBody {
 }
 
 /// Opens a ticket by hand.
-#[utoipa::path(post, path = "/api/v1/tickets", tag = "tickets", request_body = CreateBody,
+#[utoipa::path(post, path = "/api/v1/tickets", tag = "tickets", request_body = NewTicketBody,
     responses((status = 201, body = TicketDetail), Refusals))]
 pub async fn create(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
-    Body(body): Body<CreateBody>,
+    Body(body): Body<NewTicketBody>,
 ) -> Response {
     let request = NewTicketRequest {
         subject: body.subject,
@@ -145,7 +146,7 @@ pub async fn show(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EditBody {
+pub struct TicketEditBody {
     #[serde(alias = "name")]
     pub subject: Option<String>,
     /// Properties to set; a null removes one.
@@ -155,13 +156,13 @@ pub struct EditBody {
 
 /// Renames the ticket and sets its properties.
 #[utoipa::path(patch, path = "/api/v1/tickets/{number}", tag = "tickets",
-    params(("number" = i64, Path, description = "Ticket number")), request_body = EditBody,
+    params(("number" = i64, Path, description = "Ticket number")), request_body = TicketEditBody,
     responses((status = 200, body = TicketDetail), Refusals))]
 pub async fn edit(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
     ApiPath(number): ApiPath<i64>,
-    Body(body): Body<EditBody>,
+    Body(body): Body<TicketEditBody>,
 ) -> Response {
     let dir = state.pipeline.directory();
     let store = state.pipeline.store();
@@ -322,7 +323,7 @@ pub async fn move_ticket(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MergeBody {
+pub struct TicketMergeBody {
     /// The ticket (number) this one lives on in.
     pub into: i64,
 }
@@ -331,13 +332,13 @@ pub struct MergeBody {
 /// contacts and Message-IDs count for the other from now on, and mail
 /// that threads here lands there.
 #[utoipa::path(post, path = "/api/v1/tickets/{number}/merge", tag = "tickets",
-    params(("number" = i64, Path, description = "Ticket number")), request_body = MergeBody,
+    params(("number" = i64, Path, description = "Ticket number")), request_body = TicketMergeBody,
     responses((status = 200, body = Merged), Refusals))]
 pub async fn merge(
     State(state): State<Arc<HttpState>>,
     Agent(actor): Agent,
     ApiPath(number): ApiPath<i64>,
-    Body(body): Body<MergeBody>,
+    Body(body): Body<TicketMergeBody>,
 ) -> Response {
     let store = state.pipeline.store();
     let result = crate::outbound::merge::merge_tickets(store, &actor, number, body.into).await;
