@@ -1,7 +1,9 @@
 //! The `mailroom` command: clap → Config → the chosen subcommand, one file
 //! per command group. Exit codes follow sysexits.h (an MTA reads them).
 
+mod block;
 mod check;
+mod contact;
 mod ingest;
 mod logging;
 mod outbox;
@@ -57,6 +59,16 @@ enum Command {
     Ticket {
         #[command(subcommand)]
         command: ticket::TicketCommand,
+    },
+    /// Contacts, visitors and companies.
+    Contact {
+        #[command(subcommand)]
+        command: contact::ContactCommand,
+    },
+    /// Blocked senders: their mail is kept in the quarantine, not ticketed.
+    Block {
+        #[command(subcommand)]
+        command: block::BlockCommand,
     },
     /// Export every ticket with its messages.
     Export {
@@ -126,6 +138,8 @@ async fn dispatch(command: Command, config: Config, path: &std::path::Path) -> u
         Command::Status { json } => status::run(&config, json).await,
         Command::Ingest(args) => ingest::run(&config, args).await,
         Command::Ticket { command } => ticket::run(&config, command).await,
+        Command::Contact { command } => contact::run(&config, command).await,
+        Command::Block { command } => block::run(&config, command).await,
         Command::Export { jsonl: _ } => ticket::export(&config).await,
         Command::Quarantine { command } => quarantine::run(&config, command).await,
         Command::Reply(args) => reply::run(&config, args).await,
@@ -218,6 +232,64 @@ where
     };
     store.close().await;
     code
+}
+
+/// Runs a help-desk action as the operator and prints what it returns as
+/// JSON. Exit codes: 0 done, 1 not found, 65 refused (the message says
+/// what to fix), 75 the database is unavailable.
+async fn act<T, F, Fut>(config: &Config, what: &str, f: F) -> u8
+where
+    F: FnOnce(Pipeline) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::desk::ActionError>>,
+    T: serde::Serialize,
+{
+    use crate::channel::pipe::EX_DATAERR;
+    use crate::desk::ActionError;
+    let pipeline = match open(config).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let store = pipeline.store().clone();
+    let code = match f(pipeline).await {
+        Ok(value) => match serde_json::to_string_pretty(&value) {
+            Ok(text) if text != "null" => {
+                println!("{text}");
+                0
+            }
+            _ => 0,
+        },
+        Err(ActionError::Store(e)) => {
+            eprintln!("mailroom {what}: database: {e}");
+            EX_TEMPFAIL
+        }
+        Err(e @ ActionError::NotFound(_)) => {
+            eprintln!("mailroom {what}: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("mailroom {what}: {e}");
+            EX_DATAERR
+        }
+    };
+    store.close().await;
+    code
+}
+
+/// `key=value` pairs from the command line as ticket properties (a value
+/// that parses as JSON is taken as such: numbers, true, null).
+fn parse_properties(
+    pairs: &[String],
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, crate::desk::ActionError> {
+    let mut out = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            crate::desk::invalid("property", format!("{pair:?} is not key=value"))
+        })?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        out.insert(key.trim().to_string(), value);
+    }
+    Ok(out)
 }
 
 /// `mailroom … | head` closed the pipe: not an error worth a message.

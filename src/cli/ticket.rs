@@ -1,11 +1,14 @@
-//! `mailroom ticket list|show|merge` and `mailroom export --jsonl`.
+//! `mailroom ticket list|show|create|assign|status|merge|delete|restore`
+//! and `mailroom export --jsonl`. Changes are made as the operator (`ops`
+//! on the ticket's timeline), with the API's rules.
 
 use std::io::Write;
 
-use super::readout;
-use crate::channel::pipe::{EX_DATAERR, EX_TEMPFAIL};
+use super::{act, parse_properties, readout};
 use crate::config::Config;
-use crate::outbound::{ActionError, Actor};
+use crate::desk::tickets::{self, NewTicketRequest};
+use crate::outbound::merge::merge_tickets;
+use crate::outbound::Actor;
 use crate::store::tickets::{TicketSummary, TicketView};
 
 #[derive(clap::Subcommand)]
@@ -30,12 +33,57 @@ pub enum TicketCommand {
         #[arg(long)]
         into: i64,
     },
+    /// Open a ticket by hand.
+    Create {
+        subject: String,
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        status: String,
+        /// `addr` or `Name <addr>`; repeatable, the first is the requester.
+        #[arg(long = "contact")]
+        contacts: Vec<String>,
+        /// `key=value`; repeatable.
+        #[arg(long = "property")]
+        properties: Vec<String>,
+        /// An agent key.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Assign a ticket to an agent of its team (`--none` unassigns).
+    Assign {
+        number: i64,
+        /// An agent key.
+        #[arg(required_unless_present = "none")]
+        agent: Option<String>,
+        #[arg(long, conflicts_with = "agent")]
+        none: bool,
+    },
+    /// Move a ticket to a status of its pipeline.
+    Status {
+        number: i64,
+        status: String,
+        /// `key=value` properties to set with it; repeatable.
+        #[arg(long = "property")]
+        properties: Vec<String>,
+    },
+    /// Delete a ticket (restorable), or `--purge` it for good.
+    Delete {
+        number: i64,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Bring a deleted ticket back.
+    Restore { number: i64 },
 }
 
 pub async fn run(config: &Config, command: TicketCommand) -> u8 {
-    if let TicketCommand::Merge { number, into } = command {
-        return merge(config, number, into).await;
-    }
+    let command = match change(config, command).await {
+        Ok(code) => return code,
+        Err(readout) => readout,
+    };
     readout(config, |store| async move {
         match command {
             TicketCommand::List { status, json } => {
@@ -47,7 +95,6 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
                 }
                 Ok(0)
             }
-            TicketCommand::Merge { .. } => unreachable!("handled above"),
             TicketCommand::Show { number, json } => {
                 let Some(ticket) = store.ticket_show(number).await? else {
                     eprintln!("no ticket number {number}");
@@ -60,33 +107,80 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
                 }
                 Ok(0)
             }
+            _ => unreachable!("changes are handled above"),
         }
     })
     .await
 }
 
-async fn merge(config: &Config, number: i64, into: i64) -> u8 {
-    let pipeline = match super::open(config).await {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let store = pipeline.store();
-    let result = crate::outbound::merge::merge_tickets(store, &Actor::Ops, number, into).await;
-    store.close().await;
-    match result {
-        Ok(_) => {
-            println!("ticket #{number} merged into #{into}");
-            0
+/// Runs a change (the exit code), or hands a read-out back.
+async fn change(config: &Config, command: TicketCommand) -> Result<u8, TicketCommand> {
+    let ops = &Actor::Ops;
+    Ok(match command {
+        TicketCommand::Merge { number, into } => {
+            act(config, "ticket merge", |p| async move {
+                merge_tickets(p.store(), ops, number, into).await
+            })
+            .await
         }
-        Err(ActionError::Store(e)) => {
-            eprintln!("mailroom ticket merge: database: {e}");
-            EX_TEMPFAIL
+        TicketCommand::Create {
+            subject,
+            team,
+            pipeline,
+            status,
+            contacts,
+            properties,
+            owner,
+        } => {
+            act(config, "ticket create", |p| async move {
+                let request = NewTicketRequest {
+                    subject,
+                    team: Some(team),
+                    pipeline,
+                    status,
+                    contacts,
+                    company: None,
+                    properties: parse_properties(&properties)?,
+                    owner,
+                };
+                tickets::create(p.store(), p.directory(), ops, request).await
+            })
+            .await
         }
-        Err(e) => {
-            eprintln!("mailroom ticket merge: {e}");
-            EX_DATAERR
+        TicketCommand::Assign { number, agent, .. } => {
+            act(config, "ticket assign", |p| async move {
+                tickets::assign(p.store(), p.directory(), ops, number, agent).await
+            })
+            .await
         }
-    }
+        TicketCommand::Status {
+            number,
+            status,
+            properties,
+        } => {
+            act(config, "ticket status", |p| async move {
+                let properties = parse_properties(&properties)?;
+                tickets::set_status(p.store(), p.directory(), ops, number, status, properties).await
+            })
+            .await
+        }
+        TicketCommand::Delete { number, purge } => {
+            act(config, "ticket delete", |p| async move {
+                match purge {
+                    true => tickets::purge(p.store(), ops, number).await,
+                    false => tickets::delete(p.store(), ops, number).await,
+                }
+            })
+            .await
+        }
+        TicketCommand::Restore { number } => {
+            act(config, "ticket restore", |p| async move {
+                tickets::restore(p.store(), ops, number).await
+            })
+            .await
+        }
+        readout => return Err(readout),
+    })
 }
 
 fn print_list(tickets: &[TicketSummary]) -> std::io::Result<()> {

@@ -957,3 +957,113 @@ fn the_pipe_routes_by_the_envelope_recipient_the_mta_passes() {
     let ticket = w.json(&["ticket", "show", "1", "--json"]);
     assert_eq!(ticket["team"], "sales", "{ticket}");
 }
+
+#[test]
+fn ops_work_tickets_contacts_and_blocks_from_the_command_line() {
+    let w = Workdir::new();
+    let created = w.json(&[
+        "ticket",
+        "create",
+        "Phone call: router down",
+        "--team",
+        "support",
+        "--pipeline",
+        "support",
+        "--status",
+        "open",
+        "--contact",
+        "Rita <rita@customer.test>",
+        "--property",
+        "priority=2",
+    ]);
+    assert_eq!(created["number"], 1);
+    assert_eq!(
+        created["contacts"],
+        serde_json::json!(["rita@customer.test"])
+    );
+    assert_eq!(created["properties"]["priority"], 2);
+    assert_eq!(created["events"][0]["actor"], "ops");
+    let bad = w.run(&["ticket", "status", "1", "no such status"]);
+    assert_eq!(code(&bad), 65);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a status"));
+    let missing = w.run(&["ticket", "assign", "99", "alice"]);
+    assert_eq!(code(&missing), 1);
+    assert_eq!(
+        w.json(&["ticket", "assign", "1", "alice"])["owner"],
+        "alice"
+    );
+    assert_eq!(
+        w.json(&["ticket", "assign", "1", "--none"])["owner"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        w.json(&["ticket", "status", "1", "closed"])["status"],
+        "closed"
+    );
+    assert_eq!(code(&w.run(&["ticket", "delete", "1"])), 0);
+    assert_eq!(
+        code(&w.run(&["ticket", "show", "1"])),
+        1,
+        "deleted tickets are not shown"
+    );
+    assert_eq!(w.json(&["ticket", "restore", "1"])["number"], 1);
+
+    let blocked = w.json(&["block", "add", "@spam.test", "--reason", "phishing"]);
+    assert_eq!(
+        (blocked["value"].as_str(), blocked["kind"].as_str()),
+        (Some("spam.test"), Some("domain"))
+    );
+    let spam = mail("win@spam.test", "spam1@spam.test", "Prize", "", "click");
+    let out = w.pipe(&["ingest"], &[], &spam);
+    assert_eq!(
+        code(&out),
+        0,
+        "kept, so the MTA must not retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = w.json(&["quarantine", "list", "--json"]);
+    assert!(entries[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("blocked sender: win@spam.test"));
+    let id = entries[0]["id"].as_i64().unwrap().to_string();
+    let retried = w.run(&["quarantine", "retry", &id]);
+    assert_eq!(code(&retried), 1, "a plain retry stays blocked");
+    let released = w.run(&["quarantine", "release", &id]);
+    assert_eq!(
+        code(&released),
+        0,
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
+    assert!(String::from_utf8_lossy(&released.stdout).contains("created"));
+    assert_eq!(w.json(&["block", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(code(&w.run(&["block", "remove", "spam.test"])), 0);
+    assert_eq!(code(&w.run(&["block", "remove", "spam.test"])), 1);
+
+    let visitors = w.json(&["contact", "list", "--kind", "visitor", "--q", "spam"]);
+    let visitor = visitors["contacts"][0]["id"].as_i64().unwrap();
+    let rita = w.json(&[
+        "contact",
+        "create",
+        "rita@customer.test",
+        "--name",
+        "Rita Ruiz",
+    ]);
+    assert_eq!(rita["kind"], "contact");
+    let rita_id = rita["id"].as_i64().unwrap().to_string();
+    let merged = w.json(&["contact", "merge", &visitor.to_string(), "--into", &rita_id]);
+    assert_eq!(merged["tickets"].as_array().unwrap().len(), 2);
+    let company = w.json(&[
+        "contact",
+        "company",
+        "Customer Ltd",
+        "--domain",
+        "customer.test",
+    ]);
+    assert_eq!(company["domains"], serde_json::json!(["customer.test"]));
+    assert_eq!(
+        w.json(&["contact", "show", &rita_id])["company_id"],
+        company["id"]
+    );
+}
