@@ -83,5 +83,5 @@ ALTER TABLE contacts ADD COLUMN merged_into BIGINT REFERENCES contacts(id);
 
 CREATE INDEX tickets_team_updated ON tickets (team_id, updated_at, id);
 CREATE INDEX tickets_updated ON tickets (updated_at, id);
-CREATE INDEX tickets_owner ON tickets (owner_agent_id);
-CREATE INDEX tickets_company ON tickets (company_id);
+CREATE INDEX tickets_owner ON tickets (owner_agent_id, updated_at, id);
+CREATE INDEX tickets_company ON tickets (company_id, updated_at, id);

@@ -25,6 +25,7 @@ pub struct TicketSummary {
     pub company_id: Option<i64>,
     #[sqlx(skip)]
     pub contacts: Vec<String>,
+    #[sqlx(skip)]
     pub message_count: i64,
     pub follow_up_of: Option<i64>,
     pub created_at: i64,
@@ -83,7 +84,7 @@ pub struct TicketQuery {
 const SUMMARY: &str =
     "SELECT t.id, t.number, t.subject, s.name AS status, s.kind AS status_kind, tm.key AS team,
        p.key AS pipeline, ag.key AS owner, t.company_id, t.follow_up_of, t.created_at, t.updated_at,
-       t.deleted_at, (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id) AS message_count
+       t.deleted_at
      FROM tickets t JOIN statuses s ON s.id = t.status_id JOIN teams tm ON tm.id = t.team_id
      JOIN pipelines p ON p.id = t.pipeline_id LEFT JOIN agents ag ON ag.id = t.owner_agent_id";
 
@@ -110,7 +111,18 @@ impl Store {
             let list: Vec<String> = teams.iter().map(|t| binds.push(*t)).collect();
             match list.is_empty() {
                 true => sql.push_str(" AND 1 = 0"),
-                false => sql.push_str(&format!(" AND t.team_id IN ({})", list.join(", "))),
+                // SQLite, without statistics, would pick the team index and
+                // sort every ticket of the agent's teams; the unary plus keeps
+                // it walking `updated_at` to the first page (an agent's teams
+                // hold most tickets). PostgreSQL's statistics decide well, and
+                // the plus would hide the column from them.
+                false => {
+                    let column = match self.backend() {
+                        super::Backend::Sqlite => "+t.team_id",
+                        super::Backend::Postgres => "t.team_id",
+                    };
+                    sql.push_str(&format!(" AND {column} IN ({})", list.join(", ")))
+                }
             }
         }
         if let Some(number) = query.number {
@@ -175,8 +187,9 @@ impl Store {
         Ok(tickets)
     }
 
-    /// Fills in the tickets' contact addresses, requester first: one query
-    /// for all (`every`: the whole table, for the export) or for these ids.
+    /// Fills in the tickets' contact addresses (requester first) and message
+    /// counts: one query each for all (`every`: the whole table, for the
+    /// export) or for these ids.
     async fn add_contacts(
         &self,
         tickets: &mut [TicketSummary],
@@ -204,6 +217,25 @@ impl Store {
         while let Some((ticket, email)) = contacts.try_next().await? {
             if let Some(&i) = index.get(&ticket) {
                 tickets[i].contacts.push(email);
+            }
+        }
+        drop(contacts);
+        // Counted for the page only, after it is chosen.
+        let mut binds = Binds::new(self.backend());
+        let condition = match every {
+            true => String::new(),
+            false => {
+                let ids: Vec<String> = tickets.iter().map(|t| binds.push(t.id)).collect();
+                format!("WHERE ticket_id IN ({})", ids.join(", "))
+            }
+        };
+        let sql =
+            format!("SELECT ticket_id, COUNT(*) FROM messages {condition} GROUP BY ticket_id");
+        let query = sqlx::query_as_with::<_, (Option<i64>, i64), _>(&sql, binds.args);
+        let mut counts = query.fetch(self.pool());
+        while let Some((ticket, count)) = counts.try_next().await? {
+            if let Some(&i) = ticket.and_then(|t| index.get(&t)) {
+                tickets[i].message_count = count;
             }
         }
         Ok(())
