@@ -362,10 +362,12 @@ impl Store {
 }
 
 /// Merges `ticket` into `into`: it resolves to `into` from now on (threading,
-/// replies, read-outs follow `merged_into`), and its contacts take part in
-/// `into`. Events are the caller's: a person or a late parent did it. Only
-/// a live ticket into a live one (the caller locked both): false, and
-/// nothing changed, otherwise.
+/// replies, read-outs follow `merged_into`), and its messages (with their
+/// Message-IDs), comments, notifications, followers, drafts and contacts
+/// move to `into`; its timeline stays, with the merge on it. Events are
+/// the caller's: a person or a late parent did it. Only a live ticket into
+/// a live one (the caller locked both): false, and nothing changed,
+/// otherwise.
 pub async fn merge_into(
     conn: &mut sqlx::AnyConnection,
     ticket: i64,
@@ -387,15 +389,38 @@ pub async fn merge_into(
     if !merged {
         return Ok(false);
     }
-    sqlx::query(
+    // Everything on it moves to the survivor; what both have (a contact,
+    // a follower, an agent's draft) stays as the survivor has it.
+    const MOVE: &[&str] = &[
         "INSERT INTO ticket_contacts (ticket_id, contact_id, role)
          SELECT $1, contact_id, 'participant' FROM ticket_contacts WHERE ticket_id = $2
          ON CONFLICT (ticket_id, contact_id) DO NOTHING",
-    )
-    .bind(into)
-    .bind(ticket)
-    .execute(&mut *conn)
-    .await?;
+        "INSERT INTO followers (ticket_id, agent_id, created_at)
+         SELECT $1, agent_id, created_at FROM followers WHERE ticket_id = $2
+         ON CONFLICT (ticket_id, agent_id) DO NOTHING",
+        "INSERT INTO drafts (ticket_id, agent_id, content, updated_at)
+         SELECT $1, agent_id, content, updated_at FROM drafts WHERE ticket_id = $2
+         ON CONFLICT (ticket_id, agent_id) DO NOTHING",
+        "UPDATE messages SET ticket_id = $1 WHERE ticket_id = $2",
+        "UPDATE message_refs SET ticket_id = $1 WHERE ticket_id = $2",
+        "UPDATE outbox SET ticket_id = $1 WHERE ticket_id = $2",
+        "UPDATE receipts SET ticket_id = $1 WHERE ticket_id = $2",
+        "UPDATE comments SET ticket_id = $1 WHERE ticket_id = $2",
+        "UPDATE notifications SET ticket_id = $1 WHERE ticket_id = $2",
+    ];
+    for sql in MOVE {
+        sqlx::query(sql)
+            .bind(into)
+            .bind(ticket)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for sql in [
+        "DELETE FROM followers WHERE ticket_id = $1",
+        "DELETE FROM drafts WHERE ticket_id = $1",
+    ] {
+        sqlx::query(sql).bind(ticket).execute(&mut *conn).await?;
+    }
     sqlx::query("UPDATE tickets SET updated_at = $1 WHERE id = $2")
         .bind(now)
         .bind(into)

@@ -428,6 +428,17 @@ crate::both_backends!(
                 "",
             ))
             .await;
+        let follow = format!("/api/v1/tickets/{second}/follow");
+        call(&app, "PUT", &follow, ALICE, None).await;
+        let comment = json!({"body": "customer called twice"});
+        call(
+            &app,
+            "POST",
+            &format!("/api/v1/tickets/{second}/comments"),
+            ALICE,
+            Some(comment),
+        )
+        .await;
         let (status, merged) = call(
             &app,
             "POST",
@@ -446,6 +457,24 @@ crate::both_backends!(
         )
         .await;
         assert_eq!(view["merged_into"], first);
+        // Its messages, followers and comments are the survivor's now.
+        let (_, survivor) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/tickets/{first}"),
+            ALICE,
+            None,
+        )
+        .await;
+        let ids: Vec<&str> = survivor["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a1@customer.test", "a2@customer.test"]);
+        assert_eq!(survivor["followers"], json!(["alice"]));
+        assert_eq!(survivor["comments"][0]["body"], "customer called twice");
         // Merged tickets leave the list; the survivor stays.
         let (_, list) = call(&app, "GET", "/api/v1/tickets", ALICE, None).await;
         let numbers: Vec<i64> = list["tickets"]
