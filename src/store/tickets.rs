@@ -107,22 +107,21 @@ impl Store {
             true => "t.deleted_at IS NOT NULL",
             false => "t.deleted_at IS NULL",
         });
+        // SQLite, without statistics, would pick a team index and sort every
+        // ticket of the teams; the unary plus keeps it walking `updated_at`
+        // to the first page (a help desk's teams each hold many tickets,
+        // and an index on team and `updated_at` would cost every ingested
+        // message an update). PostgreSQL decides from its statistics, which
+        // the plus would hide from it.
+        let team_column = match self.backend() {
+            super::Backend::Sqlite => "+t.team_id",
+            super::Backend::Postgres => "t.team_id",
+        };
         if let Some(teams) = &query.teams {
             let list: Vec<String> = teams.iter().map(|t| binds.push(*t)).collect();
             match list.is_empty() {
                 true => sql.push_str(" AND 1 = 0"),
-                // SQLite, without statistics, would pick the team index and
-                // sort every ticket of the agent's teams; the unary plus keeps
-                // it walking `updated_at` to the first page (an agent's teams
-                // hold most tickets). PostgreSQL's statistics decide well, and
-                // the plus would hide the column from them.
-                false => {
-                    let column = match self.backend() {
-                        super::Backend::Sqlite => "+t.team_id",
-                        super::Backend::Postgres => "t.team_id",
-                    };
-                    sql.push_str(&format!(" AND {column} IN ({})", list.join(", ")))
-                }
+                false => sql.push_str(&format!(" AND {team_column} IN ({})", list.join(", "))),
             }
         }
         if let Some(number) = query.number {
@@ -136,7 +135,7 @@ impl Store {
             sql.push_str(&format!(" AND (s.name = {a} OR s.kind = {b})"));
         }
         if let Some(team) = query.team {
-            sql.push_str(&format!(" AND t.team_id = {}", binds.push(team)));
+            sql.push_str(&format!(" AND {team_column} = {}", binds.push(team)));
         }
         match query.owner {
             Some(None) => sql.push_str(" AND t.owner_agent_id IS NULL"),
@@ -264,23 +263,6 @@ impl Store {
         };
         let view = self.view(ticket).await?;
         Ok(Some(view))
-    }
-
-    /// A ticket as it is (live, or deleted), with its messages.
-    pub async fn ticket_view(
-        &self,
-        number: i64,
-        deleted: bool,
-    ) -> Result<Option<TicketView>, sqlx::Error> {
-        let query = TicketQuery {
-            number: Some(number),
-            deleted,
-            ..TicketQuery::default()
-        };
-        match self.tickets(&query).await?.pop() {
-            Some(ticket) => Ok(Some(self.view(ticket).await?)),
-            None => Ok(None),
-        }
     }
 
     async fn view(&self, ticket: TicketSummary) -> Result<TicketView, sqlx::Error> {
