@@ -463,6 +463,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn odd_charsets_in_encoded_words_and_file_names() {
+        // Shift_JIS subject, a one-character GB2312 display name, a file
+        // name with a colon (RFC 2231) and one in an encoded word.
+        let raw = b"From: =?GB2312?B?ztI=?= <wo@customer.test>\r\n\
+To: support@example.com\r\n\
+Subject: =?Shift_JIS?B?gqiW4oKijYeC7YK5gUaQv4uBj5GCyYLCgqKCxA==?=\r\n\
+Message-ID: <sjis@customer.test>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\
+\r\n\
+--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+See the files.\r\n\
+--b\r\n\
+Content-Type: application/pdf\r\n\
+Content-Disposition: attachment; filename*=UTF-8''Invoice%3A%202026-11.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+JVBERi0xLjQK\r\n\
+--b\r\n\
+Content-Type: text/plain; name=\"=?GB2312?B?zfW3vA==?=:notes.txt\"\r\n\
+Content-Disposition: attachment\r\n\
+\r\n\
+notes\r\n\
+--b--\r\n";
+        let parsed = parse(raw).unwrap();
+        assert_eq!(parsed.subject, "お問い合わせ：請求書について");
+        let from = parsed.from.unwrap();
+        assert_eq!(from.name.as_deref(), Some("我"));
+        let names: Vec<&str> = parsed
+            .attachments
+            .iter()
+            .map(|a| a.filename.as_str())
+            .collect();
+        assert_eq!(names, ["Invoice: 2026-11.pdf", "王芳:notes.txt"]);
+    }
+
+    #[test]
     fn base_subjects_drop_what_replies_and_lists_add() {
         for subject in [
             "Printer on fire",
