@@ -157,8 +157,7 @@ pub async fn notifications(
     unread: bool,
 ) -> Result<Vec<NotificationView>, ActionError> {
     let agent = agent_of(actor)?;
-    let rows = store.notifications(agent, unread, 200).await?;
-    Ok(rows.into_iter().collect())
+    Ok(store.notifications(agent, unread, 200).await?)
 }
 
 pub async fn mark_read(store: &Store, actor: &Actor, id: i64) -> Result<(), ActionError> {

@@ -113,12 +113,9 @@ pub async fn create(
 }
 
 async fn check_company(store: &Store, company: i64) -> Result<(), ActionError> {
-    let mut w = store.begin_write().await?;
-    let exists = store.company_exists(&mut w.tx, company).await?;
-    w.commit().await?;
-    match exists {
-        true => Ok(()),
-        false => Err(invalid("company_id", format!("no company {company}"))),
+    match store.company(company).await? {
+        Some(_) => Ok(()),
+        None => Err(invalid("company_id", format!("no company {company}"))),
     }
 }
 

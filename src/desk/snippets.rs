@@ -11,6 +11,7 @@ use super::{invalid, require_admin, ActionError};
 use crate::outbound::ReplyRequest;
 use crate::store::directory::{Actor, Directory};
 use crate::store::snippets::{SnippetFields, SnippetView};
+use crate::store::tickets::TicketQuery;
 use crate::store::{now_ms, Store};
 
 /// Every placeholder a snippet may use.
@@ -232,11 +233,15 @@ pub async fn insert_into_reply(
         return Ok(());
     }
     super::visible_ticket(store, actor, number).await?;
+    let query = TicketQuery {
+        number: Some(number),
+        ..TicketQuery::default()
+    };
     let ticket = store
-        .ticket_show(number)
+        .tickets(&query)
         .await?
-        .ok_or_else(|| ActionError::NotFound(format!("ticket #{number} does not exist")))?
-        .ticket;
+        .pop()
+        .ok_or_else(|| ActionError::NotFound(format!("ticket #{number} does not exist")))?;
     let team = dir.teams.get(&ticket.team);
     let mut texts = Vec::new();
     for id in ids {

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::sql::Binds;
+use super::sql::{contains_pattern, Binds};
 use super::{Store, Tx};
 use crate::mail::Mailbox;
 
@@ -76,10 +76,10 @@ impl Store {
         let mut binds = Binds::new(self.backend());
         let mut sql = format!("{CONTACT} WHERE merged_into IS NULL");
         if let Some(text) = &query.text {
-            let pattern = format!("%{}%", text.to_lowercase().replace(['%', '_', '\\'], ""));
+            let pattern = contains_pattern(text);
             let (a, b) = (binds.push(pattern.clone()), binds.push(pattern));
             sql.push_str(&format!(
-                " AND (email LIKE {a} OR LOWER(COALESCE(name, '')) LIKE {b})"
+                " AND (email LIKE {a} ESCAPE '\\' OR LOWER(COALESCE(name, '')) LIKE {b} ESCAPE '\\')"
             ));
         }
         if let Some(kind) = &query.kind {

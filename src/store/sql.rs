@@ -159,3 +159,14 @@ impl<'q> Binds<'q> {
         placeholders(self.backend, self.count, 1)
     }
 }
+
+/// A `LIKE … ESCAPE '\'` pattern for `text` anywhere, lower-cased, with the
+/// wildcards in it taken literally.
+pub fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}

@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::messages::MessageView;
-use super::sql::Binds;
+use super::sql::{contains_pattern, Binds};
 use super::{now_ms, Store};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
@@ -87,16 +87,6 @@ const SUMMARY: &str =
        t.deleted_at
      FROM tickets t JOIN statuses s ON s.id = t.status_id JOIN teams tm ON tm.id = t.team_id
      JOIN pipelines p ON p.id = t.pipeline_id LEFT JOIN agents ag ON ag.id = t.owner_agent_id";
-
-/// `LIKE` pattern for text anywhere, with the wildcards in it escaped.
-fn contains_pattern(text: &str) -> String {
-    let escaped = text
-        .to_lowercase()
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
 
 impl Store {
     /// Tickets as `query` asks, with their contacts.
