@@ -302,6 +302,17 @@ impl App {
             let stop = group.stop.clone();
             group.spawn("sender".into(), outbox.run(stop));
         }
+        let stop = group.stop.clone();
+        group.spawn(
+            "agent-mail".into(),
+            crate::desk::agent_mail::run(
+                self.store.clone(),
+                self.dir.clone(),
+                self.config.clone(),
+                wake.clone(),
+                stop,
+            ),
+        );
         wake
     }
 

@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub outbox: OutboxConfig,
     #[serde(default)]
+    pub notifications: NotificationsConfig,
+    #[serde(default)]
     pub instance: InstanceConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -401,6 +403,108 @@ pub struct TeamConfig {
     /// A reply on an unassigned ticket assigns it to the agent who sent it.
     #[serde(default = "yes")]
     pub assign_on_reply: bool,
+    /// Notification mail to agents; none when unset.
+    pub notify: Option<NotifyConfig>,
+}
+
+/// Who hears of what on a team, by email. Agents answer the notification
+/// from their mail client; the answer comes back to `address` (plus a
+/// per-ticket, per-agent token), so it must be one of the team's
+/// addresses whose mail reaches mailroom.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// From and Reply-To of notifications (with `+token` for the reply).
+    pub address: String,
+    /// Display name; "<team name> notifications" when unset.
+    pub name: Option<String>,
+    #[serde(default = "audience_team")]
+    pub new_ticket: Vec<Audience>,
+    #[serde(default = "audience_owner_followers")]
+    pub customer_reply: Vec<Audience>,
+    #[serde(default = "audience_assignee")]
+    pub assigned: Vec<Audience>,
+    #[serde(default = "audience_mentioned")]
+    pub mention: Vec<Audience>,
+}
+
+/// Who a notification goes to. `owner` falls back to the whole team while
+/// a ticket has no owner.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    Team,
+    Owner,
+    Followers,
+    Assignee,
+    Mentioned,
+}
+
+fn audience_team() -> Vec<Audience> {
+    vec![Audience::Team]
+}
+fn audience_owner_followers() -> Vec<Audience> {
+    vec![Audience::Owner, Audience::Followers]
+}
+fn audience_assignee() -> Vec<Audience> {
+    vec![Audience::Assignee]
+}
+fn audience_mentioned() -> Vec<Audience> {
+    vec![Audience::Mentioned]
+}
+
+/// Notification events an agent may mute.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    NewTicket,
+    CustomerReply,
+    Assigned,
+    Mention,
+}
+
+impl NotifyEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyEvent::NewTicket => "new_ticket",
+            NotifyEvent::CustomerReply => "customer_reply",
+            NotifyEvent::Assigned => "assigned",
+            NotifyEvent::Mention => "mention",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<NotifyEvent> {
+        [
+            NotifyEvent::NewTicket,
+            NotifyEvent::CustomerReply,
+            NotifyEvent::Assigned,
+            NotifyEvent::Mention,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    }
+}
+
+/// Server-wide settings for mail to agents and other automatic mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// How long the reply token of a notification stays valid.
+    pub token_days: u32,
+    /// Automatic mail (notifications, answers to commands) to any one
+    /// address per hour; more is held back (shown in `mailroom status`).
+    pub max_per_address_per_hour: u32,
+    /// How often pending notifications and agents' mail are looked at.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            token_days: 30,
+            max_per_address_per_hour: 20,
+            poll_interval_ms: 500,
+        }
+    }
 }
 
 pub(crate) fn yes() -> bool {
@@ -446,6 +550,9 @@ pub struct AgentConfig {
     pub teams: Vec<String>,
     /// Bearer token for the HTTP API (`Authorization: Bearer …`).
     pub api_token: Option<Secret>,
+    /// Notification mail this agent does not want.
+    #[serde(default)]
+    pub mute: Vec<NotifyEvent>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -256,6 +256,27 @@ impl Config {
                     }
                 }
             }
+            if let Some(notify) = &team.notify {
+                let own = team
+                    .addresses
+                    .iter()
+                    .any(|a| a.address.eq_ignore_ascii_case(&notify.address));
+                if !own {
+                    problems.add(
+                        format!("{at}.notify.address"),
+                        format!(
+                            "{} is not one of the team's addresses; agents' answers to notifications must come back to a mailbox of the team",
+                            notify.address
+                        ),
+                    );
+                }
+                if notify.address.split('@').next().is_some_and(|l| l.contains('+')) {
+                    problems.add(
+                        format!("{at}.notify.address"),
+                        "must not contain '+': mailroom adds +<token> to it for replies",
+                    );
+                }
+            }
         }
     }
 
@@ -403,6 +424,19 @@ impl Config {
                 problems.add(format!("outbox.{field}"), "must be at least 1");
             }
         }
+        let notifications = &self.notifications;
+        problems.range(
+            "notifications.token_days",
+            u64::from(notifications.token_days),
+            1,
+            3650,
+        );
+        problems.range(
+            "notifications.poll_interval_ms",
+            notifications.poll_interval_ms,
+            10,
+            600_000,
+        );
     }
 
     fn relay_names(&self) -> String {

@@ -10,7 +10,10 @@
 //! - `contacts`: contacts, visitors and companies.
 //! - `snippets`: saved text with placeholders, rendered into replies.
 //! - `blocks`: blocked senders.
+//! - `agent_mail`: agents' emailed answers: verified, then relayed, kept
+//!   as a comment, or run as a command.
 
+pub mod agent_mail;
 pub mod blocks;
 pub mod comments;
 pub mod contacts;

@@ -140,6 +140,58 @@ pub fn render(draft: &Draft<'_>) -> std::io::Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// A notification (or another automatic mail) to one agent.
+#[derive(Debug)]
+pub struct NoticeDraft<'a> {
+    pub from: &'a Mailbox,
+    pub to: &'a Mailbox,
+    pub reply_to: &'a str,
+    pub subject: &'a str,
+    pub message_id: &'a str,
+    pub references: &'a [String],
+    pub text: &'a str,
+    /// The host named in our loop header.
+    pub loop_name: &'a str,
+    pub date_ms: i64,
+}
+
+/// Renders a notification: plain text, a Reply-To with the agent's reply
+/// token, and the headers that keep responders quiet (RFC 3834
+/// `Auto-Submitted`, Exchange's `X-Auto-Response-Suppress`, `Precedence`)
+/// and our own loop header.
+pub fn render_notice(draft: &NoticeDraft<'_>) -> std::io::Result<Vec<u8>> {
+    let text = wire::crlf(draft.text);
+    let mut builder = MessageBuilder::new()
+        .from(to_address(draft.from))
+        .to(to_address(draft.to))
+        .reply_to(Address::new_address(
+            draft.from.name.as_deref().map(|n| single_line(shorten(n))),
+            single_line(draft.reply_to),
+        ))
+        .subject(single_line(draft.subject))
+        .message_id(single_line(draft.message_id))
+        .date(Date::new(draft.date_ms.div_euclid(1000)))
+        .header("Auto-Submitted", Raw::new("auto-generated"))
+        .header("X-Auto-Response-Suppress", Raw::new("All"))
+        .header("Precedence", Raw::new("bulk"))
+        .header(crate::mail::LOOP_HEADER, Raw::new(single_line(draft.loop_name)))
+        .body(MimePart::new("text/plain", BodyPart::Text(text)));
+    if !draft.references.is_empty() {
+        builder = builder.references(MessageId::new_list(
+            draft.references.iter().map(|r| single_line(r)),
+        ));
+    }
+    let mut raw = Vec::with_capacity(draft.text.len() * 2 + 2048);
+    builder.write_to(&mut raw)?;
+    wire::check_smtp_safe(&raw).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the rendered notification is not safe to send ({e})"),
+        )
+    })?;
+    Ok(raw)
+}
+
 /// HTML for a reply written as plain text: escaped, line breaks kept.
 pub fn text_to_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 64);

@@ -10,9 +10,12 @@
 //! - `outbox`: the worker that claims, sends, retries and records, and puts
 //!   copies in the Sent folder.
 //! - `smtp`: pooled lettre connections per relay.
+//! - `notify`: notification mail to agents (events → notifications →
+//!   outbox), with the automatic-mail rate limit.
 
 pub mod compose;
 pub mod merge;
+pub mod notify;
 pub mod outbox;
 pub mod participants;
 pub mod plan;

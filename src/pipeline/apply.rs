@@ -359,6 +359,11 @@ impl<'a> Batch<'a> {
                 self.receipt(channel, inbound, &outcome, None);
                 return Ok(outcome);
             }
+            Found::Ticket { id, .. } if agent_tokens(self.dir, message).is_some() => {
+                let tokens = agent_tokens(self.dir, message).unwrap_or_default();
+                self.agent_mail(conn, channel, inbound, id, contact, tokens, remaining)
+                    .await?
+            }
             Found::Ticket { id, weak } => {
                 let ticket = self.known.tickets[&id].clone();
                 // A second copy of a message already stored (the same mail
@@ -500,6 +505,49 @@ impl<'a> Batch<'a> {
             ticket_id: ticket.id,
             number: ticket.number,
             reopened: reopen,
+        };
+        Ok((outcome, row))
+    }
+
+    /// Mail from an agent (or with a reply token) that threads to `ticket`:
+    /// stored on it, flagged, and queued for `desk::agent_mail` to verify
+    /// and act on. Nothing a customer's message does happens here (no
+    /// participant, no reopening, no "customer replied").
+    #[allow(clippy::too_many_arguments)]
+    async fn agent_mail(
+        &mut self,
+        conn: &mut AnyConnection,
+        channel: &'a ChannelInfo,
+        inbound: &'a Inbound,
+        ticket: i64,
+        contact: Option<i64>,
+        tokens: Vec<String>,
+        remaining: usize,
+    ) -> Result<(Outcome, i64), sqlx::Error> {
+        let state = self.known.tickets[&ticket].clone();
+        let row = self
+            .add_message(
+                conn,
+                Some(state.id),
+                channel,
+                inbound,
+                contact,
+                Some(AGENT_MAIL),
+                remaining,
+            )
+            .await?;
+        self.writer.touched.insert(state.id);
+        let tokens = serde_json::to_string(&tokens).unwrap_or_else(|_| "[]".into());
+        self.writer.agent_mail.push((row, state.id, tokens));
+        self.event(
+            state.id,
+            "agent_mail_received",
+            json!({ "message": row, "from": keys_sender(&inbound.parsed) }),
+        );
+        let outcome = Outcome::Appended {
+            ticket_id: state.id,
+            number: state.number,
+            reopened: false,
         };
         Ok((outcome, row))
     }
@@ -932,6 +980,47 @@ impl Batch<'_> {
             }
         }
     }
+}
+
+/// Stored in `messages.flags` for mail from an agent (or carrying a reply
+/// token) until it is verified; see `desk::agent_mail`.
+pub const AGENT_MAIL: &str = "agent_mail";
+
+/// Reply tokens longer than this are not looked at.
+const MAX_TOKEN_LEN: usize = 80;
+
+/// For a message that is mail from an agent, the reply tokens in its
+/// recipient addresses (`team+<token>@…`); `None` for anyone else's mail.
+/// Automatic mail is never an agent's answer (an agent's out-of-office
+/// that answers a notification is recorded, not relayed).
+fn agent_tokens(dir: &Directory, message: &ParsedMessage) -> Option<Vec<String>> {
+    if message.flags.is_automatic() {
+        return None;
+    }
+    let mut tokens: Vec<String> = Vec::new();
+    for mailbox in message
+        .delivered_to
+        .iter()
+        .chain(&message.to)
+        .chain(&message.cc)
+    {
+        let Some((local, domain)) = mailbox.address.rsplit_once('@') else {
+            continue;
+        };
+        let Some((user, detail)) = local.split_once('+') else {
+            continue;
+        };
+        let base = format!("{user}@{domain}");
+        if dir.team_addresses.contains_key(&base)
+            && detail.len() <= MAX_TOKEN_LEN
+            && !tokens.iter().any(|t| t == detail)
+        {
+            tokens.push(detail.to_string());
+        }
+    }
+    let sender = keys_sender(message)?;
+    let from_agent = dir.agents.values().any(|a| a.email == sender);
+    (from_agent || !tokens.is_empty()).then_some(tokens)
 }
 
 /// Stored in `messages.flags` for a message from someone the ticket did not

@@ -15,6 +15,9 @@ pub struct Flags {
     /// An abuse/feedback (ARF) or DMARC report: kept and countable, never
     /// a ticket of its own.
     pub report: bool,
+    /// Carries our own loop header: mailroom sent it (a notification or an
+    /// answer to an agent) and it came back in. Recorded, never answered.
+    pub own_loop: bool,
     /// For a bounce: Message-IDs of the message(s) it reports on.
     pub bounced_message_ids: Vec<String>,
 }
@@ -22,7 +25,7 @@ pub struct Flags {
 impl Flags {
     /// True when a person did not write this message.
     pub fn is_automatic(&self) -> bool {
-        self.auto_reply || self.bounce || self.bulk || self.report
+        self.auto_reply || self.bounce || self.bulk || self.report || self.own_loop
     }
 
     /// Comma-separated names, as stored in `messages.flags`.
@@ -43,6 +46,9 @@ impl Flags {
         }
         if self.report {
             names.push("report");
+        }
+        if self.own_loop {
+            names.push("loop");
         }
         names
     }
@@ -123,6 +129,7 @@ pub fn classify(message: &Message<'_>) -> Flags {
                 .any(|p| s.precedence.contains(p)),
         bounce,
         report,
+        own_loop: header_text(message, crate::mail::LOOP_HEADER).is_some(),
         bounced_message_ids: Vec::new(),
     };
     if flags.bounce {

@@ -484,6 +484,8 @@ pub struct Writer<'a> {
     pub refs: Vec<(i64, String, i64, i64)>,
     /// (ticket, merged into): late parents that joined two conversations.
     pub merges: Vec<(i64, i64)>,
+    /// (message row, ticket, reply tokens as JSON): agents' mail to verify.
+    pub agent_mail: Vec<(i64, i64, String)>,
 }
 
 impl<'a> Writer<'a> {
@@ -502,6 +504,7 @@ impl<'a> Writer<'a> {
             attachments: Vec::new(),
             participants: Vec::new(),
             status_changes: HashMap::new(),
+            agent_mail: Vec::new(),
             touched: HashSet::new(),
             events: Vec::new(),
             receipts: Vec::new(),
@@ -682,6 +685,18 @@ impl<'a> Writer<'a> {
             super::tickets::merge_into(conn, *ticket, *into, now).await?;
         }
         self.flush_companies(conn).await?;
+        for (message, ticket, tokens) in &self.agent_mail {
+            sqlx::query(
+                "INSERT INTO agent_mail (message_id, ticket_id, tokens, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(message)
+            .bind(ticket)
+            .bind(tokens)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
         let backend = self.backend;
         super::events::insert_many(conn, backend, &self.events, "mailroom", now).await?;
         let receipts = Insert {

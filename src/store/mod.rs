@@ -4,6 +4,7 @@
 //! `ON CONFLICT`, `RETURNING` work on both); only the migrations differ.
 //! All timestamps are unix milliseconds.
 
+pub mod agent_mail;
 pub mod blobs;
 pub mod blocks;
 pub mod channels;
@@ -15,6 +16,7 @@ pub mod events;
 pub mod inbound;
 pub mod leases;
 pub mod messages;
+pub mod notify;
 pub mod oauth;
 pub mod outbox;
 pub mod quarantine;

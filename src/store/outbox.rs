@@ -42,6 +42,14 @@ pub struct Claimed {
     /// Attempts so far, this one included.
     pub attempts: i64,
     pub sent_copy: Option<SentCopyState>,
+    /// `reply` or `notification` (nothing recorded on the ticket for it).
+    pub kind: String,
+}
+
+impl Claimed {
+    fn is_reply(&self) -> bool {
+        self.kind == "reply"
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -55,6 +63,7 @@ struct ClaimRow {
     raw_sha256: String,
     attempts: i64,
     sent_copy: Option<String>,
+    kind: String,
 }
 
 /// What became of one send attempt, as it is recorded.
@@ -122,7 +131,7 @@ impl Store {
                           WHERE state = 'queued' AND relay = $5 AND next_attempt_at <= $3
                             AND (claimed_until IS NULL OR claimed_until < $3)
                           ORDER BY next_attempt_at, id LIMIT $4 {lock})
-             RETURNING id, message_id, ticket_id, relay, mail_from, rcpt_to, raw_sha256, attempts, sent_copy"
+             RETURNING id, message_id, ticket_id, relay, mail_from, rcpt_to, raw_sha256, attempts, sent_copy, kind"
         );
         let mut w = self.begin_write().await?;
         let rows: Vec<ClaimRow> = sqlx::query_as(&sql)
@@ -161,6 +170,7 @@ impl Store {
                 raw: raws[&row.raw_sha256].clone(),
                 attempts: row.attempts,
                 sent_copy: row.sent_copy.and_then(|s| serde_json::from_str(&s).ok()),
+                kind: row.kind,
             });
         }
         w.commit().await?;
@@ -315,6 +325,9 @@ async fn record_sent(
     .bind(row.message)
     .execute(&mut **tx)
     .await?;
+    if !row.is_reply() {
+        return Ok(());
+    }
     let data = json!({ "message": row.message, "answer": answer });
     events::insert(tx, row.ticket, "reply_sent", &data, "mailroom", now).await
 }
@@ -383,6 +396,10 @@ async fn record_failed(
     .bind(row.message)
     .execute(&mut **tx)
     .await?;
+    if !row.is_reply() {
+        tracing::warn!(message = row.message, reason, "Notification mail was not delivered.");
+        return Ok(());
+    }
     note_failure(tx, dir, row.ticket, row.message, reason, now).await
 }
 

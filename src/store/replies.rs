@@ -238,7 +238,7 @@ impl Store {
     }
 
     /// The message answered: `message` (if it is on the ticket), or by
-    /// default the latest inbound one.
+    /// default the latest inbound one a customer wrote (not an agent's mail).
     pub async fn reply_parent(
         &self,
         tx: &mut Tx,
@@ -255,7 +255,9 @@ impl Store {
             .await?,
             None => sqlx::query_as(
                 "SELECT message_id, refs, thread_index_root, synthetic_id FROM messages
-                 WHERE ticket_id = $1 AND direction = 'inbound' ORDER BY id DESC LIMIT 1",
+                 WHERE ticket_id = $1 AND direction = 'inbound' AND author_agent_id IS NULL
+                   AND flags NOT LIKE '%agent_mail%' AND flags NOT LIKE '%unverified%'
+                 ORDER BY id DESC LIMIT 1",
             )
             .bind(ticket)
             .fetch_optional(&mut **tx)
