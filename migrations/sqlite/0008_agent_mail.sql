@@ -31,3 +31,8 @@ CREATE TABLE agent_mail (
     updated_at     BIGINT NOT NULL
 );
 CREATE INDEX agent_mail_pending ON agent_mail (message_id) WHERE state = 'pending';
+
+-- The notifier announces events after this one: not the history from
+-- before the upgrade.
+INSERT INTO settings (key, value)
+SELECT 'notify.event_cursor', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM ticket_events;

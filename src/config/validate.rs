@@ -270,7 +270,12 @@ impl Config {
                         ),
                     );
                 }
-                if notify.address.split('@').next().is_some_and(|l| l.contains('+')) {
+                if notify
+                    .address
+                    .split('@')
+                    .next()
+                    .is_some_and(|l| l.contains('+'))
+                {
                     problems.add(
                         format!("{at}.notify.address"),
                         "must not contain '+': mailroom adds +<token> to it for replies",

@@ -103,7 +103,11 @@ pub async fn run(
 }
 
 /// Verifies and acts on pending agents' mail; returns how many were done.
-pub async fn run_pass(store: &Store, dir: &Directory, config: &Config) -> Result<usize, sqlx::Error> {
+pub async fn run_pass(
+    store: &Store,
+    dir: &Directory,
+    config: &Config,
+) -> Result<usize, sqlx::Error> {
     let now = now_ms();
     let claimed = store.claim_agent_mail(now, PASS_LIMIT, LEASE_MS).await?;
     let count = claimed.len();
@@ -145,7 +149,10 @@ async fn verify<'d>(
     };
     let sender = dir.agents.values().find(|a| a.email == mail.from_addr);
     let owner = dir.agent_by_id(agent_id);
-    let owner_label = owner.map_or_else(|| format!("agent #{agent_id}"), |a| format!("agent {}", a.key));
+    let owner_label = owner.map_or_else(
+        || format!("agent #{agent_id}"),
+        |a| format!("agent {}", a.key),
+    );
     Ok(match sender {
         None => Err(format!(
             "the sender {} is not an agent (the reply token is {owner_label}'s)",
@@ -155,24 +162,29 @@ async fn verify<'d>(
             "the reply token is {owner_label}'s, not the sender's ({})",
             a.key
         )),
-        Some(a) if !a.team_ids.contains(&mail.team_id) && a.role != Role::SuperAdmin => Err(format!(
-            "agent {} is no longer a member of the ticket's team",
-            a.key
-        )),
+        Some(a) if !a.team_ids.contains(&mail.team_id) && a.role != Role::SuperAdmin => Err(
+            format!("agent {} is no longer a member of the ticket's team", a.key),
+        ),
         Some(a) => Ok((a, purpose)),
     })
 }
 
 /// From the reply tokens in the recipient addresses: the first valid one
 /// decides; `None` when there are none.
-fn token_grant(dir: &Directory, mail: &AgentMail, now: i64) -> Option<Result<(i64, Purpose), String>> {
+fn token_grant(
+    dir: &Directory,
+    mail: &AgentMail,
+    now: i64,
+) -> Option<Result<(i64, Purpose), String>> {
     if mail.tokens.is_empty() {
         return None;
     }
     let mut reason = String::new();
     for text in &mail.tokens {
         match Token::decode(&dir.secret.0, text, now) {
-            Ok(token) if token.ticket == mail.ticket_id => return Some(Ok((token.agent, token.purpose))),
+            Ok(token) if token.ticket == mail.ticket_id => {
+                return Some(Ok((token.agent, token.purpose)))
+            }
             Ok(_) => reason = "the reply token is for another ticket".into(),
             Err(TokenError::Expired) => reason = "the reply token expired".into(),
             Err(e) if reason.is_empty() => reason = e.to_string(),
@@ -245,7 +257,10 @@ async fn act(
         }
         let status = match &command {
             Some(Command::Status(name)) if name.is_empty() => {
-                return Err(crate::outbound::plan::invalid("status", "#status needs a status name"))
+                return Err(crate::outbound::plan::invalid(
+                    "status",
+                    "#status needs a status name",
+                ))
             }
             Some(Command::Status(name)) => Some(name.clone()),
             Some(Command::Close) => Some(closed_status(dir, mail)?),
@@ -264,12 +279,22 @@ async fn act(
         if text.is_empty() {
             return match status {
                 Some(status) => {
-                    super::tickets::set_status(store, dir, &actor, number, status.clone(), BTreeMap::new())
-                        .await?;
+                    super::tickets::set_status(
+                        store,
+                        dir,
+                        &actor,
+                        number,
+                        status.clone(),
+                        BTreeMap::new(),
+                    )
+                    .await?;
                     Ok(("agent_command", format!("status set to {status}")))
                 }
                 None if command.is_some() => Ok(("agent_command", "command done".to_string())),
-                None => Err(crate::outbound::plan::invalid("body", "the answer is empty; nothing was sent")),
+                None => Err(crate::outbound::plan::invalid(
+                    "body",
+                    "the answer is empty; nothing was sent",
+                )),
             };
         }
         let attachments = store
@@ -290,7 +315,10 @@ async fn act(
             ..Default::default()
         };
         let queued = queue_reply(store, dir, config, &actor, number, request).await?;
-        Ok(("agent_reply", format!("relayed to the customer as message {}", queued.message)))
+        Ok((
+            "agent_reply",
+            format!("relayed to the customer as message {}", queued.message),
+        ))
     }
     .await;
     match result {
@@ -324,7 +352,11 @@ async fn act(
 
 /// `me` or an agent's address, as the agent key `assign` takes.
 fn assignee(dir: &Directory, me: &AgentInfo, who: &str) -> Result<String, ActionError> {
-    let who = who.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+    let who = who
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_lowercase();
     if who.is_empty() || who == "me" {
         return Ok(me.key.clone());
     }
@@ -344,10 +376,9 @@ fn closed_status(dir: &Directory, mail: &AgentMail) -> Result<String, ActionErro
         .filter(|s| s.kind == StatusKind::Closed && s.pipeline_id == mail.pipeline_id)
         .collect();
     closed.sort_by_key(|s| (s.name != "closed", s.id));
-    closed
-        .first()
-        .map(|s| s.name.clone())
-        .ok_or_else(|| crate::outbound::plan::invalid("status", "the pipeline has no closed status"))
+    closed.first().map(|s| s.name.clone()).ok_or_else(|| {
+        crate::outbound::plan::invalid("status", "the pipeline has no closed status")
+    })
 }
 
 #[cfg(test)]

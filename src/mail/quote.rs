@@ -117,7 +117,10 @@ fn is_attribution(line: &str) -> bool {
     }
     // Japanese and Chinese clients: a date and the address, then a colon.
     (line.contains('年') && line.contains('月') && line.contains('@'))
-        || (line.contains("<") && line.contains('@') && lower.ends_with(">:") && starts_with_date(line))
+        || (line.contains("<")
+            && line.contains('@')
+            && lower.ends_with(">:")
+            && starts_with_date(line))
 }
 
 fn starts_with_date(line: &str) -> bool {
@@ -229,7 +232,8 @@ fn trailing_quote(lines: &[&str]) -> usize {
 /// The lines after the attribution and its `>` block.
 fn below_quote<'a, 'b>(lines: &'b [&'a str]) -> &'b [&'a str] {
     let mut i = 1.min(lines.len());
-    while i < lines.len() && (lines[i].trim_start().starts_with('>') || lines[i].trim().is_empty()) {
+    while i < lines.len() && (lines[i].trim_start().starts_with('>') || lines[i].trim().is_empty())
+    {
         i += 1;
     }
     &lines[i..]
@@ -323,6 +327,10 @@ mod tests {
             total - wrong.len(),
             share * 100.0
         );
-        assert!(share >= 0.95, "{:.1}% right; wrong: {wrong:?}", share * 100.0);
+        assert!(
+            share >= 0.95,
+            "{:.1}% right; wrong: {wrong:?}",
+            share * 100.0
+        );
     }
 }

@@ -162,10 +162,7 @@ mod tests {
             Token::decode(b"secret", &text.to_ascii_uppercase(), NOW),
             Ok(token)
         );
-        assert_eq!(
-            Token::decode(b"other", &text, NOW),
-            Err(TokenError::BadTag)
-        );
+        assert_eq!(Token::decode(b"other", &text, NOW), Err(TokenError::BadTag));
         // Another ticket, agent or purpose under the same tag.
         for forged in [
             text.replacen("12-", "13-", 1),
@@ -201,6 +198,9 @@ mod tests {
             Some("12-3-r-1-ab")
         );
         assert_eq!(detail_for(&address, "sales@example.com"), None);
-        assert_eq!(detail_for("support@example.com", "support@example.com"), None);
+        assert_eq!(
+            detail_for("support@example.com", "support@example.com"),
+            None
+        );
     }
 }

@@ -174,7 +174,10 @@ pub fn render_notice(draft: &NoticeDraft<'_>) -> std::io::Result<Vec<u8>> {
         .header("Auto-Submitted", Raw::new("auto-generated"))
         .header("X-Auto-Response-Suppress", Raw::new("All"))
         .header("Precedence", Raw::new("bulk"))
-        .header(crate::mail::LOOP_HEADER, Raw::new(single_line(draft.loop_name)))
+        .header(
+            crate::mail::LOOP_HEADER,
+            Raw::new(single_line(draft.loop_name)),
+        )
         .body(MimePart::new("text/plain", BodyPart::Text(text)));
     if !draft.references.is_empty() {
         builder = builder.references(MessageId::new_list(

@@ -37,7 +37,11 @@ pub struct Pass {
 }
 
 /// Runs one pass; `queued` > 0 means the outbox should be woken.
-pub async fn run_pass(store: &Store, dir: &Directory, config: &Config) -> Result<Pass, sqlx::Error> {
+pub async fn run_pass(
+    store: &Store,
+    dir: &Directory,
+    config: &Config,
+) -> Result<Pass, sqlx::Error> {
     let now = now_ms();
     let mut pass = Pass::default();
     let any_team = config.teams.values().any(|t| t.notify.is_some());
@@ -85,9 +89,11 @@ fn muted(config: &Config, agent: &AgentInfo, event: NotifyEvent) -> bool {
 /// Automatic mail is recorded, never announced.
 fn automatic(data: &Value) -> bool {
     const AUTOMATIC: &[&str] = &["auto_reply", "bounce", "bulk", "report", "loop"];
-    data["flags"]
-        .as_array()
-        .is_some_and(|flags| flags.iter().any(|f| AUTOMATIC.contains(&f.as_str().unwrap_or(""))))
+    data["flags"].as_array().is_some_and(|flags| {
+        flags
+            .iter()
+            .any(|f| AUTOMATIC.contains(&f.as_str().unwrap_or("")))
+    })
 }
 
 /// Turns one event into notifications; returns how many.
@@ -223,7 +229,10 @@ async fn mail_notice(
                 );
                 "held"
             } else {
-                queue(store, tx, dir, config, team, notify, agent, notice, &content, now).await?;
+                queue(
+                    store, tx, dir, config, team, notify, agent, notice, &content, now,
+                )
+                .await?;
                 "queued"
             }
         }
@@ -353,7 +362,10 @@ fn notice_text(
         ),
         "mention" => (
             format!("[#{number}] {} mentioned you: {title}", notice.actor),
-            format!("{} mentioned you on ticket #{number}: {title}", notice.actor),
+            format!(
+                "{} mentioned you on ticket #{number}: {title}",
+                notice.actor
+            ),
         ),
         _ => (
             format!("[#{number}] {title}"),

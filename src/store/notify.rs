@@ -72,17 +72,15 @@ pub struct NewNotification<'a> {
 
 impl Store {
     /// The notifier's cursor, locked until commit so one instance at a time
-    /// turns events into notifications. On first use it starts at the last
-    /// event: history is not announced.
+    /// turns events into notifications. The migration that made it set it
+    /// at the last event then: history from before is not announced.
     pub async fn notify_cursor(&self, tx: &mut Tx) -> Result<i64, sqlx::Error> {
-        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM ticket_events")
-            .fetch_one(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(CURSOR_KEY)
-            .bind(last.to_string())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, '0') ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(CURSOR_KEY)
+        .execute(&mut **tx)
+        .await?;
         let lock = match self.backend() {
             Backend::Postgres => "FOR UPDATE",
             Backend::Sqlite => "",
@@ -92,7 +90,7 @@ impl Store {
                 .bind(CURSOR_KEY)
                 .fetch_one(&mut **tx)
                 .await?;
-        Ok(value.parse().unwrap_or(last))
+        Ok(value.parse().unwrap_or(0))
     }
 
     /// Whether a notifier pass has anything to do (a read, no lock): new

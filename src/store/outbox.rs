@@ -397,7 +397,11 @@ async fn record_failed(
     .execute(&mut **tx)
     .await?;
     if !row.is_reply() {
-        tracing::warn!(message = row.message, reason, "Notification mail was not delivered.");
+        tracing::warn!(
+            message = row.message,
+            reason,
+            "Notification mail was not delivered."
+        );
         return Ok(());
     }
     note_failure(tx, dir, row.ticket, row.message, reason, now).await

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (see README: Testing). Store tests run on
 //! SQLite and on the real PostgreSQL server.
 
+mod agents;
 mod app;
 mod classify;
 mod cli;

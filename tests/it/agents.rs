@@ -1,0 +1,609 @@
+//! Agents working by email, over a real SMTP server (Postfix's smtp-sink):
+//! notifications, answers built from the captured notification relayed to
+//! the customer, the spoofing cases, commands, and automatic mail that
+//! must not start a loop; on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use mail_parser::MessageParser;
+use sqlx::Row;
+
+use crate::harness::*;
+use crate::outbound::{number_of, OutApp};
+use crate::smtp::{Captured, SmtpSink};
+use mailroom::mail::token::{Purpose, Token};
+use mailroom::store::directory::Directory;
+
+/// Notifications for the support team, from its main address.
+const NOTIFY: &str = r#"
+[teams.support.notify]
+address = "support@example.com"
+"#;
+
+const CUSTOMER: &[u8] = b"From: Carol Customer <carol@customer.test>\r\n\
+To: support@example.com\r\n\
+Subject: Printer on fire\r\n\
+Message-ID: <first@customer.test>\r\n\
+Date: Thu, 26 Nov 2026 10:00:00 +0000\r\n\
+\r\n\
+It is burning.\r\n\
+Please help.\r\n";
+
+impl OutApp {
+    /// Agents' mail and notifications, as the daemon's worker does them,
+    /// then the outbox; with `dir` standing for the running config.
+    async fn work_with(&self, dir: &Directory) {
+        mailroom::desk::agent_mail::run_pass(self.store(), dir, &self.config)
+            .await
+            .unwrap();
+        mailroom::outbound::notify::run_pass(self.store(), dir, &self.config)
+            .await
+            .unwrap();
+        self.flush().await;
+    }
+
+    async fn work(&self) {
+        let dir = self.pipeline.directory().clone();
+        self.work_with(&dir).await;
+    }
+
+    fn secret(&self) -> Vec<u8> {
+        self.pipeline.directory().secret.0.clone()
+    }
+
+    fn agent_id(&self, key: &str) -> i64 {
+        self.pipeline.directory().agents[key].id
+    }
+
+    async fn ticket_id(&self, number: i64) -> i64 {
+        sqlx::query("SELECT id FROM tickets WHERE number = $1")
+            .bind(number)
+            .fetch_one(self.store().pool())
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Flags of the latest message on ticket `number`.
+    async fn last_flags(&self, number: i64) -> String {
+        sqlx::query(
+            "SELECT m.flags FROM messages m JOIN tickets t ON t.id = m.ticket_id
+             WHERE t.number = $1 ORDER BY m.id DESC LIMIT 1",
+        )
+        .bind(number)
+        .fetch_one(self.store().pool())
+        .await
+        .unwrap()
+        .get(0)
+    }
+
+    async fn comments_on(&self, number: i64) -> Vec<String> {
+        sqlx::query(
+            "SELECT c.body FROM comments c JOIN tickets t ON t.id = c.ticket_id
+             WHERE t.number = $1 ORDER BY c.id",
+        )
+        .bind(number)
+        .fetch_all(self.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    async fn owner_of(&self, number: i64) -> Option<String> {
+        sqlx::query(
+            "SELECT a.key FROM tickets t LEFT JOIN agents a ON a.id = t.owner_agent_id WHERE t.number = $1",
+        )
+        .bind(number)
+        .fetch_one(self.store().pool())
+        .await
+        .unwrap()
+        .get(0)
+    }
+}
+
+fn to(captured: &[Captured], address: &str) -> Vec<Captured> {
+    captured
+        .iter()
+        .filter(|c| c.rcpt_to.iter().any(|r| r == address))
+        .cloned()
+        .collect()
+}
+
+fn header(raw: &[u8], name: &str) -> String {
+    let parsed = MessageParser::default().parse(raw).unwrap();
+    parsed
+        .header_raw(name)
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn body(raw: &[u8]) -> String {
+    let parsed = MessageParser::default().parse(raw).unwrap();
+    parsed
+        .body_text(0)
+        .unwrap_or_default()
+        .replace("\r\n", "\n")
+}
+
+fn message_id(raw: &[u8]) -> String {
+    let parsed = MessageParser::default().parse(raw).unwrap();
+    parsed.message_id().unwrap().to_string()
+}
+
+/// The Reply-To address of a notification.
+fn reply_to(raw: &[u8]) -> String {
+    let parsed = MessageParser::default().parse(raw).unwrap();
+    let address = parsed.reply_to().unwrap().first().unwrap().address();
+    address.unwrap().to_string()
+}
+
+/// An answer as a mail client writes it: to the notification's Reply-To,
+/// threaded to it, the notification quoted below a Gmail attribution, a
+/// signature between.
+fn answer(from: &str, notification: &[u8], text: &str) -> Vec<u8> {
+    answer_to(
+        from,
+        &reply_to(notification),
+        &message_id(notification),
+        notification,
+        text,
+    )
+}
+
+fn answer_to(from: &str, to: &str, parent: &str, notification: &[u8], text: &str) -> Vec<u8> {
+    let quoted: String = body(notification)
+        .lines()
+        .map(|l| format!("> {l}\r\n"))
+        .collect();
+    let nonce: u64 = rand::random();
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: Re: notification\r\nMessage-ID: <answer.{nonce}@mail.example.com>\r\n\
+         In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\nDate: Thu, 26 Nov 2026 11:00:00 +0000\r\n\r\n\
+         {text}\r\n\r\n-- \r\nAlice Agent\r\nExample Support\r\n\r\n\
+         On Thu, 26 Nov 2026 at 10:01, Support notifications <support@example.com> wrote:\r\n{quoted}"
+    )
+    .replace("\n\r\n", "\r\n\r\n")
+    .into_bytes()
+}
+
+/// A customer's mail, a notification of it to alice (and bob), and the
+/// captured notification to alice.
+async fn notified(backend: Backend, sink: &SmtpSink, extra: &str) -> (OutApp, i64, Captured) {
+    let app = OutApp::start_with(backend, sink.port, &format!("{NOTIFY}{extra}")).await;
+    let number = app.customer_mail(CUSTOMER).await;
+    app.work().await;
+    let got = sink.wait_for(2, Duration::from_secs(10)).await;
+    let alice = to(&got, "alice@example.com");
+    assert_eq!(alice.len(), 1, "one notification to alice: {got:?}");
+    (app, number, alice[0].clone())
+}
+
+crate::both_backends!(
+    an_agent_answers_a_notification_and_the_customer_gets_it_from_the_team_threaded,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let (app, number, notice) = notified(backend, &sink, "").await;
+
+        // The notification: the team's address, the agent's token, marked
+        // automatic, quoting the customer.
+        let raw = &notice.message;
+        assert_eq!(notice.mail_from, "support@example.com");
+        assert_eq!(header(raw, "Auto-Submitted"), "auto-generated");
+        assert_eq!(header(raw, "X-Auto-Response-Suppress"), "All");
+        assert_eq!(header(raw, "Precedence"), "bulk");
+        assert!(!header(raw, "X-Mailroom-Loop").is_empty());
+        let reply_address = reply_to(raw);
+        assert!(
+            reply_address.starts_with("support+") && reply_address.ends_with("@example.com"),
+            "{reply_address}"
+        );
+        let subject = MessageParser::default()
+            .parse(raw)
+            .unwrap()
+            .subject()
+            .unwrap()
+            .to_string();
+        assert_eq!(subject, format!("[#{number}] New ticket: Printer on fire"));
+        let text = body(raw);
+        assert!(text.starts_with(mailroom::mail::quote::SEPARATOR), "{text}");
+        assert!(text.contains("> It is burning.\n> Please help."), "{text}");
+
+        // The agent answers from a mail client.
+        let mail = answer(
+            "Alice Agent <alice@example.com>",
+            raw,
+            "Hi Carol,\r\n\r\nstep away from the printer; a technician is on the way.",
+        );
+        app.pipeline_apply("pipe", &mail).await;
+        app.work().await;
+        let got = sink.wait_for(3, Duration::from_secs(10)).await;
+        let carol = to(&got, "carol@customer.test");
+        assert_eq!(carol.len(), 1, "{got:?}");
+        let reply = &carol[0].message;
+        assert_eq!(carol[0].mail_from, "support@example.com");
+        assert_eq!(header(reply, "In-Reply-To"), "<first@customer.test>");
+        let sent = body(reply);
+        assert!(
+            sent.contains("Hi Carol,\n\nstep away from the printer; a technician is on the way."),
+            "{sent}"
+        );
+        for leaked in [
+            "Please type your reply",
+            "Alice Agent",
+            "wrote:",
+            "It is burning",
+            "support+",
+        ] {
+            assert!(!sent.contains(leaked), "{leaked:?} leaked: {sent}");
+        }
+        assert!(!String::from_utf8_lossy(reply).contains("support+"));
+        // Shown as alice's reply; her mail is on the ticket as hers; the
+        // reply rules applied.
+        assert_eq!(app.owner_of(number).await.as_deref(), Some("alice"));
+        assert_eq!(app.ticket_status(number).await, "waiting on contact");
+        let authors: Vec<(String, Option<String>, String)> = sqlx::query(
+            "SELECT m.direction, a.key, m.flags FROM messages m JOIN tickets t ON t.id = m.ticket_id
+             LEFT JOIN agents a ON a.id = m.author_agent_id WHERE t.number = $1 ORDER BY m.id",
+        )
+        .bind(number)
+        .fetch_all(app.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+        assert_eq!(authors.len(), 3, "{authors:?}");
+        assert_eq!(authors[1].1.as_deref(), Some("alice"));
+        assert_eq!(authors[1].2, "agent_reply");
+        assert_eq!(
+            (authors[2].0.as_str(), authors[2].1.as_deref()),
+            ("outbound", Some("alice"))
+        );
+
+        // The customer answers the reply: on the ticket, and alice (the
+        // owner now) hears of it, nobody else.
+        let answer = format!(
+            "From: carol@customer.test\r\nTo: support@example.com\r\nSubject: Re: Printer on fire\r\n\
+             Message-ID: <second@customer.test>\r\nIn-Reply-To: <{}>\r\n\r\nThanks, it is out.\r\n",
+            message_id(reply)
+        );
+        let outcome = app.pipeline_apply("pipe", answer.as_bytes()).await;
+        assert_eq!(number_of(app.store(), ticket_of(&outcome)).await, number);
+        app.work().await;
+        let got = sink.wait_for(4, Duration::from_secs(10)).await;
+        let last = got.last().unwrap();
+        assert_eq!(last.rcpt_to, vec!["alice@example.com"]);
+        assert!(body(&last.message).contains("> Thanks, it is out."));
+        assert_eq!(
+            to(&got, "bob@example.com").len(),
+            1,
+            "bob only had the first"
+        );
+
+        // Nothing more: a pass with nothing new sends nothing.
+        app.work().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sink.count(), 4);
+    }
+);
+
+/// Feeds `mail`, runs the worker, and says nothing reached the customer
+/// and the mail was flagged unverified with a reason that contains `why`.
+async fn refused(
+    app: &OutApp,
+    sink: &SmtpSink,
+    number: i64,
+    mail: &[u8],
+    dir: Option<&Directory>,
+    why: &str,
+) {
+    let before = sink.count();
+    app.pipeline_apply("pipe", mail).await;
+    match dir {
+        Some(dir) => app.work_with(dir).await,
+        None => app.work().await,
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = sink.messages();
+    assert_eq!(
+        to(&got, "carol@customer.test").len(),
+        0,
+        "nothing to the customer"
+    );
+    assert_eq!(got.len(), before, "no mail at all: {got:?}");
+    assert_eq!(app.last_flags(number).await, "unverified");
+    let outcome: String =
+        sqlx::query("SELECT outcome FROM agent_mail ORDER BY message_id DESC LIMIT 1")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap()
+            .get(0);
+    assert!(outcome.contains(why), "{outcome:?} should say {why:?}");
+}
+
+crate::both_backends!(
+    spoofed_and_stale_answers_are_kept_unverified_and_never_reach_the_customer,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let (app, number, notice) = notified(backend, &sink, "").await;
+        let raw = &notice.message;
+
+        // Alice's From without a token: threads by the customer's ID.
+        let forged = b"From: Alice Agent <alice@example.com>\r\nTo: support@example.com\r\n\
+Subject: Re: Printer on fire\r\nMessage-ID: <forged@evil.test>\r\nIn-Reply-To: <first@customer.test>\r\n\r\n\
+Please send your card number.\r\n";
+        refused(&app, &sink, number, forged, None, "no reply token").await;
+
+        // Alice's token with bob's From.
+        let mail = answer("bob@example.com", raw, "Send me your password.");
+        refused(&app, &sink, number, &mail, None, "not the sender's").await;
+
+        // Alice's token from a customer's address.
+        let mail = answer("mallory@evil.test", raw, "Send me your password.");
+        refused(&app, &sink, number, &mail, None, "is not an agent").await;
+
+        // A token for ticket A on ticket B.
+        let other = CUSTOMER
+            .to_vec()
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>()
+            .replace("first@customer.test", "other@customer.test")
+            .replace("carol@", "dave@");
+        let number_b = app.customer_mail(other.as_bytes()).await;
+        assert_ne!(number_b, number);
+        let mail = answer_to(
+            "alice@example.com",
+            &reply_to(raw),
+            "other@customer.test",
+            raw,
+            "Wrong ticket.",
+        );
+        refused(&app, &sink, number_b, &mail, None, "another ticket").await;
+
+        // An expired token (made with the server secret, 40 days ago).
+        let old = Token::new(
+            app.ticket_id(number).await,
+            app.agent_id("alice"),
+            Purpose::Reply,
+            mailroom::store::now_ms() - 40 * 86_400_000,
+            30,
+        )
+        .encode(&app.secret());
+        let mail = answer_to(
+            "alice@example.com",
+            &format!("support+{old}@example.com"),
+            "first@customer.test",
+            raw,
+            "Too late.",
+        );
+        refused(&app, &sink, number, &mail, None, "expired").await;
+
+        // A token whose tag was not made by us.
+        let mut forged_token = reply_to(raw);
+        let at = forged_token.find('@').unwrap();
+        forged_token.replace_range(at - 4..at, "0000");
+        let mail = answer_to(
+            "alice@example.com",
+            &forged_token,
+            "first@customer.test",
+            raw,
+            "Forged.",
+        );
+        refused(&app, &sink, number, &mail, None, "signature").await;
+
+        // A replayed answer after alice left the team.
+        let mut left = app.pipeline.directory().clone();
+        left.agents.get_mut("alice").unwrap().team_ids.clear();
+        let mail = answer("alice@example.com", raw, "Replayed.");
+        refused(
+            &app,
+            &sink,
+            number,
+            &mail,
+            Some(&left),
+            "no longer a member",
+        )
+        .await;
+
+        // The same answer while she is in the team goes out.
+        let mail = answer("alice@example.com", raw, "Genuine.");
+        app.pipeline_apply("pipe", &mail).await;
+        app.work().await;
+        let got = sink.wait_for(3, Duration::from_secs(10)).await;
+        assert_eq!(to(&got, "carol@customer.test").len(), 1);
+    }
+);
+
+crate::both_backends!(
+    commands_in_the_first_line_and_their_refusals,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let (app, number, notice) = notified(backend, &sink, "").await;
+        let raw = &notice.message;
+        let mails_to_carol = || to(&sink.messages(), "carol@customer.test").len();
+
+        // #note: an internal comment, nothing sent.
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", raw, "#note\r\nShe called, all fine."),
+        )
+        .await;
+        app.work().await;
+        assert_eq!(app.comments_on(number).await, vec!["She called, all fine."]);
+        assert_eq!(mails_to_carol(), 0);
+        assert_eq!(app.last_flags(number).await, "agent_note");
+
+        // #status with a missing required property: refused, explained to
+        // alice, nothing changed, nothing to the customer.
+        let before = sink.count();
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", raw, "#status solved\r\nFixed it."),
+        )
+        .await;
+        app.work().await;
+        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
+        let explained = got.last().unwrap();
+        assert_eq!(explained.rcpt_to, vec!["alice@example.com"]);
+        let text = body(&explained.message);
+        assert!(text.contains("resolution"), "{text}");
+        assert_eq!(app.ticket_status(number).await, "open");
+        assert_eq!(mails_to_carol(), 0);
+
+        // An unknown command: answered with the known ones.
+        let before = sink.count();
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", raw, "#frobnicate\r\nHello."),
+        )
+        .await;
+        app.work().await;
+        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
+        let text = body(&got.last().unwrap().message);
+        assert!(
+            text.contains("#frobnicate is not a command") && text.contains("#assign"),
+            "{text}"
+        );
+        assert_eq!(mails_to_carol(), 0);
+
+        // #assign by address: bob owns it, nothing to the customer.
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", raw, "#assign bob@example.com"),
+        )
+        .await;
+        app.work().await;
+        assert_eq!(app.owner_of(number).await.as_deref(), Some("bob"));
+        assert_eq!(mails_to_carol(), 0);
+
+        // #close with text: the answer goes out and the ticket is closed.
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", raw, "#close\r\nAll done, closing."),
+        )
+        .await;
+        app.work().await;
+        let carol = to(&sink.messages(), "carol@customer.test");
+        assert_eq!(carol.len(), 1);
+        assert!(body(&carol[0].message).contains("All done, closing."));
+        assert!(!body(&carol[0].message).contains("#close"));
+        assert_eq!(app.ticket_status(number).await, "closed");
+    }
+);
+
+crate::both_backends!(
+    an_answer_to_a_mention_is_an_internal_comment,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let (app, number, _) = notified(backend, &sink, "").await;
+        let (status, view) = app
+            .api(
+                "POST",
+                &format!("/api/v1/tickets/{number}/comments"),
+                "bob-token-0123456789",
+                &[],
+                Some(serde_json::json!({ "body": "@alice can you look?" })),
+            )
+            .await;
+        assert!(status < 300, "{view}");
+        app.work().await;
+        let got = sink.wait_for(3, Duration::from_secs(10)).await;
+        let mention = got.last().unwrap();
+        assert_eq!(mention.rcpt_to, vec!["alice@example.com"]);
+        assert!(body(&mention.message).contains("> @alice can you look?"));
+        app.pipeline_apply(
+            "pipe",
+            &answer("alice@example.com", &mention.message, "Looking now."),
+        )
+        .await;
+        app.work().await;
+        assert_eq!(
+            app.comments_on(number).await,
+            vec!["@alice can you look?", "Looking now."]
+        );
+        assert_eq!(to(&sink.messages(), "carol@customer.test").len(), 0);
+    }
+);
+
+crate::both_backends!(
+    auto_responders_answering_notifications_start_no_loop,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let (app, number, notice) = notified(backend, &sink, "").await;
+        // Alice's out-of-office answers her notification (to the token).
+        let ooo = format!(
+            "From: alice@example.com\r\nTo: {}\r\nSubject: Automatic reply: New ticket\r\n\
+             Auto-Submitted: auto-replied\r\nMessage-ID: <ooo@example.com>\r\nIn-Reply-To: <{}>\r\n\r\n\
+             I am out of the office until Monday.\r\n",
+            reply_to(&notice.message),
+            message_id(&notice.message)
+        );
+        app.pipeline_apply("pipe", ooo.as_bytes()).await;
+        // The customer's own auto-responder answers too.
+        let customer_ooo = b"From: carol@customer.test\r\nTo: support@example.com\r\n\
+Subject: Out of office\r\nX-Autoreply: yes\r\nMessage-ID: <ooo@customer.test>\r\n\
+In-Reply-To: <first@customer.test>\r\n\r\nAway.\r\n";
+        app.pipeline_apply("pipe", customer_ooo).await;
+        // And a notification of ours comes back in (a forwarding loop).
+        app.pipeline_apply("pipe", &notice.message).await;
+        for _ in 0..3 {
+            app.work().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sink.count(), 2, "only the first two notifications");
+        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM agent_mail")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            pending, 0,
+            "no automatic mail is taken for an agent's answer"
+        );
+        let _ = number;
+    }
+);
+
+crate::both_backends!(
+    automatic_mail_to_one_address_is_rate_limited_and_muted_events_are_not_mailed,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let extra = "[notifications]\nmax_per_address_per_hour = 2\n";
+        let app = OutApp::start_with(backend, sink.port, &format!("{NOTIFY}{extra}")).await;
+        for i in 0..4 {
+            let mail = format!(
+                "From: c{i}@customer.test\r\nTo: support@example.com\r\nSubject: Case {i}\r\n\
+                 Message-ID: <case{i}@customer.test>\r\n\r\nHelp {i}.\r\n"
+            );
+            app.customer_mail(mail.as_bytes()).await;
+        }
+        // Bob muted new tickets.
+        let mut config = app.config.clone();
+        config.agents.get_mut("bob").unwrap().mute = vec![mailroom::config::NotifyEvent::NewTicket];
+        let dir = app.pipeline.directory().clone();
+        mailroom::outbound::notify::run_pass(app.store(), &dir, &config)
+            .await
+            .unwrap();
+        app.flush().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let got = sink.messages();
+        assert_eq!(to(&got, "alice@example.com").len(), 2);
+        assert_eq!(to(&got, "bob@example.com").len(), 0);
+        assert_eq!(app.store().held_notifications().await.unwrap(), 2);
+        // Still there for the API: held and muted ones are notifications.
+        let (status, view) = app
+            .api(
+                "GET",
+                "/api/v1/notifications",
+                "bob-token-0123456789",
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view.to_string().matches("new_ticket").count(), 4, "{view}");
+    }
+);
