@@ -3,8 +3,7 @@
 //!
 //! 1. Ticket events since the notifier's cursor become notifications
 //!    (a new ticket, a customer's message, an assignment) for the agents
-//!    the team's `notify` settings name, less the one who caused it and
-//!    those who muted that event. Automatic mail (auto-replies, bounces,
+//!    the team's `notify` settings name, less the one who caused it. Automatic mail (auto-replies, bounces,
 //!    lists, reports, our own mail coming back) announces nothing.
 //! 2. Every notification not yet mailed (mentions included) is rendered
 //!    and queued in the outbox, unless the team sends no notification
@@ -135,7 +134,9 @@ async fn announce(
     let mut count = 0;
     for agent in recipients(dir, &people, audience, assignee) {
         let actor = format!("agent:{}", agent.key);
-        if actor == event.actor || muted(config, agent, kind) {
+        // A muted event is still a notification (the API lists it); its
+        // mail is what muting stops.
+        if actor == event.actor {
             continue;
         }
         store

@@ -164,7 +164,6 @@ fn answer_to(from: &str, to: &str, parent: &str, notification: &[u8], text: &str
          {text}\r\n\r\n-- \r\nAlice Agent\r\nExample Support\r\n\r\n\
          On Thu, 26 Nov 2026 at 10:01, Support notifications <support@example.com> wrote:\r\n{quoted}"
     )
-    .replace("\n\r\n", "\r\n\r\n")
     .into_bytes()
 }
 
@@ -354,6 +353,8 @@ Please send your card number.\r\n";
             .replace("carol@", "dave@");
         let number_b = app.customer_mail(other.as_bytes()).await;
         assert_ne!(number_b, number);
+        app.work().await;
+        sink.wait_for(4, Duration::from_secs(10)).await;
         let mail = answer_to(
             "alice@example.com",
             &reply_to(raw),
@@ -412,7 +413,7 @@ Please send your card number.\r\n";
         let mail = answer("alice@example.com", raw, "Genuine.");
         app.pipeline_apply("pipe", &mail).await;
         app.work().await;
-        let got = sink.wait_for(3, Duration::from_secs(10)).await;
+        let got = sink.wait_for(5, Duration::from_secs(10)).await;
         assert_eq!(to(&got, "carol@customer.test").len(), 1);
     }
 );

@@ -19,12 +19,25 @@ pub fn free_port() -> u16 {
 }
 
 /// One message as the sink received it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Captured {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     /// The message as sent (the sink's own header lines removed).
     pub message: Vec<u8>,
+}
+
+/// Readable in assertion messages: the envelope and the text.
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\n--- from {} to {:?}\n{}",
+            self.mail_from,
+            self.rcpt_to,
+            String::from_utf8_lossy(&self.message)
+        )
+    }
 }
 
 pub struct SmtpSink {
@@ -82,7 +95,12 @@ impl SmtpSink {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect();
-        files.sort();
+        // The names carry the second and a random part: order by the time
+        // the sink wrote each file, so "last" is the latest received.
+        files.sort_by_key(|p| {
+            let modified = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            (modified, p.clone())
+        });
         files
     }
 
