@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::imap::ImapChannel;
 use crate::channel::maildir::MaildirChannel;
-use crate::config::{ChannelSettings, Config};
+use crate::config::{ChannelSettings, Config, DmarcCheck};
 use crate::http::{HttpState, Readiness};
+use crate::net::dmarc::Dmarc;
 use crate::outbound::Outbox;
 use crate::pipeline::Pipeline;
 use crate::store::{Directory, Store};
@@ -52,6 +53,8 @@ pub struct App {
     http: Option<TcpListener>,
     metrics: Option<TcpListener>,
     ready: Arc<Readiness>,
+    /// The DMARC check of agents' answers (its DNS); taken by the task.
+    dmarc: Option<Dmarc>,
 }
 
 /// Tasks that are stopped together: one stop token, and each task's name.
@@ -144,6 +147,15 @@ impl App {
         };
         let http = bind("http.bind", config.http.bind.clone()).await?;
         let metrics = bind("metrics.bind", config.metrics.bind.clone()).await?;
+        let dmarc = match config.agent_mail.dmarc {
+            DmarcCheck::Off => Dmarc::offline(&[]),
+            _ => Dmarc::system().map_err(|e| {
+                anyhow::anyhow!(
+                    "agent_mail.dmarc: agents' answers are checked against DMARC, which needs DNS: {e}; \
+                     set agent_mail.dmarc = \"off\" to rely on reply tokens alone"
+                )
+            })?,
+        };
         Ok(App {
             config: Arc::new(config),
             store,
@@ -152,7 +164,14 @@ impl App {
             http,
             metrics,
             ready: Arc::new(Readiness::starting()),
+            dmarc: Some(dmarc),
         })
+    }
+
+    /// Checks DMARC against these records instead of the DNS (tests).
+    pub fn with_dmarc(mut self, dmarc: Dmarc) -> App {
+        self.dmarc = Some(dmarc);
+        self
     }
 
     /// Where the HTTP listener accepts (useful with port 0).
@@ -291,7 +310,7 @@ impl App {
 
     /// The outbox sends queued replies through the configured relays;
     /// returns what wakes it at once.
-    fn start_outbox(&self, group: &mut Group) -> Arc<tokio::sync::Notify> {
+    fn start_outbox(&mut self, group: &mut Group) -> Arc<tokio::sync::Notify> {
         let outbox = Arc::new(Outbox::new(
             self.store.clone(),
             self.dir.clone(),
@@ -309,6 +328,7 @@ impl App {
                 self.store.clone(),
                 self.dir.clone(),
                 self.config.clone(),
+                self.dmarc.take().unwrap_or_else(|| Dmarc::offline(&[])),
                 wake.clone(),
                 stop,
             ),

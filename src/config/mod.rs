@@ -51,6 +51,8 @@ pub struct Config {
     #[serde(default)]
     pub notifications: NotificationsConfig,
     #[serde(default)]
+    pub agent_mail: AgentMailConfig,
+    #[serde(default)]
     pub instance: InstanceConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -505,6 +507,31 @@ impl Default for NotificationsConfig {
             poll_interval_ms: 500,
         }
     }
+}
+
+/// How agents' emailed answers are authenticated beyond the reply token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentMailConfig {
+    pub dmarc: DmarcCheck,
+    /// The authserv-id of your own MTA: its `Authentication-Results`
+    /// (the topmost one only, which it wrote) saying `dmarc=pass` counts,
+    /// so SPF-aligned mail passes too. mailroom itself sees no connecting
+    /// IP, so on its own it can only check aligned DKIM signatures.
+    pub authserv_id: Option<String>,
+}
+
+/// When an agent's From domain must pass DMARC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmarcCheck {
+    /// Whenever the domain publishes a DMARC record (any policy).
+    #[default]
+    Published,
+    /// Only where the policy is `quarantine` or `reject`.
+    Enforced,
+    /// Never (the reply token and the From are all that is checked).
+    Off,
 }
 
 pub(crate) fn yes() -> bool {

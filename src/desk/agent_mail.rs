@@ -4,8 +4,9 @@
 //!
 //! Verified only when it carries a valid reply token for this ticket and
 //! this agent (in a recipient address, or through the notification it
-//! answers), its From is that agent, and the agent is still in the
-//! ticket's team. Anything else stays on the ticket flagged `unverified`
+//! answers), its From is that agent, the agent is still in the ticket's
+//! team, and, where the From domain publishes DMARC, the mail passes it
+//! (`net::dmarc`; a DNS failure is retried for an hour). Anything else stays on the ticket flagged `unverified`
 //! with the reason, is logged, and is never relayed.
 //!
 //! A verified answer, without quote and signature, is sent to the
@@ -22,6 +23,7 @@ use crate::config::{Config, Role, StatusKind};
 use crate::mail::ids;
 use crate::mail::quote::new_part;
 use crate::mail::token::{Purpose, Token, TokenError};
+use crate::net::dmarc::{Dmarc, Verdict};
 use crate::outbound::compose::NewAttachment;
 use crate::outbound::{queue_reply, ActionError, ReplyRequest};
 use crate::store::agent_mail::AgentMail;
@@ -32,6 +34,9 @@ use crate::store::{now_ms, Store};
 const PASS_LIMIT: i64 = 20;
 const LEASE_MS: i64 = 120_000;
 const DAY_MS: i64 = 86_400_000;
+/// A DNS failure is retried this often, for this long after arrival.
+const DNS_RETRY_MS: i64 = 60_000;
+const DNS_PATIENCE_MS: i64 = 3_600_000;
 
 /// The commands an agent may start an answer with.
 pub const COMMANDS: &str = "#note, #status <name>, #assign <me|email>, #close";
@@ -80,12 +85,13 @@ pub async fn run(
     store: Store,
     dir: std::sync::Arc<Directory>,
     config: std::sync::Arc<Config>,
+    dmarc: Dmarc,
     wake: std::sync::Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let interval = std::time::Duration::from_millis(config.notifications.poll_interval_ms);
     loop {
-        match run_pass(&store, &dir, &config).await {
+        match run_pass(&store, &dir, &config, &dmarc).await {
             Ok(0) => {}
             Ok(_) => wake.notify_one(),
             Err(e) => tracing::warn!(error = %e, "Agents' mail could not be handled; retrying."),
@@ -107,12 +113,27 @@ pub async fn run_pass(
     store: &Store,
     dir: &Directory,
     config: &Config,
+    dmarc: &Dmarc,
 ) -> Result<usize, sqlx::Error> {
     let now = now_ms();
     let claimed = store.claim_agent_mail(now, PASS_LIMIT, LEASE_MS).await?;
     let count = claimed.len();
     for mail in claimed {
-        match verify(store, dir, config, &mail, now).await? {
+        let verdict = match verify(store, dir, config, &mail, now).await? {
+            Ok(grant) => match authenticate(store, config, dmarc, &mail, now).await? {
+                Verdict::Pass => Ok(grant),
+                Verdict::Fail(reason) => Err(reason),
+                Verdict::TryLater(reason) => {
+                    tracing::info!(ticket = mail.ticket_number, reason = %reason, "An agent's answer waits for DNS.");
+                    store
+                        .defer_agent_mail(mail.message, now + DNS_RETRY_MS)
+                        .await?;
+                    continue;
+                }
+            },
+            Err(reason) => Err(reason),
+        };
+        match verdict {
             Err(reason) => {
                 tracing::warn!(
                     ticket = mail.ticket_number,
@@ -167,6 +188,33 @@ async fn verify<'d>(
         ),
         Some(a) => Ok((a, purpose)),
     })
+}
+
+/// DMARC of the From domain; a DNS failure that lasts past
+/// `DNS_PATIENCE_MS` after arrival fails it.
+async fn authenticate(
+    store: &Store,
+    config: &Config,
+    dmarc: &Dmarc,
+    mail: &AgentMail,
+    now: i64,
+) -> Result<Verdict, sqlx::Error> {
+    let settings = &config.agent_mail;
+    if settings.dmarc == crate::config::DmarcCheck::Off {
+        return Ok(Verdict::Pass);
+    }
+    let raw = store.message_raw(mail.message).await?;
+    Ok(
+        match dmarc
+            .check(&raw, settings.dmarc, settings.authserv_id.as_deref())
+            .await
+        {
+            Verdict::TryLater(reason) if now > mail.received_at + DNS_PATIENCE_MS => {
+                Verdict::Fail(format!("{reason} (for over an hour)"))
+            }
+            verdict => verdict,
+        },
+    )
 }
 
 /// From the reply tokens in the recipient addresses: the first valid one

@@ -3,6 +3,7 @@
 //! roots plus an optional CA file), XOAUTH2 token sources, and the IMAP
 //! client that both the IMAP channel and the Sent copy use.
 
+pub mod dmarc;
 pub mod imap;
 pub mod oauth;
 

@@ -214,4 +214,27 @@ impl Store {
             .fetch_one(self.pool())
             .await
     }
+
+    /// The message as it arrived (for DKIM, which signs the exact bytes).
+    pub async fn message_raw(&self, id: i64) -> Result<Vec<u8>, sqlx::Error> {
+        let mut conn = self.pool().acquire().await?;
+        let sha: String = sqlx::query_scalar("SELECT raw_sha256 FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        blobs::get(&mut conn, &sha).await
+    }
+
+    /// Leaves an agent's mail pending until `until` (the DNS did not
+    /// answer; it is looked at again then).
+    pub async fn defer_agent_mail(&self, id: i64, until: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE agent_mail SET claimed_until = $1 WHERE message_id = $2 AND state = 'pending'",
+        )
+        .bind(until)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
 }

@@ -3,7 +3,14 @@
 //! the customer, the spoofing cases, commands, and automatic mail that
 //! must not start a loop; on SQLite and PostgreSQL.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
 
 use mail_parser::MessageParser;
 use sqlx::Row;
@@ -12,6 +19,7 @@ use crate::harness::*;
 use crate::outbound::{number_of, OutApp};
 use crate::smtp::{Captured, SmtpSink};
 use mailroom::mail::token::{Purpose, Token};
+use mailroom::net::dmarc::Dmarc;
 use mailroom::store::directory::Directory;
 
 /// Notifications for the support team, from its main address.
@@ -33,7 +41,7 @@ impl OutApp {
     /// Agents' mail and notifications, as the daemon's worker does them,
     /// then the outbox; with `dir` standing for the running config.
     async fn work_with(&self, dir: &Directory) {
-        mailroom::desk::agent_mail::run_pass(self.store(), dir, &self.config)
+        mailroom::desk::agent_mail::run_pass(self.store(), dir, &self.config, &dns().dmarc)
             .await
             .unwrap();
         mailroom::outbound::notify::run_pass(self.store(), dir, &self.config)
@@ -101,6 +109,41 @@ impl OutApp {
         .unwrap()
         .get(0)
     }
+}
+
+/// The test's DNS: strict.test publishes `p=reject` and a DKIM key made
+/// at test time; nothing else exists (example.com publishes no DMARC).
+struct Dns {
+    dmarc: Dmarc,
+    key: Vec<u8>,
+}
+
+fn dns() -> &'static Dns {
+    static DNS: OnceLock<Dns> = OnceLock::new();
+    DNS.get_or_init(|| {
+        let key = Ed25519Key::generate_pkcs8().unwrap();
+        let public = Ed25519Key::from_pkcs8_der(&key).unwrap().public_key();
+        let record = format!("v=DKIM1; k=ed25519; p={}", BASE64.encode(public));
+        let dmarc = Dmarc::offline(&[
+            ("_dmarc.strict.test", "v=DMARC1; p=reject"),
+            ("s1._domainkey.strict.test", &record),
+        ]);
+        Dns { dmarc, key }
+    })
+}
+
+/// `raw` with a DKIM signature of `domain` by the test's key.
+fn dkim_signed(raw: &[u8], domain: &str) -> Vec<u8> {
+    let key = Ed25519Key::from_pkcs8_der(&dns().key).unwrap();
+    let signature = DkimSigner::from_key(key)
+        .domain(domain)
+        .selector("s1")
+        .headers(["From", "To", "Subject", "Message-ID", "In-Reply-To"])
+        .sign(raw)
+        .unwrap();
+    let mut signed = signature.to_header().into_bytes();
+    signed.extend_from_slice(raw);
+    signed
 }
 
 fn to(captured: &[Captured], address: &str) -> Vec<Captured> {
@@ -415,6 +458,67 @@ Please send your card number.\r\n";
         app.work().await;
         let got = sink.wait_for(5, Duration::from_secs(10)).await;
         assert_eq!(to(&got, "carol@customer.test").len(), 1);
+    }
+);
+
+crate::both_backends!(
+    an_agent_domain_with_dmarc_reject_needs_an_aligned_dkim_signature,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let dora =
+            "[agents.dora]\nemail = \"dora@strict.test\"\nname = \"Dora\"\nteams = [\"support\"]\n";
+        let app = OutApp::start_with(backend, sink.port, &format!("{NOTIFY}{dora}")).await;
+        let number = app.customer_mail(CUSTOMER).await;
+        app.work().await;
+        let got = sink.wait_for(3, Duration::from_secs(10)).await;
+        let notice = to(&got, "dora@strict.test");
+        assert_eq!(notice.len(), 1, "{got:?}");
+        let raw = &notice[0].message;
+
+        // Token and From are right, but strict.test says p=reject and the
+        // mail carries no signature.
+        let mail = answer("Dora <dora@strict.test>", raw, "Unsigned.");
+        refused(
+            &app,
+            &sink,
+            number,
+            &mail,
+            None,
+            "DMARC fails for strict.test (p=reject)",
+        )
+        .await;
+        // Signed, but by another domain: not aligned.
+        let mail = dkim_signed(
+            &answer("dora@strict.test", raw, "Signed elsewhere."),
+            "evil.test",
+        );
+        refused(&app, &sink, number, &mail, None, "DMARC fails").await;
+        // Signed by strict.test, then altered on the way: fails too.
+        let mut mail = dkim_signed(
+            &answer("dora@strict.test", raw, "Original text."),
+            "strict.test",
+        );
+        let at = mail.windows(8).position(|w| w == b"Original").unwrap();
+        mail[at..at + 8].copy_from_slice(b"Tampered");
+        refused(&app, &sink, number, &mail, None, "DMARC fails").await;
+
+        // Signed by strict.test: relayed.
+        let mail = dkim_signed(
+            &answer("dora@strict.test", raw, "Signed and sealed."),
+            "strict.test",
+        );
+        app.pipeline_apply("pipe", &mail).await;
+        app.work().await;
+        let got = sink.wait_for(4, Duration::from_secs(10)).await;
+        let carol = to(&got, "carol@customer.test");
+        assert_eq!(carol.len(), 1, "{got:?}");
+        assert!(body(&carol[0].message).contains("Signed and sealed."));
+        let relayed: i64 = sqlx::query("SELECT COUNT(*) FROM messages WHERE flags = 'agent_reply'")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(relayed, 1);
     }
 );
 
