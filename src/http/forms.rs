@@ -451,6 +451,7 @@ pub async fn submit(
         fingerprint: idempotency,
         envelope_to: None,
         release_blocked: false,
+        forwarded_by: None,
     };
     let raw = RawMessage {
         channel: name.clone(),

@@ -648,11 +648,15 @@ impl<'a> Batch<'a> {
             )
             .await?;
         let flags = inbound.parsed.flags.names();
-        self.event(
-            new.id,
-            "created",
-            json!({ "channel": channel.key, "message": row, "flags": flags }),
-        );
+        let mut data = json!({ "channel": channel.key, "message": row, "flags": flags });
+        if let Some(agent) = inbound
+            .hints
+            .forwarded_by
+            .and_then(|id| self.dir.agent_by_id(id))
+        {
+            data["forwarded_by"] = json!(agent.key);
+        }
+        self.event(new.id, "created", data);
         let outcome = Outcome::Created {
             ticket_id: new.id,
             number: new.number,
@@ -998,29 +1002,34 @@ fn agent_tokens(dir: &Directory, message: &ParsedMessage) -> Option<Vec<String>>
         return None;
     }
     let mut tokens: Vec<String> = Vec::new();
-    for mailbox in message
-        .delivered_to
-        .iter()
-        .chain(&message.to)
-        .chain(&message.cc)
-    {
-        let Some((local, domain)) = mailbox.address.rsplit_once('@') else {
-            continue;
-        };
-        let Some((user, detail)) = local.split_once('+') else {
-            continue;
-        };
-        let base = format!("{user}@{domain}");
-        if dir.team_addresses.contains_key(&base)
-            && detail.len() <= MAX_TOKEN_LEN
-            && !tokens.iter().any(|t| t == detail)
-        {
-            tokens.push(detail.to_string());
+    for token in reply_tokens(dir, message) {
+        if !tokens.iter().any(|t| *t == token) {
+            tokens.push(token.to_string());
         }
     }
     let sender = keys_sender(message)?;
     let from_agent = dir.agents.values().any(|a| a.email == sender);
     (from_agent || !tokens.is_empty()).then_some(tokens)
+}
+
+/// The `+detail` parts of team addresses among the recipients, where a
+/// reply token would be.
+pub(crate) fn reply_tokens<'m>(
+    dir: &'m Directory,
+    message: &'m ParsedMessage,
+) -> impl Iterator<Item = &'m str> + 'm {
+    message
+        .delivered_to
+        .iter()
+        .chain(&message.to)
+        .chain(&message.cc)
+        .filter_map(move |mailbox| {
+            let (local, domain) = mailbox.address.rsplit_once('@')?;
+            let (user, detail) = local.split_once('+')?;
+            let base = format!("{user}@{domain}");
+            (dir.team_addresses.contains_key(&base) && detail.len() <= MAX_TOKEN_LEN)
+                .then_some(detail)
+        })
 }
 
 /// Stored in `messages.flags` for a message from someone the ticket did not

@@ -18,6 +18,8 @@ pub struct Flags {
     /// Carries our own loop header: mailroom sent it (a notification or an
     /// answer to an agent) and it came back in. Recorded, never answered.
     pub own_loop: bool,
+    /// An agent forwarded it in; this is the original (`pipeline::forward`).
+    pub forwarded: bool,
     /// For a bounce: Message-IDs of the message(s) it reports on.
     pub bounced_message_ids: Vec<String>,
 }
@@ -49,6 +51,9 @@ impl Flags {
         }
         if self.own_loop {
             names.push("loop");
+        }
+        if self.forwarded {
+            names.push("forwarded");
         }
         names
     }
@@ -130,6 +135,7 @@ pub fn classify(message: &Message<'_>) -> Flags {
         bounce,
         report,
         own_loop: header_text(message, crate::mail::LOOP_HEADER).is_some(),
+        forwarded: false,
         bounced_message_ids: Vec::new(),
     };
     if flags.bounce {

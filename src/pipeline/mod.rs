@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod classify;
+pub mod forward;
 pub mod parse;
 pub mod thread;
 
@@ -56,6 +57,8 @@ pub struct Hints {
     /// An admin released it from the quarantine: a blocked sender's mail
     /// goes through this once.
     pub release_blocked: bool,
+    /// The agent who forwarded the original in (`forward`).
+    pub forwarded_by: Option<i64>,
 }
 
 /// The team a message of a `route = "recipient"` channel goes to: the first
@@ -280,7 +283,7 @@ impl Pipeline {
             to_apply: Vec::new(),
         };
         let parsed = parsed.into_iter().zip(channels).enumerate();
-        for (index, ((raw, hints, result), mut channel)) in parsed {
+        for (index, ((raw, mut hints, result), mut channel)) in parsed {
             match result {
                 Ok(mut message) => {
                     if channel.route_by_recipient {
@@ -289,6 +292,12 @@ impl Pipeline {
                     }
                     if let Some(fingerprint) = &hints.fingerprint {
                         message.fingerprint = fingerprint.clone();
+                    }
+                    let has_token = apply::reply_tokens(&self.dir, &message).next().is_some();
+                    if let Some((original, agent)) = forward::unwrap(&self.dir, &message, has_token)
+                    {
+                        message = original;
+                        hints.forwarded_by = Some(agent);
                     }
                     let inbound = Inbound {
                         parsed: message,

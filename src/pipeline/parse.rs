@@ -318,6 +318,14 @@ fn to_mailbox(addr: &mail_parser::Addr<'_>) -> Option<Mailbox> {
     Some(Mailbox { address, name })
 }
 
+/// The first mailbox of an address header's value (display name,
+/// encoded words and all), as the header parser reads it.
+pub(crate) fn mailbox_of(value: &str) -> Option<Mailbox> {
+    let header = format!("From: {value}\r\n\r\n");
+    let message = mail_parser::MessageParser::default().parse_headers(header.as_bytes())?;
+    first_mailbox(message.from())
+}
+
 fn first_mailbox(address: Option<&Address<'_>>) -> Option<Mailbox> {
     address?.iter().find_map(to_mailbox)
 }

@@ -599,6 +599,134 @@ crate::both_backends!(
     }
 );
 
+impl OutApp {
+    /// The requester's address, the subject, the first message's body and
+    /// flags, and who the `created` event says forwarded it.
+    async fn opened(&self, number: i64) -> (String, String, String, String, Option<String>) {
+        let row = sqlx::query(
+            "SELECT c.email, t.subject, m.body_text, m.flags FROM tickets t
+             JOIN ticket_contacts tc ON tc.ticket_id = t.id AND tc.role = 'requester'
+             JOIN contacts c ON c.id = tc.contact_id
+             JOIN messages m ON m.ticket_id = t.id
+             WHERE t.number = $1 ORDER BY m.id LIMIT 1",
+        )
+        .bind(number)
+        .fetch_one(self.store().pool())
+        .await
+        .unwrap();
+        let data: String = sqlx::query(
+            "SELECT e.data FROM ticket_events e JOIN tickets t ON t.id = e.ticket_id
+             WHERE t.number = $1 AND e.kind = 'created'",
+        )
+        .bind(number)
+        .fetch_one(self.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            data["forwarded_by"].as_str().map(str::to_string),
+        )
+    }
+
+    async fn files_of_first_message(&self, number: i64) -> Vec<String> {
+        sqlx::query(
+            "SELECT a.filename FROM attachments a JOIN messages m ON m.id = a.message_id
+             JOIN tickets t ON t.id = m.ticket_id WHERE t.number = $1 ORDER BY a.id",
+        )
+        .bind(number)
+        .fetch_all(self.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+}
+
+crate::both_backends!(
+    an_agent_forwarding_a_customer_mail_opens_the_ticket_for_the_original_sender,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let app = OutApp::start_with(backend, sink.port, "").await;
+
+        // Inline, as Gmail forwards.
+        let gmail = b"From: Alice Agent <alice@example.com>\r\nTo: support@example.com\r\n\
+Subject: Fwd: Invoice wrong\r\nMessage-ID: <fwd1@example.com>\r\n\r\n\
+FYI, from the phone.\r\n\r\n---------- Forwarded message ---------\r\n\
+From: Dave Customer <dave@customer.test>\r\nDate: Wed, Nov 25, 2026 at 9:00 AM\r\n\
+Subject: Invoice wrong\r\nTo: <alice@example.com>\r\n\r\nMy invoice is wrong.\r\nDave\r\n";
+        let number = app.customer_mail(gmail).await;
+        let (requester, subject, body, flags, by) = app.opened(number).await;
+        assert_eq!(requester, "dave@customer.test");
+        assert_eq!(subject, "Invoice wrong");
+        assert_eq!(body.replace("\r\n", "\n"), "My invoice is wrong.\nDave");
+        assert_eq!(flags, "forwarded");
+        assert_eq!(by.as_deref(), Some("alice"));
+
+        // Outlook, behind its rule, with a file.
+        let outlook = b"From: bob@example.com\r\nTo: support@example.com\r\nSubject: FW: Broken screen\r\n\
+Message-ID: <fwd2@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+Please take this one.\r\n\r\n________________________________\r\n\
+From: Erin Example [mailto:erin@customer.test]\r\nSent: Tuesday, November 24, 2026 08:00\r\n\
+To: Bob\r\nSubject: Broken screen\r\n\r\nThe screen cracked, photo attached.\r\n--b\r\n\
+Content-Type: image/png; name=\"screen.png\"\r\nContent-Disposition: attachment; filename=\"screen.png\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b--\r\n";
+        let number = app.customer_mail(outlook).await;
+        let (requester, subject, body, _, by) = app.opened(number).await;
+        assert_eq!(requester, "erin@customer.test");
+        assert_eq!(subject, "Broken screen");
+        assert!(body.starts_with("The screen cracked"), "{body}");
+        assert_eq!(by.as_deref(), Some("bob"));
+        assert_eq!(app.files_of_first_message(number).await, vec!["screen.png"]);
+
+        // The original attached (message/rfc822), with its own file.
+        let attached = b"From: alice@example.com\r\nTo: support@example.com\r\nSubject: Fwd: Refund\r\n\
+Message-ID: <fwd3@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\n\
+See attached.\r\n--o\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n\
+From: Frank <frank@customer.test>\r\nTo: alice@example.com\r\nSubject: Refund please\r\n\
+Message-ID: <refund@customer.test>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"i\"\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\n\
+I want my money back.\r\n--i\r\nContent-Type: application/pdf; name=\"receipt.pdf\"\r\n\
+Content-Disposition: attachment; filename=\"receipt.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+JVBERi0xLjQK\r\n--i--\r\n\r\n--o--\r\n";
+        let number = app.customer_mail(attached).await;
+        let (requester, subject, body, flags, by) = app.opened(number).await;
+        assert_eq!(requester, "frank@customer.test");
+        assert_eq!(subject, "Refund please");
+        assert!(body.contains("I want my money back."), "{body}");
+        assert_eq!(flags, "forwarded");
+        assert_eq!(by.as_deref(), Some("alice"));
+        assert_eq!(
+            app.files_of_first_message(number).await,
+            vec!["receipt.pdf"]
+        );
+        // The original's Message-ID is the message's: the customer's
+        // later reply to it threads here.
+        let reply = b"From: frank@customer.test\r\nTo: support@example.com\r\nSubject: Re: Refund please\r\n\
+Message-ID: <refund2@customer.test>\r\nIn-Reply-To: <refund@customer.test>\r\n\r\nStill waiting.\r\n";
+        assert_eq!(app.customer_mail(reply).await, number);
+
+        // The same forward by someone who is not an agent: their own mail.
+        let by_customer = String::from_utf8_lossy(gmail)
+            .replace("Alice Agent <alice@example.com>", "mallory@evil.test")
+            .replace("fwd1@", "fwd4@");
+        let number = app.customer_mail(by_customer.as_bytes()).await;
+        let (requester, subject, body, flags, by) = app.opened(number).await;
+        assert_eq!(requester, "mallory@evil.test");
+        assert_eq!(subject, "Fwd: Invoice wrong");
+        assert!(body.contains("Forwarded message"));
+        assert_eq!(flags, "");
+        assert_eq!(by, None);
+    }
+);
+
 crate::both_backends!(
     an_answer_to_a_mention_is_an_internal_comment,
     |backend| async move {
