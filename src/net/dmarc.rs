@@ -138,10 +138,7 @@ impl Dmarc {
 /// The topmost Authentication-Results header, when `authserv_id` wrote
 /// it, says `dmarc=pass`. Lower ones may come from anyone.
 fn mta_says_pass(raw: &[u8], authserv_id: &str) -> bool {
-    let Some(message) = mail_parser::MessageParser::default().parse_headers(raw) else {
-        return false;
-    };
-    let Some(header) = message.header_raw("Authentication-Results") else {
+    let Some(header) = first_header(raw, "authentication-results") else {
         return false;
     };
     let unfolded = header.replace(['\r', '\n'], " ");
@@ -155,6 +152,32 @@ fn mta_says_pass(raw: &[u8], authserv_id: &str) -> bool {
             .next()
             .is_some_and(|m| m.eq_ignore_ascii_case("dmarc=pass"))
     })
+}
+
+/// The first header field called `name` (lower-case), unfolded.
+fn first_header(raw: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut found: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        let folded = line.starts_with([' ', '\t']);
+        match &mut found {
+            Some(value) if folded => value.push_str(line),
+            Some(_) => break,
+            None if folded => {}
+            None => {
+                if let Some((field, value)) = line.split_once(':') {
+                    if field.trim().eq_ignore_ascii_case(name) {
+                        found = Some(value.to_string());
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 /// The TXT records served before (or, offline, instead of) the DNS.
