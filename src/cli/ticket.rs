@@ -26,6 +26,9 @@ pub enum TicketCommand {
         number: i64,
         #[arg(long)]
         json: bool,
+        /// Each message whole, quoted history and signature included.
+        #[arg(long)]
+        full: bool,
     },
     /// Merge a ticket into another of its team; it lives on there.
     Merge {
@@ -95,7 +98,7 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
                 }
                 Ok(0)
             }
-            TicketCommand::Show { number, json } => {
+            TicketCommand::Show { number, json, full } => {
                 let Some(ticket) = store.ticket_show(number).await? else {
                     eprintln!("no ticket number {number}");
                     return Ok(1);
@@ -103,7 +106,7 @@ pub async fn run(config: &Config, command: TicketCommand) -> u8 {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&ticket)?);
                 } else {
-                    print_ticket(&ticket)?;
+                    print_ticket(&ticket, full)?;
                 }
                 Ok(0)
             }
@@ -204,7 +207,7 @@ fn print_list(tickets: &[TicketSummary]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn print_ticket(ticket: &TicketView) -> std::io::Result<()> {
+fn print_ticket(ticket: &TicketView, full: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let t = &ticket.ticket;
     writeln!(
@@ -246,7 +249,20 @@ fn print_ticket(ticket: &TicketView) -> std::io::Result<()> {
         if !m.attachments.is_empty() {
             writeln!(out, "attachments: {}", m.attachments.join(", "))?;
         }
-        writeln!(out, "{}", m.body_text)?;
+        if full || m.new_text == m.body_text {
+            writeln!(out, "{}", m.body_text)?;
+        } else {
+            let hidden = m
+                .body_text
+                .lines()
+                .count()
+                .saturating_sub(m.new_text.lines().count());
+            writeln!(out, "{}", m.new_text)?;
+            writeln!(
+                out,
+                "[{hidden} more lines of quoted text and signature; --full shows them]"
+            )?;
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::Store;
 use crate::mail::address::list_from_json;
+use crate::mail::quote::new_part;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MessageView {
@@ -25,6 +26,10 @@ pub struct MessageView {
     pub flags: Vec<String>,
     pub attachments: Vec<String>,
     pub body_text: String,
+    /// What the sender wrote this time: `body_text` without the quoted
+    /// history and the signature (`mail::quote`) for inbound mail, the
+    /// whole text otherwise. The message itself stays whole.
+    pub new_text: String,
     pub has_html: bool,
     /// Outbound messages: `queued`, `sent` or `failed`, and the relay's
     /// answer or the reason.
@@ -63,6 +68,10 @@ fn addresses(json: &str) -> Vec<String> {
 
 impl MessageRow {
     fn view(self, attachments: Vec<String>) -> MessageView {
+        let new_text = match self.direction.as_str() {
+            "inbound" => new_part(&self.body_text),
+            _ => self.body_text.clone(),
+        };
         MessageView {
             id: self.id,
             message_id: self.message_id,
@@ -81,6 +90,7 @@ impl MessageRow {
                 .map(str::to_string)
                 .collect(),
             attachments,
+            new_text,
             body_text: self.body_text,
             has_html: self.body_html.is_some(),
             delivery_state: self.delivery_state,

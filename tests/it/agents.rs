@@ -308,7 +308,9 @@ crate::both_backends!(
         // owner now) hears of it, nobody else.
         let answer = format!(
             "From: carol@customer.test\r\nTo: support@example.com\r\nSubject: Re: Printer on fire\r\n\
-             Message-ID: <second@customer.test>\r\nIn-Reply-To: <{}>\r\n\r\nThanks, it is out.\r\n",
+             Message-ID: <second@customer.test>\r\nIn-Reply-To: <{}>\r\n\r\nThanks, it is out.\r\n\r\n\
+             On Thu, 26 Nov 2026 at 11:00, Support <support@example.com> wrote:\r\n\
+             > Hi Carol,\r\n> step away from the printer\r\n",
             message_id(reply)
         );
         let outcome = app.pipeline_apply("pipe", answer.as_bytes()).await;
@@ -317,7 +319,34 @@ crate::both_backends!(
         let got = sink.wait_for(4, Duration::from_secs(10)).await;
         let last = got.last().unwrap();
         assert_eq!(last.rcpt_to, vec!["alice@example.com"]);
-        assert!(body(&last.message).contains("> Thanks, it is out."));
+        let notice = body(&last.message);
+        assert!(notice.contains("> Thanks, it is out."), "{notice}");
+        assert!(
+            !notice.contains("step away"),
+            "the quote is not quoted again: {notice}"
+        );
+        // The message stays whole; its new part is beside it.
+        let (status, view) = app
+            .api(
+                "GET",
+                &format!("/api/v1/tickets/{number}"),
+                "alice-token-0123456789",
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{view}");
+        let answer = view["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["message_id"] == "second@customer.test")
+            .unwrap();
+        assert_eq!(answer["new_text"], "Thanks, it is out.");
+        assert!(answer["body_text"]
+            .as_str()
+            .unwrap()
+            .contains("> step away"));
         assert_eq!(
             to(&got, "bob@example.com").len(),
             1,

@@ -1067,3 +1067,30 @@ fn ops_work_tickets_contacts_and_blocks_from_the_command_line() {
         company["id"]
     );
 }
+
+#[test]
+fn ticket_show_prints_what_the_customer_added_and_full_shows_all() {
+    let w = Workdir::new();
+    let mail = b"From: carol@customer.test\r\nTo: support@example.com\r\nSubject: Quoting\r\n\
+Message-ID: <quoting@customer.test>\r\n\r\nThe new words.\r\n\r\n\
+On Mon, 23 Nov 2026 at 09:00, Support <support@example.com> wrote:\r\n> The old words.\r\n> More old words.\r\n";
+    let out = w.pipe(&["ingest"], &[], mail);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show = w.run(&["ticket", "show", "1"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("The new words."), "{text}");
+    assert!(!text.contains("The old words."), "{text}");
+    assert!(
+        text.contains("4 more lines of quoted text and signature"),
+        "{text}"
+    );
+    let full = w.run(&["ticket", "show", "1", "--full"]);
+    assert!(String::from_utf8_lossy(&full.stdout).contains("> The old words."));
+    let export = w.run(&["export", "--jsonl"]);
+    let line: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    assert_eq!(line["messages"][0]["new_text"], "The new words.");
+}
