@@ -55,6 +55,18 @@ pub fn install() -> PrometheusHandle {
                 "mailroom_mailbox_backlog",
                 "Messages waiting in an IMAP mailbox."
             );
+            metrics::describe_gauge!(
+                "mailroom_automatic_mail_held",
+                "Notifications held back by the per-address rate limit."
+            );
+            metrics::describe_counter!(
+                "mailroom_automatic_mail_held_total",
+                "Notifications held back by the per-address rate limit, since start."
+            );
+            metrics::describe_gauge!(
+                "mailroom_agent_mail",
+                "Agents' emailed answers by state (pending, unverified)."
+            );
             handle
         })
         .clone()
@@ -92,6 +104,15 @@ async fn refresh(state: &Exposition) -> Result<(), sqlx::Error> {
         let n = state.store.outbox_count(label).await?;
         metrics::gauge!("mailroom_outbox_replies", "state" => label).set(n as f64);
     }
+    let auto = state
+        .store
+        .automatic_mail_counts(crate::store::now_ms())
+        .await?;
+    metrics::gauge!("mailroom_automatic_mail_held").set(auto.held as f64);
+    metrics::gauge!("mailroom_agent_mail", "state" => "pending")
+        .set(auto.agent_mail_pending as f64);
+    metrics::gauge!("mailroom_agent_mail", "state" => "unverified")
+        .set(auto.agent_mail_unverified as f64);
     let quarantined = state.store.quarantine_count().await?;
     metrics::gauge!("mailroom_quarantine_messages").set(quarantined as f64);
     for (name, channel) in &state.config.channels {

@@ -1,6 +1,7 @@
 //! `mailroom status`: each channel's state (an IMAP mailbox's connection,
-//! backlog, last success and error, and which instance holds it) and the
-//! outbox's counts.
+//! backlog, last success and error, and which instance holds it); the
+//! text form adds the outbox's counts, automatic mail held back by the
+//! rate limit, and agents' emailed answers pending or unverified.
 
 use serde_json::{json, Map, Value};
 
@@ -22,6 +23,15 @@ pub async fn run(config: &Config, json: bool) -> u8 {
         println!(
             "{:<16} {:<8} queued={} sent={} failed={}",
             "outbox", "smtp", outbox.queued, outbox.sent, outbox.failed
+        );
+        let auto = store.automatic_mail_counts(crate::store::now_ms()).await?;
+        println!(
+            "{:<16} {:<8} held={} held_last_24h={} (over notifications.max_per_address_per_hour)",
+            "automatic mail", "notify", auto.held, auto.held_last_day
+        );
+        println!(
+            "{:<16} {:<8} pending={} unverified={} (unverified: kept on the ticket, not relayed)",
+            "agents' mail", "inbound", auto.agent_mail_pending, auto.agent_mail_unverified
         );
         Ok(0)
     })

@@ -70,6 +70,15 @@ pub struct NewNotification<'a> {
     pub now: i64,
 }
 
+/// See `Store::automatic_mail_counts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutomaticMailCounts {
+    pub held: i64,
+    pub held_last_day: i64,
+    pub agent_mail_pending: i64,
+    pub agent_mail_unverified: i64,
+}
+
 impl Store {
     /// The notifier's cursor, locked until commit so one instance at a time
     /// turns events into notifications. The migration that made it set it
@@ -290,10 +299,32 @@ impl Store {
     }
 
     /// Notification mail held back by the rate limit (all time).
-    pub async fn held_notifications(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE mail_state = 'held'")
-            .fetch_one(self.pool())
-            .await
+    /// Automatic mail held back and agents' mail waiting or refused, for
+    /// `mailroom status` and the metrics.
+    pub async fn automatic_mail_counts(
+        &self,
+        now: i64,
+    ) -> Result<AutomaticMailCounts, sqlx::Error> {
+        let (held, held_last_day): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at > $1 THEN 1 ELSE 0 END), 0)
+             FROM notifications WHERE mail_state = 'held'",
+        )
+        .bind(now - 86_400_000)
+        .fetch_one(self.pool())
+        .await?;
+        let (pending, unverified): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN state = 'unverified' THEN 1 ELSE 0 END), 0)
+             FROM agent_mail",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(AutomaticMailCounts {
+            held,
+            held_last_day,
+            agent_mail_pending: pending,
+            agent_mail_unverified: unverified,
+        })
     }
 
     /// Writes a notification mail and its outbox row. The message is on no

@@ -481,6 +481,16 @@ Please send your card number.\r\n";
         )
         .await;
 
+        let counts = app
+            .store()
+            .automatic_mail_counts(mailroom::store::now_ms())
+            .await
+            .unwrap();
+        assert_eq!(
+            (counts.agent_mail_pending, counts.agent_mail_unverified),
+            (0, 7)
+        );
+
         // The same answer while she is in the team goes out.
         let mail = answer("alice@example.com", raw, "Genuine.");
         app.pipeline_apply("pipe", &mail).await;
@@ -854,7 +864,12 @@ crate::both_backends!(
         let got = sink.messages();
         assert_eq!(to(&got, "alice@example.com").len(), 2);
         assert_eq!(to(&got, "bob@example.com").len(), 0);
-        assert_eq!(app.store().held_notifications().await.unwrap(), 2);
+        let counts = app
+            .store()
+            .automatic_mail_counts(mailroom::store::now_ms())
+            .await
+            .unwrap();
+        assert_eq!((counts.held, counts.held_last_day), (2, 2));
         // Still there for the API: held and muted ones are notifications.
         let (status, view) = app
             .api(

@@ -1094,3 +1094,17 @@ On Mon, 23 Nov 2026 at 09:00, Support <support@example.com> wrote:\r\n> The old 
     let line: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
     assert_eq!(line["messages"][0]["new_text"], "The new words.");
 }
+
+#[test]
+fn status_shows_held_automatic_mail_and_agents_mail() {
+    let w = Workdir::new();
+    let out = w.run(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("held=0 held_last_24h=0"), "{text}");
+    assert!(text.contains("pending=0 unverified=0"), "{text}");
+}
