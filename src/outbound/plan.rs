@@ -189,12 +189,26 @@ pub fn plan(
     let (from, relay) = from_and_relay(&known, config)?;
     // To: the ticket's contacts unless the agent chose; a stored address
     // the relay would refuse (from old or odd mail) is left out.
+    // Never one of our own mailboxes: it would come back in as mail.
     let to = recipients.to.unwrap_or_else(|| {
         let mut contacts = known.contacts;
-        contacts.retain(|c| crate::mail::address::check(&c.address).is_ok());
+        contacts.retain(|c| {
+            crate::mail::address::check(&c.address).is_ok() && !is_own(dir, &c.address)
+        });
         contacts
     });
     let (cc, bcc) = (recipients.cc, recipients.bcc);
+    for (field, list) in [("to", &to), ("cc", &cc), ("bcc", &bcc)] {
+        if let Some(own) = list.iter().find(|m| is_own(dir, &m.address)) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{} is one of our own mailboxes: a reply to it would come back in as new mail",
+                    own.address
+                ),
+            ));
+        }
+    }
     if to.is_empty() && cc.is_empty() && bcc.is_empty() {
         return Err(invalid(
             "to",
@@ -279,6 +293,20 @@ fn from_and_relay<'c>(
         )
     })?;
     Ok((from, relay))
+}
+
+/// A team address, or one with a `+detail` (reply tokens, sub-addresses).
+pub fn is_own(dir: &Directory, address: &str) -> bool {
+    let address = address.to_ascii_lowercase();
+    if dir.team_addresses.contains_key(&address) {
+        return true;
+    }
+    match address.rsplit_once('@') {
+        Some((local, domain)) => local
+            .split_once('+')
+            .is_some_and(|(user, _)| dir.team_addresses.contains_key(&format!("{user}@{domain}"))),
+        None => false,
+    }
 }
 
 /// The SMTP recipients: To, Cc and Bcc, each address once, in that order.
@@ -626,6 +654,28 @@ addresses = [
             ..Default::default()
         };
         assert!(check_request(&html_only, 300).is_ok());
+    }
+
+    #[test]
+    fn our_own_mailboxes_are_never_mailed() {
+        let mut dir = directory(None);
+        dir.team_addresses.insert("support@example.com".into(), 1);
+        let (ticket, team) = (ticket(), team(false));
+        // A contact that is our own address (a loop's leftover) is left out.
+        let mut with_own = known(&ticket, &team);
+        with_own
+            .contacts
+            .push(Mailbox::new("support+1-2-r-3-abc@example.com", None));
+        let plan = planned(&body("hi"), with_own, &dir, &agent()).unwrap();
+        assert_eq!(plan.envelope, vec!["carol@customer.test"]);
+        // Named by the agent: refused, saying why.
+        let request = ReplyRequest {
+            cc: vec!["Support@Example.com".into()],
+            ..body("hi")
+        };
+        let (field, message) = refusal(planned(&request, known(&ticket, &team), &dir, &agent()));
+        assert_eq!(field, "cc");
+        assert!(message.contains("one of our own mailboxes"), "{message}");
     }
 
     #[test]
