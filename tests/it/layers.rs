@@ -37,7 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "desk",
-        &["outbound", "store", "config", "mail", "crypto", "retry"],
+        &["outbound", "store", "config", "net", "mail", "crypto", "retry"],
     ),
     ("metrics", &["store", "config"]),
     (
