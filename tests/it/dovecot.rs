@@ -255,13 +255,18 @@ service anvil {{
 
     /// A plain logged-in session for arranging and inspecting the mailbox.
     pub async fn client(&self) -> Session<TcpStream> {
+        self.client_as(USER, PASSWORD).await
+    }
+
+    /// The same, as another user of the test's users file (`bob`, `other`).
+    pub async fn client_as(&self, user: &str, password: &str) -> Session<TcpStream> {
         let tcp = TcpStream::connect(("127.0.0.1", self.imap_port))
             .await
             .unwrap();
         let mut client = async_imap::Client::new(tcp);
         client.read_response().await.unwrap();
         client
-            .login(USER, PASSWORD)
+            .login(user, password)
             .await
             .map_err(|(e, _)| e)
             .unwrap()

@@ -37,7 +37,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "desk",
-        &["outbound", "store", "config", "net", "mail", "crypto", "retry"],
+        &[
+            "outbound", "store", "config", "net", "mail", "crypto", "retry",
+        ],
     ),
     ("metrics", &["store", "config"]),
     (

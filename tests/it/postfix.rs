@@ -244,8 +244,13 @@ Subject: Invoice missing\r\nMessage-ID: <inv1@example.test>\r\n\r\nWhere is my i
 
 /// Waits for `n` messages in alice's INBOX and returns them.
 async fn inbox(dovecot: &Dovecot, n: u32) -> Vec<Vec<u8>> {
+    inbox_of(dovecot, dovecot::USER, dovecot::PASSWORD, n).await
+}
+
+/// Waits for `n` messages in `user`'s INBOX and returns them.
+async fn inbox_of(dovecot: &Dovecot, user: &str, password: &str, n: u32) -> Vec<Vec<u8>> {
     use futures::TryStreamExt;
-    let mut session = dovecot.client().await;
+    let mut session = dovecot.client_as(user, password).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while dovecot::count(&mut session, "INBOX").await < n {
         assert!(
@@ -363,4 +368,129 @@ async fn xoauth2_logs_in_to_the_submission_server() {
     let (_db, _p, _n, state, detail) = reply_through(&section).await;
     assert_eq!(state, "sent", "{detail}\n{}", s.postfix.log());
     assert_eq!(inbox(&s.dovecot, 1).await.len(), 1);
+}
+
+/// Agents by email end to end through real servers: the customer
+/// (alice@example.test) writes; the agent (bob@example.test, assigned)
+/// gets the notification through Postfix into Dovecot and reads it over
+/// IMAP; answers it from a mail client (quote, signature); the customer's
+/// mailbox receives the answer from the team address, threaded, without
+/// the quote; the customer answers; the agent hears of that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_works_a_ticket_by_email_through_postfix_and_dovecot() {
+    let s = stack(None);
+    let auth = format!(
+        "username = \"{}\"\npassword = \"{}\"",
+        dovecot::USER,
+        dovecot::PASSWORD
+    );
+    let section = format!(
+        "{}[teams.support.notify]\naddress = \"support@example.com\"\nnew_ticket = []\n\
+         [agents.bea]\nemail = \"bob@example.test\"\nname = \"Bea Agent\"\nteams = [\"support\"]\n",
+        relay(s.postfix.submit_port, &auth, Some(&ca_file()))
+    );
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = outbound_config(&db.url, 0, &section);
+    let pipeline = TestApp::pipeline_for(&config).await;
+    let store = pipeline.store().clone();
+    let dir = pipeline.directory().clone();
+    let outbox = Arc::new(Outbox::new(
+        store.clone(),
+        Arc::new(dir.clone()),
+        Arc::new(config.clone()),
+    ));
+    let dmarc = mailroom::net::dmarc::Dmarc::offline(&[]);
+    let work = || async {
+        mailroom::desk::agent_mail::run_pass(&store, &dir, &config, &dmarc)
+            .await
+            .unwrap();
+        mailroom::outbound::notify::run_pass(&store, &dir, &config)
+            .await
+            .unwrap();
+        outbox.run_until_idle().await;
+    };
+
+    let customer = b"From: Alice Customer <alice@example.test>\r\nTo: support@example.com\r\n\
+Subject: Router blinking\r\nMessage-ID: <router1@example.test>\r\n\r\nThe router blinks red.\r\n";
+    let outcome = apply_with(&pipeline, "pipe", customer).await;
+    let number = number_of(&store, ticket_of(&outcome)).await;
+    mailroom::desk::tickets::assign(&store, &dir, &Actor::Ops, number, Some("bea".into()))
+        .await
+        .unwrap();
+    work().await;
+
+    // Bea reads the notification in her mailbox.
+    let notice = inbox_of(&s.dovecot, "bob", "other", 1).await.remove(0);
+    let parsed = MessageParser::default().parse(&notice).unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("[#{number}] Assigned to you: Router blinking").as_str())
+    );
+    assert_eq!(
+        parsed.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-generated")
+    );
+    let reply_to = parsed
+        .reply_to()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .to_string();
+    assert!(reply_to.starts_with("support+"), "{reply_to}");
+    let notice_id = parsed.message_id().unwrap().to_string();
+    let quoted: String = parsed
+        .body_text(0)
+        .unwrap()
+        .lines()
+        .map(|l| format!("> {l}\r\n"))
+        .collect();
+
+    // She answers from her mail client; it reaches the support inbox.
+    let answer = format!(
+        "From: Bea Agent <bob@example.test>\r\nTo: {reply_to}\r\nSubject: Re: [#{number}] Assigned to you\r\n\
+         Message-ID: <bea1@example.test>\r\nIn-Reply-To: <{notice_id}>\r\nReferences: <{notice_id}>\r\n\r\n\
+         Please unplug it for ten seconds.\r\n\r\n-- \r\nBea\r\n\r\n\
+         On Thu, 3 Dec 2026 at 10:00, Support notifications <support@example.com> wrote:\r\n{quoted}"
+    );
+    apply_with(&pipeline, "pipe", answer.as_bytes()).await;
+    work().await;
+
+    // The customer's mailbox: from the team, threaded, no quote, no token.
+    let delivered = inbox(&s.dovecot, 1).await.remove(0);
+    let reply = MessageParser::default().parse(&delivered).unwrap();
+    assert_eq!(
+        reply.from().unwrap().first().unwrap().address(),
+        Some("support@example.com")
+    );
+    assert_eq!(reply.in_reply_to().as_text(), Some("router1@example.test"));
+    let text = reply.body_text(0).unwrap().to_string();
+    assert!(text.contains("Please unplug it for ten seconds."), "{text}");
+    for leaked in [
+        "Assigned to you",
+        "wrote:",
+        "Bea\n",
+        "support+",
+        "reply above",
+    ] {
+        assert!(!text.contains(leaked), "{leaked:?} leaked: {text}");
+    }
+
+    // The customer answers; the ticket has it and Bea is told.
+    let ours = reply.message_id().unwrap().to_string();
+    let again = format!(
+        "From: alice@example.test\r\nTo: support@example.com\r\nSubject: Re: Router blinking\r\n\
+         Message-ID: <router2@example.test>\r\nIn-Reply-To: <{ours}>\r\n\r\nIt works again.\r\n"
+    );
+    let outcome = apply_with(&pipeline, "pipe", again.as_bytes()).await;
+    assert_eq!(number_of(&store, ticket_of(&outcome)).await, number);
+    work().await;
+    let told = inbox_of(&s.dovecot, "bob", "other", 2).await;
+    let last = MessageParser::default().parse(&told[1]).unwrap();
+    assert_eq!(
+        last.subject(),
+        Some(format!("[#{number}] New reply: Router blinking").as_str())
+    );
+    assert!(last.body_text(0).unwrap().contains("> It works again."));
 }
