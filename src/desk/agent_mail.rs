@@ -288,88 +288,8 @@ async fn act(
     purpose: Purpose,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let actor = Actor::Agent(agent.clone());
     let number = mail.ticket_number;
-    let (command, text) = parse_command(&new_part(&mail.body_text));
-    let internal = purpose == Purpose::Comment || command == Some(Command::Note);
-    let result: Result<(&str, String), ActionError> = async {
-        if let Some(Command::Unknown(name)) = &command {
-            return Err(crate::outbound::plan::invalid(
-                "command",
-                format!("#{name} is not a command; the commands are {COMMANDS}"),
-            ));
-        }
-        if let Some(Command::Assign(who)) = &command {
-            let key = assignee(dir, agent, who)?;
-            super::tickets::assign(store, dir, &actor, number, Some(key)).await?;
-        }
-        let status = match &command {
-            Some(Command::Status(name)) if name.is_empty() => {
-                return Err(crate::outbound::plan::invalid(
-                    "status",
-                    "#status needs a status name",
-                ))
-            }
-            Some(Command::Status(name)) => Some(name.clone()),
-            Some(Command::Close) => Some(closed_status(dir, mail)?),
-            _ => None,
-        };
-        if internal {
-            if !text.is_empty() {
-                super::comments::add(store, dir, &actor, number, &text).await?;
-            }
-            if let Some(status) = status {
-                super::tickets::set_status(store, dir, &actor, number, status, BTreeMap::new())
-                    .await?;
-            }
-            return Ok(("agent_note", "kept as an internal comment".to_string()));
-        }
-        if text.is_empty() {
-            return match status {
-                Some(status) => {
-                    super::tickets::set_status(
-                        store,
-                        dir,
-                        &actor,
-                        number,
-                        status.clone(),
-                        BTreeMap::new(),
-                    )
-                    .await?;
-                    Ok(("agent_command", format!("status set to {status}")))
-                }
-                None if command.is_some() => Ok(("agent_command", "command done".to_string())),
-                None => Err(crate::outbound::plan::invalid(
-                    "body",
-                    "the answer is empty; nothing was sent",
-                )),
-            };
-        }
-        let attachments = store
-            .message_files(mail.message)
-            .await?
-            .into_iter()
-            .map(|f| NewAttachment {
-                filename: f.filename,
-                content_type: f.content_type,
-                data: f.data,
-            })
-            .collect();
-        let request = ReplyRequest {
-            body_text: Some(text.clone()),
-            attachments,
-            status,
-            idempotency_key: Some(format!("agent-mail.{}", mail.message)),
-            ..Default::default()
-        };
-        let queued = queue_reply(store, dir, config, &actor, number, request).await?;
-        Ok((
-            "agent_reply",
-            format!("relayed to the customer as message {}", queued.message),
-        ))
-    }
-    .await;
-    match result {
+    match perform(store, dir, config, mail, agent, purpose).await {
         Ok((flag, outcome)) => {
             tracing::info!(ticket = number, agent = %agent.key, outcome = %outcome, "Agent's emailed answer done.");
             store
@@ -396,6 +316,96 @@ async fn act(
                 .await
         }
     }
+}
+
+/// What the answer asks, done: the flag and outcome, or the refusal.
+async fn perform(
+    store: &Store,
+    dir: &Directory,
+    config: &Config,
+    mail: &AgentMail,
+    agent: &AgentInfo,
+    purpose: Purpose,
+) -> Result<(&'static str, String), ActionError> {
+    let actor = Actor::Agent(agent.clone());
+    let number = mail.ticket_number;
+    let (command, text) = parse_command(&new_part(&mail.body_text));
+    // What follows #assign is for the colleague, not the customer.
+    let internal = purpose == Purpose::Comment
+        || matches!(command, Some(Command::Note) | Some(Command::Assign(_)));
+    if let Some(Command::Unknown(name)) = &command {
+        return Err(crate::outbound::plan::invalid(
+            "command",
+            format!("#{name} is not a command; the commands are {COMMANDS}"),
+        ));
+    }
+    if let Some(Command::Assign(who)) = &command {
+        let key = assignee(dir, agent, who)?;
+        super::tickets::assign(store, dir, &actor, number, Some(key)).await?;
+    }
+    let status = match &command {
+        Some(Command::Status(name)) if name.is_empty() => {
+            return Err(crate::outbound::plan::invalid(
+                "status",
+                "#status needs a status name",
+            ))
+        }
+        Some(Command::Status(name)) => Some(name.clone()),
+        Some(Command::Close) => Some(closed_status(dir, mail)?),
+        _ => None,
+    };
+    if internal {
+        if !text.is_empty() {
+            super::comments::add(store, dir, &actor, number, &text).await?;
+        }
+        if let Some(status) = status {
+            super::tickets::set_status(store, dir, &actor, number, status, BTreeMap::new()).await?;
+        }
+        return Ok(("agent_note", "kept as an internal comment".to_string()));
+    }
+    if text.is_empty() {
+        return match status {
+            Some(status) => {
+                super::tickets::set_status(
+                    store,
+                    dir,
+                    &actor,
+                    number,
+                    status.clone(),
+                    BTreeMap::new(),
+                )
+                .await?;
+                Ok(("agent_command", format!("status set to {status}")))
+            }
+            None if command.is_some() => Ok(("agent_command", "command done".to_string())),
+            None => Err(crate::outbound::plan::invalid(
+                "body",
+                "the answer is empty; nothing was sent",
+            )),
+        };
+    }
+    let attachments = store
+        .message_files(mail.message)
+        .await?
+        .into_iter()
+        .map(|f| NewAttachment {
+            filename: f.filename,
+            content_type: f.content_type,
+            data: f.data,
+        })
+        .collect();
+    let request = ReplyRequest {
+        body_text: Some(text.clone()),
+        attachments,
+        status,
+        idempotency_key: Some(format!("agent-mail.{}", mail.message)),
+        ..Default::default()
+    };
+    let queued = queue_reply(store, dir, config, &actor, number, request).await?;
+    Ok((
+        "agent_reply",
+        format!("relayed to the customer as message {}", queued.message),
+    ))
 }
 
 /// `me` or an agent's address, as the agent key `assign` takes.

@@ -613,14 +613,36 @@ crate::both_backends!(
         );
         assert_eq!(mails_to_carol(), 0);
 
-        // #assign by address: bob owns it, nothing to the customer.
+        // #assign someone who is not an agent: refused, explained.
+        let before = sink.count();
         app.pipeline_apply(
             "pipe",
-            &answer("alice@example.com", raw, "#assign bob@example.com"),
+            &answer("alice@example.com", raw, "#assign nobody@customer.test"),
+        )
+        .await;
+        app.work().await;
+        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
+        let text = body(&got.last().unwrap().message);
+        assert!(text.contains("no agent nobody@customer.test"), "{text}");
+        assert_eq!(app.owner_of(number).await, None);
+
+        // #assign by address: bob owns it; the words for him are a
+        // comment, nothing goes to the customer.
+        app.pipeline_apply(
+            "pipe",
+            &answer(
+                "alice@example.com",
+                raw,
+                "#assign bob@example.com\r\nBob, can you take this one?",
+            ),
         )
         .await;
         app.work().await;
         assert_eq!(app.owner_of(number).await.as_deref(), Some("bob"));
+        assert_eq!(
+            app.comments_on(number).await.last().map(String::as_str),
+            Some("Bob, can you take this one?")
+        );
         assert_eq!(mails_to_carol(), 0);
 
         // #close with text: the answer goes out and the ticket is closed.
