@@ -1071,6 +1071,9 @@ fn message_row<'a>(
 /// What a bounce says went wrong: its Diagnostic-Code or Status line, else
 /// the start of its human-readable part.
 fn bounce_detail(message: &ParsedMessage) -> String {
+    if let Some(reason) = &message.flags.bounce_reason {
+        return format!("bounced: {reason}");
+    }
     let text = &message.body_text;
     let line = text
         .lines()

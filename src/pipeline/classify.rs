@@ -22,6 +22,9 @@ pub struct Flags {
     pub forwarded: bool,
     /// For a bounce: Message-IDs of the message(s) it reports on.
     pub bounced_message_ids: Vec<String>,
+    /// For a bounce: the failed recipient, status and diagnostic, as far
+    /// as the report or the MTA's text says them.
+    pub bounce_reason: Option<String>,
 }
 
 impl Flags {
@@ -137,9 +140,11 @@ pub fn classify(message: &Message<'_>) -> Flags {
         own_loop: header_text(message, crate::mail::LOOP_HEADER).is_some(),
         forwarded: false,
         bounced_message_ids: Vec::new(),
+        bounce_reason: None,
     };
     if flags.bounce {
         flags.bounced_message_ids = bounced_ids(message);
+        flags.bounce_reason = bounce_reason(message);
     }
     flags
 }
@@ -329,28 +334,136 @@ fn is_report(message: &Message<'_>, s: &Signals) -> bool {
 /// Message-IDs of the original message a DSN carries (as message/rfc822 or
 /// text/rfc822-headers), so the outbound message can be marked failed.
 fn bounced_ids(message: &Message<'_>) -> Vec<String> {
-    let mut ids = Vec::new();
-    for part in &message.parts {
-        let id = match &part.body {
+    let mut found: Vec<Option<String>> = message
+        .parts
+        .iter()
+        .map(|part| match &part.body {
             PartType::Message(inner) => inner.message_id().map(clean_id),
             _ if part.is_content_type("text", "rfc822-headers") => {
-                let text = String::from_utf8_lossy(part.contents());
-                text.lines().find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("message-id")
-                        .then(|| clean_id(value))
-                })
+                header_line(&String::from_utf8_lossy(part.contents()), "message-id")
             }
             _ => None,
-        };
-        if let Some(id) = id.filter(|id| !id.is_empty()) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        })
+        .collect();
+    if found.iter().all(Option::is_none) {
+        // Bounces without a report part (qmail, Exim, sendmail V5, many
+        // carriers) quote the original's headers in their text.
+        found = message
+            .parts
+            .iter()
+            .map(|part| match &part.body {
+                PartType::Text(text) => header_line(text, "message-id"),
+                _ => None,
+            })
+            .collect();
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for id in found.into_iter().flatten().filter(|id| !id.is_empty()) {
+        if !ids.contains(&id) {
+            ids.push(id);
         }
     }
     ids
+}
+
+/// The value of the first `name:` line of `text` (quoted or indented
+/// lines too), as a Message-ID.
+fn header_line(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let l = l.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
+        let (field, value) = l.split_once(':')?;
+        field
+            .trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| clean_id(value))
+    })
+}
+
+/// `recipient: diagnostic (status)` from an RFC 3464 report, else from
+/// `X-Failed-Recipients` and the MTA's text: the `<address>:` or indented
+/// address line, and the first line carrying an SMTP reply code.
+fn bounce_reason(message: &Message<'_>) -> Option<String> {
+    let mut recipient: Option<String> = None;
+    let mut status: Option<String> = None;
+    let mut diagnostic: Option<String> = None;
+    let texts: Vec<String> = message
+        .parts
+        .iter()
+        .filter(|p| {
+            matches!(p.body, PartType::Text(_))
+                || p.is_content_type("message", "delivery-status")
+                || p.is_content_type("message", "global-delivery-status")
+        })
+        .map(|p| String::from_utf8_lossy(p.contents()).into_owned())
+        .collect();
+    let after_semicolon = |v: &str| v.split_once(';').map_or(v, |(_, r)| r).trim().to_string();
+    for text in &texts {
+        for line in text.lines() {
+            let Some((field, value)) = line.split_once(':') else {
+                continue;
+            };
+            match field.trim().to_ascii_lowercase().as_str() {
+                "final-recipient" | "original-recipient" if recipient.is_none() => {
+                    recipient = Some(after_semicolon(value))
+                }
+                "status" if status.is_none() => status = Some(value.trim().to_string()),
+                "diagnostic-code" if diagnostic.is_none() => {
+                    diagnostic = Some(after_semicolon(value))
+                }
+                _ => {}
+            }
+        }
+    }
+    if recipient.is_none() {
+        recipient = header_text(message, "X-Failed-Recipients")
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_string());
+    }
+    for text in &texts {
+        for line in text.lines().map(str::trim) {
+            if recipient.is_none() {
+                let bare = line
+                    .trim_end_matches(':')
+                    .trim_start_matches('<')
+                    .trim_end_matches('>');
+                if bare.contains('@') && !bare.contains(char::is_whitespace) {
+                    recipient = Some(bare.to_string());
+                    continue;
+                }
+            }
+            if diagnostic.is_none() && has_reply_code(line) {
+                diagnostic = Some(line.to_string());
+            }
+        }
+    }
+    let mut reason = match (&recipient, &diagnostic) {
+        (Some(r), Some(d)) => format!("{r}: {d}"),
+        (Some(r), None) => r.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => return status,
+    };
+    if let Some(status) = status.filter(|s| !reason.contains(s.as_str())) {
+        reason.push_str(&format!(" (status {status})"));
+    }
+    Some(reason.chars().take(300).collect())
+}
+
+/// A line with an SMTP reply code: a word of three digits starting 4 or
+/// 5, followed by more text (`550 5.1.1 …`, `said: 552-…`, `#5.1.1`).
+fn has_reply_code(line: &str) -> bool {
+    line.split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+        .any(|w| {
+            let b = w.as_bytes();
+            (b.len() == 3
+                && (b[0] == b'4' || b[0] == b'5')
+                && w.chars().all(|c| c.is_ascii_digit()))
+                || (b.len() >= 5
+                    && (b[0] == b'4' || b[0] == b'5')
+                    && b[1] == b'.'
+                    && w.split('.').count() == 3
+                    && w.split('.')
+                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        })
+        && line.len() > 8
 }
 
 #[cfg(test)]
@@ -411,6 +524,41 @@ mod tests {
         ] {
             assert!(!flags(raw).is_automatic(), "{raw}");
         }
+    }
+
+    #[test]
+    fn bounces_without_a_report_name_the_message_and_the_reason() {
+        let qmail = "From: MAILER-DAEMON@mx.customer.test\nSubject: failure notice\n\n\
+Hi. This is the qmail-send program at mx.customer.test.\n\
+I'm afraid I wasn't able to deliver your message to the following addresses.\n\n\
+<carol@customer.test>:\nRemote host said: 550 5.1.1 mailbox unavailable\n\n\
+--- Below this line is a copy of the message.\n\nMessage-ID: <mr.1.abc@example.com>\nSubject: Re: x\n\nhi\n";
+        let f = flags(qmail);
+        assert!(f.bounce);
+        assert_eq!(
+            f.bounced_message_ids,
+            vec!["mr.1.abc@example.com".to_string()]
+        );
+        assert_eq!(
+            f.bounce_reason.as_deref(),
+            Some("carol@customer.test: Remote host said: 550 5.1.1 mailbox unavailable")
+        );
+        let exim = "From: Mail Delivery System <Mailer-Daemon@mx.test>\nX-Failed-Recipients: dave@customer.test\n\
+Subject: Mail delivery failed: returning message to sender\n\n\
+This message was created automatically by mail delivery software.\n\n\
+A message that you sent could not be delivered to one or more of its\nrecipients. This is a permanent error.\n\n\
+  dave@customer.test\n    host mx.customer.test [192.0.2.1]\n    SMTP error from remote mail server after RCPT TO:<dave@customer.test>:\n\
+    550 No such user here\n\n------ This is a copy of the message, including all the headers. ------\n\n\
+Message-ID: <mr.2.def@example.com>\n";
+        let f = flags(exim);
+        assert_eq!(
+            f.bounced_message_ids,
+            vec!["mr.2.def@example.com".to_string()]
+        );
+        assert_eq!(
+            f.bounce_reason.as_deref(),
+            Some("dave@customer.test: 550 No such user here")
+        );
     }
 
     #[test]

@@ -888,11 +888,34 @@ crate::both_backends!(
         assert_eq!(number_of(app.store(), ticket_of(&outcome)).await, number);
         let view = app.delivery(message).await;
         assert_eq!(view["delivery_state"], "failed");
-        assert!(
-            view["delivery_detail"]
-                .as_str()
-                .unwrap()
-                .starts_with("bounced"),
+        assert_eq!(
+            view["delivery_detail"], "bounced: carol@customer.test: 550 5.1.1 mailbox unknown",
+            "{view}"
+        );
+
+        // A bounce without a report part (qmail's form, the original's
+        // headers quoted in the text) does the same.
+        let (_, queued) = app
+            .reply(number, "alice-token-0123456789", json!({ "body": "again" }))
+            .await;
+        app.flush().await;
+        let message = queued["message"].as_i64().unwrap();
+        assert_eq!(app.delivery(message).await["delivery_state"], "sent");
+        let qmail = format!(
+            "From: MAILER-DAEMON@mx.customer.test\r\nTo: support@example.com\r\nSubject: failure notice\r\n\
+             Message-ID: <qmail1@mx.customer.test>\r\n\r\n\
+             Hi. This is the qmail-send program at mx.customer.test.\r\n\
+             I'm afraid I wasn't able to deliver your message to the following addresses.\r\n\r\n\
+             <carol@customer.test>:\r\nRemote host said: 552 5.2.2 mailbox full\r\n\r\n\
+             --- Below this line is a copy of the message.\r\n\r\nMessage-ID: <{}>\r\nSubject: Re: x\r\n\r\nagain\r\n",
+            queued["message_id"].as_str().unwrap()
+        );
+        app.pipeline_apply("pipe", qmail.as_bytes()).await;
+        let view = app.delivery(message).await;
+        assert_eq!(view["delivery_state"], "failed");
+        assert_eq!(
+            view["delivery_detail"],
+            "bounced: carol@customer.test: Remote host said: 552 5.2.2 mailbox full",
             "{view}"
         );
     }
