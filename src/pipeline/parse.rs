@@ -471,6 +471,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encoded_words_in_the_charsets_of_real_mail() {
+        for (word, text) in [
+            ("=?Big5?B?q8ik4apBsMg=?=", "客戶服務"),
+            ("=?ISO-2022-JP?B?GyRCQEE1YT1xGyhC?=", "請求書"),
+            ("=?KOI8-R?B?8NLJ18XU?=", "Привет"),
+            ("=?windows-1251?B?0fe48g==?=", "Счёт"),
+            ("=?windows-1252?B?Q2Fm6SCXIOdh?=", "Café — ça"),
+            ("=?GBK?B?t6LGsc7KzOI=?=", "发票问题"),
+            ("=?EUC-KR?B?ua7Axw==?=", "문의"),
+        ] {
+            let raw = format!(
+                "From: {word} <x@customer.test>\r\nSubject: {word}\r\nMessage-ID: <cs@customer.test>\r\n\r\nx\r\n"
+            );
+            let parsed = parse(raw.as_bytes()).unwrap();
+            assert_eq!(parsed.subject, text, "{word}");
+            assert_eq!(parsed.from.unwrap().name.as_deref(), Some(text), "{word}");
+        }
+    }
+
+    #[test]
     fn odd_charsets_in_encoded_words_and_file_names() {
         // Shift_JIS subject, a one-character GB2312 display name, a file
         // name with a colon (RFC 2231) and one in an encoded word.
