@@ -3,7 +3,10 @@
 
 1. Bulk: N messages (default 1,000 and 10,000) already waiting in the mailbox;
    time from `mailroom run` start until every one is committed and marked
-   seen, over implicit TLS verified against the test CA.
+   seen, over implicit TLS verified against the test CA. Next to it, the
+   ceiling on the same server and messages: a plain imaplib client's
+   connect, login, bulk `FETCH 1:* (BODY.PEEK[])` and one `STORE`, over the
+   same TLS; the ratio is mailroom's rate over the ceiling's.
 2. IDLE latency: 200 messages appended one at a time while mailroom idles;
    latency = commit time (messages.received_at) - time the APPEND completed.
 
@@ -190,12 +193,30 @@ def peak_rss_mib(pid):
     return 0
 
 
+def ceiling(dovecot):
+    """A plain client's bulk fetch and flag, timed from connect; the flags
+    are put back (untimed) so mailroom then sees the mailbox unchanged."""
+    ctx = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+    start = time.monotonic()
+    m = imaplib.IMAP4_SSL("localhost", dovecot.imaps, ssl_context=ctx)
+    m.login("alice", "secret")
+    m.select("INBOX")
+    _, data = m.fetch("1:*", "(BODY.PEEK[])")
+    m.store("1:*", "+FLAGS.SILENT", "(\\Seen)")
+    elapsed = time.monotonic() - start
+    fetched = sum(1 for d in data if isinstance(d, tuple))
+    m.store("1:*", "-FLAGS.SILENT", "(\\Seen)")
+    m.logout()
+    return fetched / elapsed
+
+
 def bulk(n, label="mailroom", BIN=BIN):
     work = tempfile.mkdtemp(prefix="mailroom-bench-")
     try:
         dovecot = Dovecot(work)
         subprocess.run([GEN, str(n), os.path.join(work, "corpus")], check=True, stderr=subprocess.DEVNULL)
         dovecot.seed(os.path.join(work, "corpus"))
+        plain = ceiling(dovecot)
         config = mailroom_config(work, dovecot, os.path.join(work, "bench.db"))
         subprocess.run([BIN, "--config", config, "migrate"], check=True, capture_output=True)
         env = dict(os.environ, MAILROOM_LOG="warn")
@@ -211,7 +232,9 @@ def bulk(n, label="mailroom", BIN=BIN):
         daemon.wait()
         db = sqlite3.connect(os.path.join(work, "bench.db"))
         stored = db.execute("select count(*) from messages").fetchone()[0]
-        print(f"bulk {label:>8} {n:6d} messages over TLS  {elapsed:6.2f} s  {n / elapsed:7.0f} msg/s  "
+        rate = n / elapsed
+        print(f"bulk {label:>8} {n:6d} messages over TLS  {elapsed:6.2f} s  {rate:7.0f} msg/s  "
+              f"ceiling (imaplib) {plain:7.0f} msg/s  ratio {rate / plain:4.2f}  "
               f"peak RSS {rss} MiB  stored {stored}", flush=True)
         dovecot.stop()
     finally:

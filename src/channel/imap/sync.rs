@@ -1,7 +1,8 @@
 //! Taking new mail from the selected folder, in chunks of `fetch_batch`:
 //! size check, fetch, commit through the pipeline, after-action for exactly
-//! those UIDs, then advance `last_uid`. A crash between the commit and the
-//! after-action only means a re-fetch, which is recorded as a duplicate.
+//! those UIDs, then advance `last_uid`. The next chunk is fetched while the
+//! current one commits. A crash between the commit and the after-action
+//! only means a re-fetch, which is recorded as a duplicate.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,10 @@ use crate::store::now_ms;
 const MAX_OVERSIZED_REPORTED: usize = 100;
 
 impl ImapChannel {
-    /// Takes every message above `last_uid`, in chunks. Returns how many it took.
+    /// Takes every message above `last_uid`, in chunks. Returns how many it
+    /// took. The next chunk is fetched while the current one commits (the
+    /// session is idle while the database works); a chunk is acknowledged
+    /// at the server only after its own commit.
     pub(super) async fn sync(
         &self,
         session: &mut ImapSession,
@@ -37,13 +41,37 @@ impl ImapChannel {
         let uids = self.search(session, state).await?;
         state.backlog = uids.len();
         tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
+        let chunks: Vec<&[u32]> = uids.chunks(self.client.config().fetch_batch).collect();
         let mut taken = 0;
-        for chunk in uids.chunks(self.client.config().fetch_batch) {
-            // Stopping (or the lease is gone): take nothing more.
-            if shutdown.is_cancelled() {
-                break;
+        let mut next = match chunks.first() {
+            Some(chunk) if !shutdown.is_cancelled() => {
+                Some(self.prefetch(session, state, actions, chunk).await?)
             }
-            taken += self.take(session, pipeline, state, actions, chunk).await?;
+            _ => None,
+        };
+        let mut index = 0;
+        while let Some(current) = next.take() {
+            let chunk = chunks[index];
+            index += 1;
+            // Stopping (or the lease is gone): fetch nothing more.
+            let more = index < chunks.len() && !shutdown.is_cancelled() && !lease_lost();
+            let (committed, prefetched) =
+                tokio::join!(self.commit(pipeline, current.raws), async {
+                    match more {
+                        true => Some(self.prefetch(session, state, actions, chunks[index]).await),
+                        false => None,
+                    }
+                });
+            committed?;
+            // Committed (or kept in the quarantine): now acknowledge.
+            let limit = self.client.config().command_timeout();
+            if !current.fetched.is_empty() {
+                actions
+                    .apply(session, &uid_set(&current.fetched), limit)
+                    .await?;
+                tracing::debug!(mailbox = %self.name, "Acknowledged.");
+            }
+            taken += current.fetched.len();
             state.last_uid = chunk.last().copied().unwrap_or(state.last_uid);
             state.last_success = Some(now_ms());
             state.backlog = state.backlog.saturating_sub(chunk.len());
@@ -55,6 +83,7 @@ impl ImapChannel {
                 .set_channel_state(&self.name, state)
                 .await
                 .map_err(db)?;
+            next = prefetched.transpose()?;
         }
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
             // The unread mail is in; read mail below the mark stays behind.
@@ -102,15 +131,14 @@ impl ImapChannel {
         Ok(uids)
     }
 
-    /// One chunk: sizes, bodies, commit, after-action. Returns how many it took.
-    async fn take(
+    /// One chunk's sizes and bodies; oversized ones are set aside.
+    async fn prefetch(
         &self,
         session: &mut ImapSession,
-        pipeline: &Pipeline,
         state: &mut ImapState,
         actions: &AfterActions,
         chunk: &[u32],
-    ) -> Result<usize, Failure> {
+    ) -> Result<Fetched, Failure> {
         let limit = self.client.config().command_timeout();
         let sizes: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
             let stream = session
@@ -134,28 +162,31 @@ impl ImapChannel {
             }
         }
         if wanted.is_empty() {
-            return Ok(0);
+            return Ok(Fetched::default());
         }
         let (fetched, raws) = self.fetch(session, state, &wanted, total).await?;
         tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
+        Ok(Fetched { fetched, raws })
+    }
+
+    /// Commits one chunk through the pipeline (or quarantines what is bad).
+    async fn commit(&self, pipeline: &Pipeline, raws: Vec<RawMessage>) -> Result<(), Failure> {
         if raws.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
+        let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
         let dispositions = match pipeline.process(raws, OnBadInput::Quarantine).await {
             Ok(d) => d,
             Err(PipelineError::Unavailable(e)) => return Err(Failure::Database(e)),
             Err(e) => return Err(ImapError::Other(e.to_string()).into()),
         };
-        for (uid, disposition) in fetched.iter().zip(&dispositions) {
+        for (source, disposition) in sources.iter().zip(&dispositions) {
             if let Disposition::Quarantined { id, reason } = disposition {
-                tracing::warn!(mailbox = %self.name, uid, quarantine = id, %reason, "Message quarantined.");
+                tracing::warn!(mailbox = %self.name, source = source.as_deref().unwrap_or("-"), quarantine = id, %reason, "Message quarantined.");
             }
         }
-        // Committed (or kept in the quarantine): now acknowledge on the server.
         tracing::debug!(mailbox = %self.name, "Committed.");
-        actions.apply(session, &uid_set(&fetched), limit).await?;
-        tracing::debug!(mailbox = %self.name, "Acknowledged.");
-        Ok(fetched.len())
+        Ok(())
     }
 
     /// Fetches the bodies of `wanted` (about `total` bytes); returns the
@@ -230,6 +261,14 @@ impl ImapChannel {
         }
         Ok(())
     }
+}
+
+/// A chunk fetched and not yet committed: the UIDs that came back and
+/// their messages, in the same order.
+#[derive(Default)]
+struct Fetched {
+    fetched: Vec<u32>,
+    raws: Vec<RawMessage>,
 }
 
 /// What is done at the server with a committed message.
