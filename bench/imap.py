@@ -153,7 +153,9 @@ fetch_batch = 500
 def status(config):
     out = subprocess.run([BIN, "--config", config, "status", "--json"], capture_output=True, text=True)
     try:
-        return json.loads(out.stdout)["inbox"]["state"]
+        data = json.loads(out.stdout)
+        # Newer binaries put the channels under "channels".
+        return data.get("channels", data)["inbox"]["state"]
     except (ValueError, KeyError):
         return {}
 

@@ -1,6 +1,8 @@
 //! A watched Maildir folder: files in `new/` become tickets; after commit each
 //! file moves to `cur/` (flagged seen) or is deleted. A crash between commit
 //! and the move only means the file is read again and found a duplicate.
+//! A file is taken once it has not changed for `settle_ms` and did not
+//! change while it was read: a copy still being written waits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ pub struct MaildirChannel {
     pub poll_interval: Duration,
     pub after: MaildirAfter,
     pub batch_size: usize,
+    pub settle: Duration,
 }
 
 impl MaildirChannel {
@@ -29,6 +32,7 @@ impl MaildirChannel {
             poll_interval: config.poll_interval(),
             after: config.after,
             batch_size,
+            settle: Duration::from_millis(config.settle_ms),
         }
     }
 
@@ -87,8 +91,11 @@ impl MaildirChannel {
         let mut raws = Vec::with_capacity(files.len());
         let mut taken = Vec::with_capacity(files.len());
         for file in files {
-            match std::fs::read(&file) {
-                Ok(data) => {
+            match read_settled(&file) {
+                Ok(None) => {
+                    tracing::debug!(channel = %self.name, file = %file.display(), "Still being written; later.");
+                }
+                Ok(Some(data)) => {
                     raws.push(RawMessage {
                         channel: self.name.clone(),
                         source: Some(file.display().to_string()),
@@ -103,6 +110,9 @@ impl MaildirChannel {
             }
         }
         let count = taken.len();
+        if count == 0 {
+            return Ok(0);
+        }
         let dispositions = pipeline.process(raws, OnBadInput::Quarantine).await?;
         for (file, disposition) in taken.iter().zip(&dispositions) {
             match disposition {
@@ -130,9 +140,17 @@ impl MaildirChannel {
         let Ok(entries) = std::fs::read_dir(self.path.join("new")) else {
             return Vec::new();
         };
+        let settled_before = std::time::SystemTime::now() - self.settle;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            // Changed within the settle time: perhaps still being written.
+            .filter(|e| {
+                self.settle.is_zero()
+                    || e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t <= settled_before)
+            })
             .map(|e| e.path())
             .filter(|p| {
                 !p.file_name()
@@ -160,4 +178,14 @@ impl MaildirChannel {
             }
         }
     }
+}
+
+/// The file's bytes, or `None` when it changed (size or modification
+/// time) while it was read: a writer is still at it.
+fn read_settled(file: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
+    let before = stamp(std::fs::metadata(file)?);
+    let data = std::fs::read(file)?;
+    let after = stamp(std::fs::metadata(file)?);
+    Ok((before == after && after.0 == data.len() as u64).then_some(data))
 }

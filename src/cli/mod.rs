@@ -93,6 +93,15 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_a_readout(&cli.command) {
+        // `mailroom ticket list | head` ends quietly, as other tools do,
+        // instead of a panic on the closed pipe. Sockets are not affected
+        // (they are written with MSG_NOSIGNAL).
+        // SAFETY: restores the default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let path = config_path(cli.config.as_deref());
     if let Command::Check = cli.command {
         return ExitCode::from(check::run(&path));
@@ -122,6 +131,20 @@ pub fn main() -> ExitCode {
     // A runaway parse abandoned on a blocking thread must not hold up exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// Commands whose output is read by people and pipes, not the daemon.
+fn prints_a_readout(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status { .. }
+            | Command::Ticket { .. }
+            | Command::Contact { .. }
+            | Command::Block { .. }
+            | Command::Export { .. }
+            | Command::Quarantine { .. }
+            | Command::Outbox { .. }
+    )
 }
 
 async fn dispatch(command: Command, config: Config, path: &std::path::Path) -> u8 {

@@ -1,7 +1,8 @@
 //! `mailroom status`: each channel's state (an IMAP mailbox's connection,
-//! backlog, last success and error, and which instance holds it); the
-//! text form adds the outbox's counts, automatic mail held back by the
-//! rate limit, and agents' emailed answers pending or unverified.
+//! backlog, last success and error, and which instance holds it), the
+//! outbox's counts, automatic mail held back by the rate limit, and
+//! agents' emailed answers pending or unverified; as text or one JSON
+//! document (`channels`, `outbox`, `automatic_mail`, `agent_mail`).
 
 use serde_json::{json, Map, Value};
 
@@ -12,19 +13,33 @@ use crate::store::Store;
 pub async fn run(config: &Config, json: bool) -> u8 {
     readout(config, |store| async move {
         let all = channels(config, &store).await?;
+        let outbox = store.outbox_counts().await?;
+        let auto = store.automatic_mail_counts(crate::store::now_ms()).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            let report = json!({
+                "channels": all,
+                "outbox": {
+                    "queued": outbox.queued,
+                    "claimed": outbox.claimed,
+                    "sent": outbox.sent,
+                    "failed": outbox.failed,
+                },
+                "automatic_mail": { "held": auto.held, "held_last_24h": auto.held_last_day },
+                "agent_mail": {
+                    "pending": auto.agent_mail_pending,
+                    "unverified": auto.agent_mail_unverified,
+                },
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
             return Ok(0);
         }
-        let outbox = store.outbox_counts().await?;
         for (name, value) in &all {
             print_channel(name, value);
         }
         println!(
-            "{:<16} {:<8} queued={} sent={} failed={}",
-            "outbox", "smtp", outbox.queued, outbox.sent, outbox.failed
+            "{:<16} {:<8} queued={} (claimed={}) sent={} failed={}",
+            "outbox", "smtp", outbox.queued, outbox.claimed, outbox.sent, outbox.failed
         );
-        let auto = store.automatic_mail_counts(crate::store::now_ms()).await?;
         println!(
             "{:<16} {:<8} held={} held_last_24h={} (over notifications.max_per_address_per_hour)",
             "automatic mail", "notify", auto.held, auto.held_last_day

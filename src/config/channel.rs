@@ -191,10 +191,19 @@ pub struct MaildirConfig {
     pub poll_interval_ms: u64,
     #[serde(default)]
     pub after: MaildirAfter,
+    /// A file in `new/` is taken once it has not changed for this long, so
+    /// a copy still being written (`cp` straight into `new/`) is not read
+    /// half-way. 0 trusts every writer to write into `tmp/` and rename.
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
 }
 
 fn default_maildir_poll() -> u64 {
     250
+}
+
+fn default_settle_ms() -> u64 {
+    1000
 }
 
 impl MaildirConfig {
@@ -208,6 +217,12 @@ impl MaildirConfig {
         }
         if self.poll_interval_ms == 0 {
             problems.add(format!("{at}.poll_interval_ms"), "must be at least 1");
+        }
+        if self.settle_ms > 600_000 {
+            problems.add(
+                format!("{at}.settle_ms"),
+                "at most 600000 (10 minutes); 0 takes files at once",
+            );
         }
     }
 }

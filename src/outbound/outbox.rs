@@ -72,6 +72,27 @@ impl Outbox {
 
     /// Sends until `shutdown`; sends in progress and Sent copies are
     /// finished and recorded first.
+    /// After a crash: the replies an earlier process of this instance had
+    /// in flight wait for their claims to run out (another process with
+    /// the name may still be sending them); say so, and until when.
+    async fn report_left_claims(&self) {
+        let me = &self.instance;
+        let name = me.split('/').next().unwrap_or(me);
+        let Ok(left) = self.store.left_claims(name, me).await else {
+            return;
+        };
+        let now = crate::store::now_ms();
+        for claims in left {
+            tracing::warn!(
+                holder = %claims.holder,
+                replies = claims.replies,
+                retried_in_s = (claims.until - now).max(0) / 1000,
+                "Replies claimed by an earlier process of this instance (stopped or crashed); \
+                 they are sent when its claims run out (outbox.lease_secs). `mailroom status` shows them as claimed."
+            );
+        }
+    }
+
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         // A warning only: the database may be briefly away, and the worker
         // copes with that on its own.
@@ -80,6 +101,7 @@ impl Outbox {
                 tracing::error!(%relay, "Replies are queued for a relay that is not configured; they wait until it is added back.");
             }
         }
+        self.report_left_claims().await;
         // Replies queued by other instances or `mailroom reply` wake us at
         // once on PostgreSQL; `poll_interval_ms` remains the fallback.
         let listening = CancellationToken::new();

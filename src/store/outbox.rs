@@ -83,6 +83,18 @@ pub struct OutboxCounts {
     pub queued: i64,
     pub sent: i64,
     pub failed: i64,
+    /// Queued rows claimed right now (being sent, or left by a process
+    /// that died: claimable again when the claim runs out).
+    pub claimed: i64,
+}
+
+/// Claims that an earlier process of this instance left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftClaims {
+    pub holder: String,
+    pub replies: i64,
+    /// When the last of them is claimable again.
+    pub until: i64,
 }
 
 /// One row as `mailroom outbox list` shows it.
@@ -234,7 +246,15 @@ impl Store {
             sqlx::query_as("SELECT state, COUNT(*) FROM outbox GROUP BY state")
                 .fetch_all(self.pool())
                 .await?;
-        let mut counts = OutboxCounts::default();
+        let mut counts = OutboxCounts {
+            claimed: sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND claimed_until > $1",
+            )
+            .bind(super::now_ms())
+            .fetch_one(self.pool())
+            .await?,
+            ..OutboxCounts::default()
+        };
         for (state, n) in rows {
             match state.as_str() {
                 "queued" => counts.queued = n,
@@ -244,6 +264,37 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+
+    /// Live claims held by other processes named `instance` (the part of a
+    /// holder id before its first `/`) than `me`: after a crash and
+    /// restart, the replies that were in flight.
+    pub async fn left_claims(
+        &self,
+        instance: &str,
+        me: &str,
+    ) -> Result<Vec<LeftClaims>, sqlx::Error> {
+        let prefix = format!("{instance}/");
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT claimed_by, COUNT(*), MAX(claimed_until) FROM outbox
+             WHERE state = 'queued' AND claimed_until > $1 AND claimed_by <> $2
+               AND substr(claimed_by, 1, $3) = $4
+             GROUP BY claimed_by ORDER BY claimed_by",
+        )
+        .bind(super::now_ms())
+        .bind(me)
+        .bind(prefix.chars().count() as i32)
+        .bind(&prefix)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(holder, replies, until)| LeftClaims {
+                holder,
+                replies,
+                until,
+            })
+            .collect())
     }
 
     /// Outbox rows, newest first: queued and failed ones, or all.

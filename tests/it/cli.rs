@@ -1108,3 +1108,73 @@ fn status_shows_held_automatic_mail_and_agents_mail() {
     assert!(text.contains("held=0 held_last_24h=0"), "{text}");
     assert!(text.contains("pending=0 unverified=0"), "{text}");
 }
+
+#[test]
+fn status_json_has_every_section_and_a_closed_pipe_ends_quietly() {
+    let w = Workdir::new();
+    let status = w.json(&["status", "--json"]);
+    for section in ["channels", "outbox", "automatic_mail", "agent_mail"] {
+        assert!(status.get(section).is_some(), "{section} in {status}");
+    }
+    assert_eq!(status["outbox"]["queued"], 0);
+    assert!(status["channels"].get("spool").is_some(), "{status}");
+    // A reader that goes away (`| head -c 1`): no panic, no error text.
+    let mut child = w
+        .cmd(&["status", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_file_still_being_written_into_the_spool_is_taken_only_once_complete() {
+    let w = Workdir::new();
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(w.path().join("spool/new")).unwrap();
+    // Straight into new/ (as `cp` does), in pieces with pauses shorter
+    // than the settle time (1 s by default).
+    let body: String = (0..40)
+        .map(|i| format!("line {i} of a long message\r\n"))
+        .collect();
+    let message = mail("slow@c.test", "slow@c.test", "Slow", "", &body);
+    let path = w.path().join("spool/new/slow.eml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for piece in message.chunks(message.len() / 8 + 1) {
+        file.write_all(piece).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(file);
+    let cur = w.path().join("spool/cur");
+    wait_for("the file acknowledged into cur/", || {
+        std::fs::read_dir(&cur).is_ok_and(|d| d.count() == 1)
+    });
+    stop_gracefully(&mut daemon);
+    let ticket = w.json(&["ticket", "show", "1", "--json"]);
+    let stored = ticket["messages"][0]["body_text"].as_str().unwrap();
+    assert!(stored.contains("line 39 of a long message"), "{stored}");
+    assert_eq!(
+        w.json(&["ticket", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        w.json(&["quarantine", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}

@@ -1340,3 +1340,39 @@ async fn the_api_shows_a_late_parents_link_and_merges_in_one_call() {
         .await;
     assert_eq!(status, 422, "not into itself");
 }
+
+crate::both_backends!(
+    replies_left_claimed_by_a_crashed_process_are_reported,
+    |backend| async move {
+        let sink = SmtpSink::start(&[]);
+        let app = OutApp::start(backend, sink.port).await;
+        let number = app.customer_mail(CUSTOMER).await;
+        app.reply(number, "alice-token-0123456789", json!({ "body": "hi" }))
+            .await;
+        // As a process of this instance that died mid-send leaves it.
+        let name = app.config.instance.name();
+        let dead = format!("{name}/4000000/dead00");
+        sqlx::query("UPDATE outbox SET claimed_by = $1, claimed_until = $2")
+            .bind(&dead)
+            .bind(mailroom::store::now_ms() + 120_000)
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        let me = app.config.instance.holder_id();
+        let left = app.store().left_claims(&name, &me).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(
+            (left[0].holder.as_str(), left[0].replies),
+            (dead.as_str(), 1)
+        );
+        // Another instance's claims are not this one's to report.
+        assert!(app
+            .store()
+            .left_claims("elsewhere", &me)
+            .await
+            .unwrap()
+            .is_empty());
+        let counts = app.store().outbox_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.claimed), (1, 1));
+    }
+);
