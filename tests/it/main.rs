@@ -8,6 +8,7 @@ mod cli;
 mod desk;
 mod dovecot;
 mod fixtures;
+mod fuzz;
 mod harness;
 mod http;
 mod imap;
