@@ -224,6 +224,16 @@ pub struct IngestConfig {
     pub batch_size: usize,
     /// Attempts for a transient database error before the message is quarantined.
     pub max_attempts: u32,
+    /// The shape of a message, beyond its size: MIME parts, nesting depth
+    /// (multiparts and attached messages), the header section's fields and
+    /// bytes, addresses in one address header, decoded attachment bytes.
+    /// A message over one is refused (pipe) or quarantined, named.
+    pub max_parts: usize,
+    pub max_depth: usize,
+    pub max_header_fields: usize,
+    pub max_header_bytes: usize,
+    pub max_addresses: usize,
+    pub max_attachment_bytes: u64,
 }
 
 impl Default for IngestConfig {
@@ -233,6 +243,12 @@ impl Default for IngestConfig {
             parse_timeout_ms: 10_000,
             batch_size: 256,
             max_attempts: 5,
+            max_parts: 1000,
+            max_depth: 20,
+            max_header_fields: 2000,
+            max_header_bytes: 256 * 1024,
+            max_addresses: 2000,
+            max_attachment_bytes: 100 * 1024 * 1024,
         }
     }
 }

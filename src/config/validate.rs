@@ -159,6 +159,36 @@ impl Config {
             600_000,
         );
         problems.range("ingest.batch_size", ingest.batch_size as u64, 1, 10_000);
+        for (key, value, min, max) in [
+            ("ingest.max_parts", ingest.max_parts as u64, 1, 1_000_000),
+            ("ingest.max_depth", ingest.max_depth as u64, 1, 1_000),
+            (
+                "ingest.max_header_fields",
+                ingest.max_header_fields as u64,
+                10,
+                1_000_000,
+            ),
+            (
+                "ingest.max_header_bytes",
+                ingest.max_header_bytes as u64,
+                1024,
+                64 * 1024 * 1024,
+            ),
+            (
+                "ingest.max_addresses",
+                ingest.max_addresses as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "ingest.max_attachment_bytes",
+                ingest.max_attachment_bytes,
+                1024,
+                16 * GIB,
+            ),
+        ] {
+            problems.range(key, value, min, max);
+        }
         problems.range(
             "outbox.max_recipients",
             self.outbox.max_recipients as u64,

@@ -91,6 +91,13 @@ pub enum ParseFailure {
     Panicked(String),
     #[error("parsing took longer than {0} ms")]
     TimedOut(u64),
+    #[error("{what} ({value}) over ingest.{key} ({limit})")]
+    OverLimit {
+        key: &'static str,
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
 }
 
 impl ParseFailure {
@@ -98,7 +105,9 @@ impl ParseFailure {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            ParseFailure::Invalid(_) | ParseFailure::TooLarge { .. }
+            ParseFailure::Invalid(_)
+                | ParseFailure::TooLarge { .. }
+                | ParseFailure::OverLimit { .. }
         )
     }
 }
@@ -217,7 +226,67 @@ impl Pipeline {
                 };
                 Err(ParseFailure::Panicked(reason))
             }
-            Ok(Ok(result)) => result.map_err(ParseFailure::Invalid),
+            Ok(Ok(result)) => {
+                let message = result.map_err(ParseFailure::Invalid)?;
+                self.check_shape(&message.shape)?;
+                Ok(message)
+            }
+        }
+    }
+
+    /// The ingest limits on a message's shape, the first one exceeded (the
+    /// most specific first: 100,000 recipients are also a huge header).
+    fn check_shape(&self, shape: &parse::Shape) -> Result<(), ParseFailure> {
+        let c = &self.config;
+        let checks: [(&'static str, &'static str, u64, u64); 6] = [
+            (
+                "max_parts",
+                "MIME parts",
+                shape.parts as u64,
+                c.max_parts as u64,
+            ),
+            (
+                "max_depth",
+                "MIME nesting depth",
+                shape.depth as u64,
+                c.max_depth as u64,
+            ),
+            (
+                "max_addresses",
+                "addresses in one header",
+                shape.addresses as u64,
+                c.max_addresses as u64,
+            ),
+            (
+                "max_header_fields",
+                "header fields",
+                shape.header_fields as u64,
+                c.max_header_fields as u64,
+            ),
+            (
+                "max_header_bytes",
+                "header bytes",
+                shape.header_bytes as u64,
+                c.max_header_bytes as u64,
+            ),
+            (
+                "max_attachment_bytes",
+                "decoded attachment bytes",
+                shape.attachment_bytes,
+                c.max_attachment_bytes,
+            ),
+        ];
+        match checks
+            .into_iter()
+            .find(|(_, _, value, limit)| value > limit)
+        {
+            Some((key, what, value, limit)) => Err(ParseFailure::OverLimit {
+                key,
+                what,
+                value,
+                limit,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -53,6 +53,60 @@ pub struct ParsedMessage {
     /// Addresses of the Delivered-To, X-Original-To and X-Forwarded-To
     /// headers, in that order (routing by recipient).
     pub delivered_to: Vec<Mailbox>,
+    /// What the ingest limits are checked against.
+    pub shape: Shape,
+}
+
+/// The dimensions of a message that hostile mail inflates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub parts: usize,
+    /// Multipart and attached-message nesting below the top.
+    pub depth: usize,
+    pub header_fields: usize,
+    pub header_bytes: usize,
+    /// The most addresses in one address header.
+    pub addresses: usize,
+    pub attachment_bytes: u64,
+}
+
+fn shape(
+    message: &mail_parser::Message<'_>,
+    attachments: &[Attachment],
+    to: usize,
+    cc: usize,
+) -> Shape {
+    let root = message.root_part();
+    let bcc = message.bcc().map_or(0, |a| a.iter().count());
+    Shape {
+        parts: message.parts.len(),
+        depth: depth(message, 0, 0),
+        header_fields: root.headers.len(),
+        header_bytes: root.offset_body.saturating_sub(root.offset_header) as usize,
+        addresses: to.max(cc).max(bcc),
+        attachment_bytes: attachments.iter().map(|a| a.data.len() as u64).sum(),
+    }
+}
+
+/// The deepest nesting below part `id`, walked with an explicit bound so
+/// a hostile message cannot recurse us out of stack.
+fn depth(message: &mail_parser::Message<'_>, id: usize, level: usize) -> usize {
+    if level > 1000 {
+        return level;
+    }
+    let Some(part) = message.parts.get(id) else {
+        return level;
+    };
+    match &part.body {
+        mail_parser::PartType::Multipart(children) => children
+            .iter()
+            .filter(|&&child| child as usize != id)
+            .map(|&child| depth(message, child as usize, level + 1))
+            .max()
+            .unwrap_or(level),
+        mail_parser::PartType::Message(inner) => depth(inner, 0, level + 1),
+        _ => level,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,11 +151,14 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
 
     let from = sender(&message);
     let (body_text, body_html) = bodies(&message);
-    let attachments = message
+    let attachments: Vec<Attachment> = message
         .attachments()
         .enumerate()
         .map(|(i, part)| attachment(i, part))
         .collect();
+    let to = mailboxes(message.to());
+    let cc = mailboxes(message.cc());
+    let shape = shape(&message, &attachments, to.len(), cc.len());
 
     let subject = message
         .subject()
@@ -118,8 +175,8 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
         references: id_list(message.references()),
         from,
         reply_to: first_mailbox(message.reply_to()),
-        to: mailboxes(message.to()),
-        cc: mailboxes(message.cc()),
+        to,
+        cc,
         subject,
         date: message.date().map(|d| d.to_timestamp() * 1000),
         body_text,
@@ -131,6 +188,7 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
         // Of the bytes as received; the stored original is those bytes too.
         raw_sha256: sha256_hex(original),
         delivered_to: delivered_to(&message),
+        shape,
     })
 }
 

@@ -166,3 +166,78 @@ both_backends!(
         assert!(matches!(kept, Disposition::Quarantined { .. }));
     }
 );
+
+/// Hostile shapes, each over one ingest limit with the defaults.
+fn hostile_shapes() -> Vec<(&'static str, Vec<u8>)> {
+    let head =
+        "From: h@c.test\r\nTo: support@example.com\r\nSubject: hostile\r\nMIME-Version: 1.0\r\n";
+    let mut parts = format!(
+        "{head}Message-ID: <parts@c.test>\r\nContent-Type: multipart/mixed; boundary=\"p\"\r\n\r\n"
+    );
+    for i in 0..10_000 {
+        parts.push_str(&format!(
+            "--p\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"
+        ));
+    }
+    parts.push_str("--p--\r\n");
+    let mut nested = format!("{head}Message-ID: <nested@c.test>\r\n");
+    for level in 0..200 {
+        nested.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"n{level}\"\r\n\r\n--n{level}\r\n"
+        ));
+    }
+    nested.push_str("Content-Type: text/plain\r\n\r\ndeep\r\n");
+    for level in (0..200).rev() {
+        nested.push_str(&format!("--n{level}--\r\n"));
+    }
+    let big_header = format!(
+        "{head}Message-ID: <header@c.test>\r\nX-Filler: {}\r\n\r\nbody\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let recipients: Vec<String> = (0..100_000).map(|i| format!("r{i}@c.test")).collect();
+    let many = format!(
+        "From: h@c.test\r\nTo: {}\r\nSubject: hostile\r\nMessage-ID: <many@c.test>\r\n\r\nbody\r\n",
+        recipients.join(", ")
+    );
+    vec![
+        ("ingest.max_parts", parts.into_bytes()),
+        ("ingest.max_depth", nested.into_bytes()),
+        ("ingest.max_header_bytes", big_header.into_bytes()),
+        ("ingest.max_addresses", many.into_bytes()),
+    ]
+}
+
+both_backends!(
+    hostile_shapes_are_quarantined_naming_the_limit,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let shapes = hostile_shapes();
+        let batch = shapes.iter().map(|(_, data)| raw(data.clone())).collect();
+        let d = app
+            .pipeline
+            .process(batch, OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        for ((limit, _), disposition) in shapes.iter().zip(&d) {
+            assert!(
+                matches!(disposition, Disposition::Quarantined { reason, .. } if reason.contains(limit)),
+                "{limit}: {disposition:?}"
+            );
+        }
+        // Kept whole, each once, and nothing else was stored.
+        let entries = app.store().quarantine_list().await.unwrap();
+        assert_eq!(entries.len(), shapes.len());
+        assert_eq!(app.store().counts().await.unwrap().tickets, 0);
+        // Over the pipe the same is refused (exit 65), with the same name.
+        let refused = app
+            .pipeline
+            .process(vec![raw(shapes[0].1.clone())], OnBadInput::Refuse)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused[0], Disposition::Refused { reason } if reason.contains("ingest.max_parts")),
+            "{:?}",
+            refused[0]
+        );
+    }
+);
