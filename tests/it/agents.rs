@@ -906,3 +906,44 @@ crate::both_backends!(
         assert_eq!(view.to_string().matches("new_ticket").count(), 4, "{view}");
     }
 );
+
+crate::both_backends!(
+    no_kind_of_automatic_mail_makes_mailroom_send_anything,
+    |backend| async move {
+        // The loop matrix: every automatic fixture (RFC 3834 and vendor
+        // auto-replies, Exchange and Gmail vacation answers, other help
+        // desks' acknowledgements, DSNs and bounces without a report, list
+        // mail, ARF and DMARC reports, read receipts), then our own
+        // notification coming back, with notifications on for everything.
+        let sink = SmtpSink::start(&[]);
+        let everything = "new_ticket = [\"team\"]\ncustomer_reply = [\"team\"]\n";
+        let app = OutApp::start_with(backend, sink.port, &format!("{NOTIFY}{everything}")).await;
+        let automatic = crate::classify::messages("automatic");
+        assert!(automatic.len() >= 150);
+        for (_, raw) in &automatic {
+            app.pipeline_apply("pipe", raw).await;
+        }
+        app.work().await;
+        app.work().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            sink.count(),
+            0,
+            "{} automatic messages sent nothing",
+            automatic.len()
+        );
+
+        // The control: a person's mail is announced (to alice and bob).
+        app.customer_mail(CUSTOMER).await;
+        app.work().await;
+        let got = sink.wait_for(2, Duration::from_secs(10)).await;
+        // That notification looping back (a forward rule) is recorded,
+        // never announced or answered.
+        app.pipeline_apply("pipe", &got[0].message).await;
+        for _ in 0..2 {
+            app.work().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink.count(), 2);
+    }
+);

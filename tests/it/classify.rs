@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-fn messages(folder: &str) -> Vec<(String, Vec<u8>)> {
+pub fn messages(folder: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/classify")
         .join(folder);
