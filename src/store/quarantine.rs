@@ -23,7 +23,9 @@ const COLUMNS: &str = "id, channel_key, source, reason, size, attempts, created_
 
 impl Store {
     /// Stores the raw message (once per content) and its reason. Quarantining
-    /// the same bytes again bumps its attempt count and updates the reason.
+    /// the same bytes again bumps its attempt count, updates the reason and
+    /// adds the new source to the ones recorded (a second file with the
+    /// same bytes is named too).
     pub async fn quarantine_put(
         &self,
         channel: &str,
@@ -35,10 +37,16 @@ impl Store {
         let now = now_ms();
         let mut w = self.begin_write().await?;
         blobs::put(&mut w.tx, &sha, raw).await?;
+        let known: Option<Option<String>> =
+            sqlx::query_scalar("SELECT source FROM quarantine WHERE raw_sha256 = $1")
+                .bind(&sha)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        let source = merged_sources(known.flatten().as_deref(), source);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO quarantine (channel_key, source, reason, raw_sha256, size, attempts, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 1, $6, $6)
-             ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason,
+             ON CONFLICT (raw_sha256) DO UPDATE SET reason = excluded.reason, source = excluded.source,
                attempts = quarantine.attempts + 1, updated_at = excluded.updated_at
              RETURNING id",
         )
@@ -103,5 +111,37 @@ impl Store {
         blobs::drop_unused(&mut w.tx, &sha).await?;
         w.commit().await?;
         Ok(true)
+    }
+}
+
+/// The sources recorded for one content: each once, `; `-separated, the
+/// list capped so a message quarantined from many places stays readable.
+fn merged_sources(known: Option<&str>, new: Option<&str>) -> Option<String> {
+    const MAX_CHARS: usize = 2000;
+    match (known, new) {
+        (None, new) => new.map(str::to_string),
+        (Some(known), None) => Some(known.to_string()),
+        (Some(known), Some(new)) if known.split("; ").any(|s| s == new) => Some(known.to_string()),
+        (Some(known), Some(_)) if known.chars().count() >= MAX_CHARS => Some(known.to_string()),
+        (Some(known), Some(new)) => Some(format!("{known}; {new}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_sources;
+
+    #[test]
+    fn each_source_is_recorded_once() {
+        assert_eq!(merged_sources(None, Some("a")).as_deref(), Some("a"));
+        assert_eq!(
+            merged_sources(Some("a"), Some("b")).as_deref(),
+            Some("a; b")
+        );
+        assert_eq!(
+            merged_sources(Some("a; b"), Some("a")).as_deref(),
+            Some("a; b")
+        );
+        assert_eq!(merged_sources(Some("a"), None).as_deref(), Some("a"));
     }
 }

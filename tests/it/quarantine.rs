@@ -241,3 +241,29 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    the_same_bytes_from_two_sources_name_both,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let bytes = b"not a message at all".to_vec();
+        for source in ["spool/new/1.eml", "spool/new/2.eml", "spool/new/1.eml"] {
+            let message = RawMessage {
+                channel: "pipe".into(),
+                source: Some(source.into()),
+                data: Arc::new(bytes.clone()),
+            };
+            app.pipeline
+                .process(vec![message], OnBadInput::Quarantine)
+                .await
+                .unwrap();
+        }
+        let entries = app.store().quarantine_list().await.unwrap();
+        assert_eq!(entries.len(), 1, "kept once per content");
+        assert_eq!(entries[0].attempts, 3);
+        assert_eq!(
+            entries[0].source.as_deref(),
+            Some("spool/new/1.eml; spool/new/2.eml")
+        );
+    }
+);
