@@ -149,12 +149,7 @@ impl App {
         let metrics = bind("metrics.bind", config.metrics.bind.clone()).await?;
         let dmarc = match config.agent_mail.dmarc {
             DmarcCheck::Off => Dmarc::offline(&[]),
-            _ => Dmarc::system().map_err(|e| {
-                anyhow::anyhow!(
-                    "agent_mail.dmarc: agents' answers are checked against DMARC, which needs DNS: {e}; \
-                     set agent_mail.dmarc = \"off\" to rely on reply tokens alone"
-                )
-            })?,
+            _ => Dmarc::system_or_waiting(),
         };
         Ok(App {
             config: Arc::new(config),

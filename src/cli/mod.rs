@@ -149,7 +149,7 @@ fn prints_a_readout(command: &Command) -> bool {
 
 async fn dispatch(command: Command, config: Config, path: &std::path::Path) -> u8 {
     match command {
-        Command::Run => run(config).await,
+        Command::Run => run(config, path).await,
         Command::Migrate => match open(&config).await {
             Ok(_) => {
                 println!("migrations applied");
@@ -170,8 +170,9 @@ async fn dispatch(command: Command, config: Config, path: &std::path::Path) -> u
     }
 }
 
-/// `mailroom run`: the daemon, until SIGINT or SIGTERM.
-async fn run(config: Config) -> u8 {
+/// `mailroom run`: the daemon, until SIGINT or SIGTERM. SIGHUP re-reads
+/// the config file and says whether it is valid; it never stops the daemon.
+async fn run(config: Config, path: &std::path::Path) -> u8 {
     let app = match crate::app::App::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -179,6 +180,7 @@ async fn run(config: Config) -> u8 {
             return EX_SOFTWARE;
         }
     };
+    let reload = tokio::spawn(check_on_hangup(path.to_path_buf()));
     let shutdown = CancellationToken::new();
     let running = app.run_until_stopped(shutdown.clone());
     tokio::pin!(running);
@@ -189,11 +191,36 @@ async fn run(config: Config) -> u8 {
             running.await
         }
     };
+    reload.abort();
     match result {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "mailroom failed.");
             EX_SOFTWARE
+        }
+    }
+}
+
+/// On each SIGHUP (logrotate, a habit, `systemctl reload`): the config
+/// file is loaded and checked. Live reload is not built yet, so a valid
+/// file is applied at the next restart; a broken one is named with its
+/// problems, and the running config stays either way.
+async fn check_on_hangup(path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(_) => tracing::warn!(
+                config = %path.display(),
+                "SIGHUP: the config file is valid; changes take effect at the next restart (live reload is not built yet)."
+            ),
+            Err(e) => tracing::error!(
+                config = %path.display(),
+                error = %e,
+                "SIGHUP: the config file has problems; the running config stays."
+            ),
         }
     }
 }

@@ -299,8 +299,8 @@ async fn act(
         Err(ActionError::Store(e)) => Err(e),
         Err(refusal) => {
             let explanation = format!(
-                "Your answer to ticket #{number} was not sent to the customer: {refusal}.\n\n\
-                 Nothing was changed. Answer the notification again once fixed; the commands are {COMMANDS}."
+                "Your answer to ticket #{number} was not carried out, and nothing was sent to the customer: {refusal}.\n\n\
+                 Answer the notification again once fixed; the commands are {COMMANDS}."
             );
             tracing::info!(ticket = number, agent = %agent.key, reason = %refusal, "Agent's emailed answer refused.");
             store

@@ -40,6 +40,9 @@ pub enum Verdict {
 pub struct Dmarc {
     authenticator: MessageAuthenticator,
     records: Records,
+    /// Why there is no DNS at all (no resolver configuration): every check
+    /// then waits, as for a DNS outage.
+    unavailable: Option<String>,
 }
 
 impl Dmarc {
@@ -50,6 +53,19 @@ impl Dmarc {
         Ok(Dmarc {
             authenticator,
             records: Records::default(),
+            unavailable: None,
+        })
+    }
+
+    /// The system resolver, or, when it cannot be set up, a checker whose
+    /// every check waits (logged once here): mailroom still starts, and
+    /// agents' answers wait for DNS like in an outage.
+    pub fn system_or_waiting() -> Dmarc {
+        Dmarc::system().unwrap_or_else(|reason| {
+            tracing::warn!(%reason, "No DNS for DMARC checks: agents' emailed answers wait (then stay unverified); set agent_mail.dmarc = \"off\" to skip the check.");
+            let mut dmarc = Dmarc::offline(&[]);
+            dmarc.unavailable = Some(reason);
+            dmarc
         })
     }
 
@@ -76,6 +92,7 @@ impl Dmarc {
                 known: Arc::new(known),
                 offline: true,
             },
+            unavailable: None,
         }
     }
 
@@ -84,6 +101,9 @@ impl Dmarc {
     pub async fn check(&self, raw: &[u8], mode: DmarcCheck, authserv_id: Option<&str>) -> Verdict {
         if mode == DmarcCheck::Off {
             return Verdict::Pass;
+        }
+        if let Some(reason) = &self.unavailable {
+            return Verdict::TryLater(reason.clone());
         }
         let Some(message) = AuthenticatedMessage::parse(raw) else {
             return Verdict::Fail("the message has no header section DMARC can read".into());

@@ -1178,3 +1178,55 @@ fn a_file_still_being_written_into_the_spool_is_taken_only_once_complete() {
         0
     );
 }
+
+#[test]
+fn sighup_checks_the_config_and_never_stops_the_daemon() {
+    let w = Workdir::new();
+    let log = w.path().join("daemon.log");
+    let mut daemon = w
+        .cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let cur = w.path().join("spool/cur");
+    drop_into_spool(
+        w.path(),
+        "1.h",
+        &mail("h@c.test", "h1@c.test", "Before", "", "one"),
+    );
+    wait_for("the first file taken", || {
+        std::fs::read_dir(&cur).is_ok_and(|d| d.count() == 1)
+    });
+    let config = w.path().join("config/mailroom.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\nhtpp = 1\n")).unwrap();
+    let hup = |daemon: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &daemon.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    hup(&daemon);
+    wait_for("the broken config named in the log", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("the config file has problems"))
+    });
+    assert!(daemon.try_wait().unwrap().is_none(), "still running");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("htpp"));
+    // The running config goes on: the spool is still watched.
+    drop_into_spool(
+        w.path(),
+        "2.h",
+        &mail("h@c.test", "h2@c.test", "After", "", "two"),
+    );
+    wait_for("the second file taken", || {
+        std::fs::read_dir(&cur).is_ok_and(|d| d.count() == 2)
+    });
+    std::fs::write(&config, good).unwrap();
+    hup(&daemon);
+    wait_for("the valid config acknowledged", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("the config file is valid"))
+    });
+    stop_gracefully(&mut daemon);
+}
