@@ -1388,7 +1388,7 @@ fn the_outbox_survives_a_sigkill_loop_sending_every_reply() {
     }
     std::fs::write(w.path().join("reply.txt"), "An answer.").unwrap();
     let mut queued: Vec<String> = Vec::new();
-    let mut queue = |rng: &mut rand::rngs::StdRng, queued: &mut Vec<String>| {
+    let queue = |rng: &mut rand::rngs::StdRng, queued: &mut Vec<String>| {
         let ticket = rng.gen_range(1..=8).to_string();
         let out = w.run(&[
             "reply",
