@@ -986,3 +986,179 @@ async fn an_instance_that_cannot_reach_the_mailbox_hands_it_to_one_that_can() {
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
 }
+
+/// Message-IDs of the messages in `folder`, with whether each is \Seen.
+async fn seen_by_id(
+    session: &mut async_imap::Session<tokio::net::TcpStream>,
+    folder: &str,
+) -> Vec<(String, bool)> {
+    use futures::TryStreamExt;
+    let mailbox = session.select(folder).await.unwrap();
+    if mailbox.exists == 0 {
+        return Vec::new();
+    }
+    let fetches: Vec<_> = session
+        .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    fetches
+        .iter()
+        .map(|f| {
+            let header = String::from_utf8_lossy(f.header().unwrap_or_default()).to_string();
+            let id = header
+                .trim()
+                .trim_start_matches("Message-ID:")
+                .trim()
+                .trim_matches(|c| c == '<' || c == '>')
+                .to_string();
+            let seen = f
+                .flags()
+                .any(|fl| matches!(fl, async_imap::types::Flag::Seen));
+            (id, seen)
+        })
+        .collect()
+}
+
+/// Message-IDs stored, as `mailroom export` shows them.
+fn stored_ids(dir: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["export", "--jsonl"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ids = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
+        for m in ticket["messages"].as_array().unwrap() {
+            ids.push(m["message_id"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+/// `mailroom run` on an IMAP mailbox, SIGKILLed again and again (seeded,
+/// printed; `MAILROOM_CRASH_SEED` repeats it) while mail keeps arriving:
+/// after every kill, each message flagged \Seen is stored (acknowledged
+/// only after its commit); at the end every message is stored exactly
+/// once and flagged \Seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("imap crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let server = Dovecot::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailroom.toml"),
+    )
+    .unwrap();
+    let config = format!(
+        "{shipped}\n{}",
+        channel("inbox", server.imap_port, "fetch_batch = 20\n")
+    );
+    std::fs::write(dir.path().join("config/mailroom.toml"), config).unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
+            .arg("run")
+            .current_dir(dir.path())
+            // A killed holder's lease runs out in 3 s; then the next run syncs.
+            .env("MAILROOM_INSTANCE__MAILBOX_LEASE_SECS", "3")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut client = server.client().await;
+    let message = |i: usize| {
+        let headers = match i < 30 {
+            true => String::new(),
+            false => format!("In-Reply-To: <k{}@crash.test>\r\n", i % 30),
+        };
+        mail(
+            &format!("c{}@crash.test", i % 30),
+            &format!("k{i}@crash.test"),
+            &format!("Case {}", i % 30),
+            &headers,
+            &format!("text {i}"),
+        )
+    };
+    let mut sent = 0;
+    let batch: Vec<Vec<u8>> = (0..100).map(message).collect();
+    dovecot::append(&mut client, "INBOX", &batch).await;
+    sent += batch.len();
+    let kills = 6;
+    for _ in 0..kills {
+        let mut daemon = start();
+        let more: Vec<Vec<u8>> = (sent..sent + rng.gen_range(20..60)).map(message).collect();
+        dovecot::append(&mut client, "INBOX", &more).await;
+        sent += more.len();
+        // Around the moment the lease is free again: before, during or
+        // after the sync.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2500..4200))).await;
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        // Acknowledged only after commit: every \Seen message is stored.
+        let stored = stored_ids(dir.path());
+        for (id, seen) in seen_by_id(&mut client, "INBOX").await {
+            assert!(
+                !seen || stored.contains(&id),
+                "{id} is \\Seen but not stored (seed {seed})"
+            );
+        }
+    }
+    let log = dir.path().join("last-run.log");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .arg("run")
+        .current_dir(dir.path())
+        .env("MAILROOM_INSTANCE__MAILBOX_LEASE_SECS", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // One more message, so this run is seen working before it stops.
+    dovecot::append(&mut client, "INBOX", &[message(sent)]).await;
+    sent += 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = seen_by_id(&mut client, "INBOX").await;
+        if all.len() == sent && all.iter().all(|(_, seen)| *seen) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every message taken (seed {seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let status = daemon.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let stored = stored_ids(dir.path());
+    let unique: std::collections::BTreeSet<&String> = stored.iter().collect();
+    assert_eq!(
+        unique.len(),
+        stored.len(),
+        "a message stored twice (seed {seed})"
+    );
+    assert_eq!(stored.len(), sent, "lost messages (seed {seed})");
+    println!("imap crash loop: {kills} kills, {sent} messages, {} stored once each, 0 acknowledged before commit", stored.len());
+}
