@@ -1239,6 +1239,19 @@ fn sighup_checks_the_config_and_never_stops_the_daemon() {
 /// was acknowledged.
 #[test]
 fn the_spool_survives_a_sigkill_loop_without_loss_or_doubles() {
+    spool_crash_loop(None);
+}
+
+/// The same on PostgreSQL.
+#[test]
+fn the_spool_survives_a_sigkill_loop_on_postgresql() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::new(Backend::Postgres));
+    spool_crash_loop(Some(&db.url));
+    drop(runtime);
+}
+
+fn spool_crash_loop(database_url: Option<&str>) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
         .ok()
@@ -1247,6 +1260,9 @@ fn the_spool_survives_a_sigkill_loop_without_loss_or_doubles() {
     println!("crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let w = Workdir::new();
+    if let Some(url) = database_url {
+        use_database(&w, url);
+    }
     let envs = [
         ("MAILROOM_CHANNELS__SPOOL__SETTLE_MS", "0"),
         ("MAILROOM_INGEST__MAX_MESSAGE_BYTES", "20000"),
@@ -1366,6 +1382,31 @@ fn the_spool_survives_a_sigkill_loop_without_loss_or_doubles() {
 /// sends in flight per kill (`pool_size`, 4); the count is printed.
 #[test]
 fn the_outbox_survives_a_sigkill_loop_sending_every_reply() {
+    outbox_crash_loop(None);
+}
+
+/// The same on PostgreSQL (claims with `FOR UPDATE SKIP LOCKED`).
+#[test]
+fn the_outbox_survives_a_sigkill_loop_on_postgresql() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::new(Backend::Postgres));
+    outbox_crash_loop(Some(&db.url));
+    drop(runtime);
+}
+
+/// Points a work directory's config at `url` instead of its SQLite file.
+fn use_database(w: &Workdir, url: &str) {
+    let path = w.path().join("config/mailroom.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let moved = text.replace(
+        "url = \"sqlite://data/mailroom.db\"",
+        &format!("url = \"{url}\""),
+    );
+    assert_ne!(moved, text, "the shipped config names its SQLite file");
+    std::fs::write(&path, moved).unwrap();
+}
+
+fn outbox_crash_loop(database_url: Option<&str>) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
         .ok()
@@ -1374,6 +1415,9 @@ fn the_outbox_survives_a_sigkill_loop_sending_every_reply() {
     println!("outbox crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let w = Workdir::new();
+    if let Some(url) = database_url {
+        use_database(&w, url);
+    }
     let sink = crate::smtp::SmtpSink::start(&[]);
     add_relay(&w, sink.port);
     for i in 0..8 {
