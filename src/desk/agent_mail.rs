@@ -354,35 +354,27 @@ async fn perform(
         Some(Command::Close) => Some(closed_status(dir, mail)?),
         _ => None,
     };
-    if internal {
-        if !text.is_empty() {
-            super::comments::add(store, dir, &actor, number, &text).await?;
-        }
-        if let Some(status) = status {
-            super::tickets::set_status(store, dir, &actor, number, status, BTreeMap::new()).await?;
-        }
-        return Ok(("agent_note", "kept as an internal comment".to_string()));
-    }
-    if text.is_empty() {
-        return match status {
-            Some(status) => {
-                super::tickets::set_status(
-                    store,
-                    dir,
-                    &actor,
-                    number,
-                    status.clone(),
-                    BTreeMap::new(),
-                )
-                .await?;
-                Ok(("agent_command", format!("status set to {status}")))
-            }
-            None if command.is_some() => Ok(("agent_command", "command done".to_string())),
-            None => Err(crate::outbound::plan::invalid(
+    // Nothing to relay: the words (if any) are a comment, and the status
+    // is set on its own instead of with a reply.
+    if internal || text.is_empty() {
+        if !internal && status.is_none() && command.is_none() {
+            return Err(crate::outbound::plan::invalid(
                 "body",
                 "the answer is empty; nothing was sent",
-            )),
-        };
+            ));
+        }
+        if internal && !text.is_empty() {
+            super::comments::add(store, dir, &actor, number, &text).await?;
+        }
+        if let Some(status) = &status {
+            super::tickets::set_status(store, dir, &actor, number, status.clone(), BTreeMap::new())
+                .await?;
+        }
+        return Ok(match (internal, status) {
+            (true, _) => ("agent_note", "kept as an internal comment".to_string()),
+            (false, Some(status)) => ("agent_command", format!("status set to {status}")),
+            (false, None) => ("agent_command", "command done".to_string()),
+        });
     }
     let attachments = store
         .message_files(mail.message)

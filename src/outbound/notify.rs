@@ -214,7 +214,7 @@ async fn mail_notice(
             let event = NotifyEvent::from_name(&notice.kind);
             if event.is_some_and(|e| muted(config, agent, e)) {
                 "muted"
-            } else if dir.team_addresses.contains_key(&agent.email) {
+            } else if super::plan::is_own(dir, &agent.email) {
                 // Never to one of our own mailboxes: that is a loop.
                 "skipped"
             } else if store

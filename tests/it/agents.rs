@@ -561,6 +561,17 @@ crate::both_backends!(
     }
 );
 
+/// Feeds alice's `text` as an answer to `notice`, runs the worker, and
+/// returns the body of the next mail the sink receives.
+async fn next_mail_after(app: &OutApp, sink: &SmtpSink, notice: &[u8], text: &str) -> Captured {
+    let before = sink.count();
+    app.pipeline_apply("pipe", &answer("alice@example.com", notice, text))
+        .await;
+    app.work().await;
+    let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
+    got.last().unwrap().clone()
+}
+
 crate::both_backends!(
     commands_in_the_first_line_and_their_refusals,
     |backend| async move {
@@ -582,15 +593,7 @@ crate::both_backends!(
 
         // #status with a missing required property: refused, explained to
         // alice, nothing changed, nothing to the customer.
-        let before = sink.count();
-        app.pipeline_apply(
-            "pipe",
-            &answer("alice@example.com", raw, "#status solved\r\nFixed it."),
-        )
-        .await;
-        app.work().await;
-        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
-        let explained = got.last().unwrap();
+        let explained = next_mail_after(&app, &sink, raw, "#status solved\r\nFixed it.").await;
         assert_eq!(explained.rcpt_to, vec!["alice@example.com"]);
         let text = body(&explained.message);
         assert!(text.contains("resolution"), "{text}");
@@ -598,15 +601,11 @@ crate::both_backends!(
         assert_eq!(mails_to_carol(), 0);
 
         // An unknown command: answered with the known ones.
-        let before = sink.count();
-        app.pipeline_apply(
-            "pipe",
-            &answer("alice@example.com", raw, "#frobnicate\r\nHello."),
-        )
-        .await;
-        app.work().await;
-        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
-        let text = body(&got.last().unwrap().message);
+        let text = body(
+            &next_mail_after(&app, &sink, raw, "#frobnicate\r\nHello.")
+                .await
+                .message,
+        );
         assert!(
             text.contains("#frobnicate is not a command") && text.contains("#assign"),
             "{text}"
@@ -614,15 +613,11 @@ crate::both_backends!(
         assert_eq!(mails_to_carol(), 0);
 
         // #assign someone who is not an agent: refused, explained.
-        let before = sink.count();
-        app.pipeline_apply(
-            "pipe",
-            &answer("alice@example.com", raw, "#assign nobody@customer.test"),
-        )
-        .await;
-        app.work().await;
-        let got = sink.wait_for(before + 1, Duration::from_secs(10)).await;
-        let text = body(&got.last().unwrap().message);
+        let text = body(
+            &next_mail_after(&app, &sink, raw, "#assign nobody@customer.test")
+                .await
+                .message,
+        );
         assert!(text.contains("no agent nobody@customer.test"), "{text}");
         assert_eq!(app.owner_of(number).await, None);
 

@@ -22,7 +22,7 @@ use mailroom::pipeline::thread::thread_keys;
 fn corpus() -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let mut files = Vec::new();
-    for dir in ["mime", "threads", "quotes"] {
+    for dir in ["mime", "threads", "quotes", "fuzz"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -121,6 +121,10 @@ fn mutated_mail_never_panics_the_inbound_path() {
         .unwrap_or(5000);
     println!("fuzz seed {seed} ({iterations} inputs); MAILROOM_FUZZ_SEED={seed} repeats it");
     let corpus = corpus();
+    // The corpus itself first, unmutated (fixtures/fuzz/ keeps past finds).
+    for base in &corpus {
+        let _ = parse(base);
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let secret = b"fuzz-secret-0123456789";
     let (mut parsed, mut refused) = (0usize, 0usize);
@@ -159,5 +163,9 @@ fn mutated_mail_never_panics_the_inbound_path() {
         }
     }
     println!("fuzz: {parsed} parsed, {refused} refused with a reason, 0 panics");
-    assert_eq!(parsed + refused, iterations);
+    // Mutated mail must still mostly reach the deeper entry points.
+    assert!(
+        parsed > iterations / 4,
+        "only {parsed} of {iterations} parsed"
+    );
 }
