@@ -16,6 +16,12 @@
 //!    claiming new replies when the drain starts);
 //! 4. `store` (the SQLite checkpointer), then the pool closes.
 //!
+//! A reload (SIGHUP, `mailroom reload`) prepares what the new config needs
+//! (its channels, listeners, the directory in the store), then drains
+//! stages 1–3 as for a stop and starts them again; the store's tasks, the
+//! pool and the bound sockets stay. A config that cannot be prepared
+//! changes nothing.
+//!
 //! systemd: `READY=1` once every task runs; `WATCHDOG=1` from the supervisor
 //! loop, and only while the database answers; `STOPPING=1` at the drain.
 
@@ -26,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -50,11 +57,51 @@ pub struct App {
     store: Store,
     dir: Arc<Directory>,
     pipeline: Pipeline,
-    http: Option<TcpListener>,
-    metrics: Option<TcpListener>,
+    /// The listeners stay bound for the life of the process (a reload
+    /// serves the same socket again; connections wait in its backlog).
+    http: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     ready: Arc<Readiness>,
-    /// The DMARC check of agents' answers (its DNS); taken by the task.
-    dmarc: Option<Dmarc>,
+    /// The DMARC check of agents' answers (its DNS).
+    dmarc: Arc<Dmarc>,
+}
+
+/// The tasks a reload drains and starts again: all but the store's own.
+struct Work {
+    channels: Group,
+    http: Group,
+    outbox: Group,
+}
+
+/// A config to apply (loaded and validated), and who wants to hear how it
+/// went: the changes applied, or why it was refused.
+pub struct Reload {
+    pub config: Config,
+    pub outcome: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+}
+
+impl Work {
+    fn new() -> Work {
+        Work {
+            channels: Group::new("channel"),
+            http: Group::new("http"),
+            outbox: Group::new("outbox"),
+        }
+    }
+}
+
+/// What ends the supervisor's wait.
+enum Event {
+    Stop,
+    Failed(anyhow::Error),
+    Reload(Box<Reload>),
+}
+
+/// A channel that runs as a task, built before anything is stopped so a
+/// reload with a channel that cannot start changes nothing.
+enum Runner {
+    Spool(MaildirChannel),
+    Mailbox(Box<ImapChannel>),
 }
 
 /// Tasks that are stopped together: one stop token, and each task's name.
@@ -136,17 +183,8 @@ impl App {
         store.migrate().await?;
         let dir = Arc::new(store.sync_config(&config).await?);
         let pipeline = Pipeline::new(store.clone(), dir.clone(), config.ingest.clone());
-        let bind = |key: &'static str, address: Option<String>| async move {
-            match address {
-                None => Ok(None),
-                Some(address) => TcpListener::bind(&address)
-                    .await
-                    .map(Some)
-                    .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {address}: {e}")),
-            }
-        };
-        let http = bind("http.bind", config.http.bind.clone()).await?;
-        let metrics = bind("metrics.bind", config.metrics.bind.clone()).await?;
+        let http = bind("http.bind", config.http.bind.as_deref()).await?;
+        let metrics = bind("metrics.bind", config.metrics.bind.as_deref()).await?;
         let dmarc = match config.agent_mail.dmarc {
             DmarcCheck::Off => Dmarc::offline(&[]),
             _ => Dmarc::system_or_waiting(),
@@ -159,13 +197,13 @@ impl App {
             http,
             metrics,
             ready: Arc::new(Readiness::starting()),
-            dmarc: Some(dmarc),
+            dmarc: Arc::new(dmarc),
         })
     }
 
     /// Checks DMARC against these records instead of the DNS (tests).
     pub fn with_dmarc(mut self, dmarc: Dmarc) -> App {
-        self.dmarc = Some(dmarc);
+        self.dmarc = Arc::new(dmarc);
         self
     }
 
@@ -184,21 +222,27 @@ impl App {
 
     /// Runs every task until `shutdown` (or a task fails), then stops them
     /// in order; the error is the failed task's.
-    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut channels = Group::new("channel");
-        let mut http = Group::new("http");
-        let mut outbox = Group::new("outbox");
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.run_with_reloads(shutdown, None).await
+    }
+
+    /// As [`App::run_until_stopped`], applying each config received on
+    /// `reloads` (already loaded and validated) while running.
+    pub async fn run_with_reloads(
+        mut self,
+        shutdown: CancellationToken,
+        mut reloads: Option<mpsc::UnboundedReceiver<Reload>>,
+    ) -> anyhow::Result<()> {
         let mut store = Group::new("store");
-        self.start_channels(&mut channels)?;
-        let wake = self.start_outbox(&mut outbox);
-        self.start_http(&mut http, wake);
+        let runners = build_channels(&self.config)?;
+        let mut work = self.start_work(runners)?;
         let store_for_checkpoints = self.store.clone();
         let stop = store.stop.clone();
         store.spawn("checkpoint".into(), async move {
             store_for_checkpoints.checkpoint_until(&stop).await;
             Ok(())
         });
-        let tasks = channels.tasks.len() + http.tasks.len() + outbox.tasks.len();
+        let tasks = work.channels.tasks.len() + work.http.tasks.len() + work.outbox.tasks.len();
         tracing::info!(
             tasks,
             database = self.store.backend().as_str(),
@@ -208,53 +252,142 @@ impl App {
         // systemd (Type=notify): migrations ran, every task runs, the
         // listener is bound. Outside systemd these are no-ops.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        let failure = self
-            .supervise(
-                &shutdown,
-                [&mut channels, &mut http, &mut outbox, &mut store],
-            )
-            .await;
+        let failure = loop {
+            match self
+                .next_event(&shutdown, &mut work, &mut store, &mut reloads)
+                .await
+            {
+                Event::Stop => break None,
+                Event::Failed(e) => break Some(e),
+                Event::Reload(reload) => {
+                    let Reload { config, outcome } = *reload;
+                    let (running, result) = self.reload(config, work).await;
+                    if let Some(outcome) = outcome {
+                        let _ = outcome.send(result);
+                    }
+                    match running {
+                        Ok(running) => work = running,
+                        Err(e) => {
+                            work = Work::new();
+                            break Some(e);
+                        }
+                    }
+                }
+            }
+        };
         self.ready.set_draining();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        // The whole drain fits in one deadline (the unit's TimeoutStopSec is
-        // set above it), so a send is never cut off by a SIGKILL. The
-        // outbox claims nothing new from now on; its sends in flight go on
-        // while the channels and the listener drain.
-        let overall = tokio::time::Instant::now() + self.send_deadline();
-        let left = |stage: Duration| {
-            stage.min(overall.saturating_duration_since(tokio::time::Instant::now()))
-        };
-        outbox.stop.cancel();
-        channels.stop(left(CHANNEL_DEADLINE)).await;
-        let request_timeout = Duration::from_secs(self.config.http.request_timeout_secs + 5);
-        http.stop(left(request_timeout)).await;
-        outbox.stop(left(self.send_deadline())).await;
+        self.drain(work).await;
         store.stop(STORE_DEADLINE).await;
         self.store.close().await;
         tracing::info!("mailroom stopped.");
         failure.map_or(Ok(()), Err)
     }
 
-    /// Waits for `shutdown` or the first task to end (a failure), feeding
-    /// the systemd watchdog meanwhile while the database answers.
-    async fn supervise(
+    /// Stops the work in order. The whole drain fits in one deadline (the
+    /// unit's TimeoutStopSec is set above it), so a send is never cut off
+    /// by a SIGKILL. The outbox claims nothing new from the start; its
+    /// sends in flight go on while the channels and the listener drain.
+    async fn drain(&self, mut work: Work) {
+        let overall = tokio::time::Instant::now() + self.send_deadline();
+        let left = |stage: Duration| {
+            stage.min(overall.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        work.outbox.stop.cancel();
+        work.channels.stop(left(CHANNEL_DEADLINE)).await;
+        let request_timeout = Duration::from_secs(self.config.http.request_timeout_secs + 5);
+        work.http.stop(left(request_timeout)).await;
+        work.outbox.stop(left(self.send_deadline())).await;
+    }
+
+    /// Applies a new config: everything that can fail (channels that
+    /// cannot start, a listener that cannot bind, the database) is done
+    /// first, and on failure the running work goes on untouched. Then the
+    /// work drains as for a stop (batches committed, sends finished,
+    /// requests answered) and starts again with the new config. Only a
+    /// failure to start again (rare: it was all prepared) stops the daemon.
+    async fn reload(
+        &mut self,
+        config: Config,
+        work: Work,
+    ) -> (anyhow::Result<Work>, Result<String, String>) {
+        let prepared = async {
+            let runners = build_channels(&config)?;
+            let http = rebind("http.bind", &self.config.http.bind, &config.http.bind).await?;
+            let metrics = rebind(
+                "metrics.bind",
+                &self.config.metrics.bind,
+                &config.metrics.bind,
+            )
+            .await?;
+            let dir = self.store.sync_config(&config).await?;
+            anyhow::Ok((runners, http, metrics, dir))
+        };
+        let (runners, http, metrics, dir) = match prepared.await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(error = %reason, "Reload refused; the running config stays.");
+                return (Ok(work), Err(reason));
+            }
+        };
+        let changes = describe_changes(&self.config, &config);
+        for kept in restart_only(&self.config, &config) {
+            tracing::warn!(
+                setting = kept,
+                "Reload: this setting takes effect at the next restart; the running value stays."
+            );
+        }
+        tracing::info!(%changes, "Reloading: draining the channels, the listener and the outbox.");
+        self.drain(work).await;
+        let mut config = config;
+        // Kept as they run (see restart_only).
+        config.database = self.config.database.clone();
+        config.log = self.config.log.clone();
+        config.instance = self.config.instance.clone();
+        if let Some(http) = http {
+            self.http = http;
+        }
+        if let Some(metrics) = metrics {
+            self.metrics = metrics;
+        }
+        self.dir = Arc::new(dir);
+        self.pipeline = Pipeline::new(self.store.clone(), self.dir.clone(), config.ingest.clone());
+        self.config = Arc::new(config);
+        match self.start_work(runners) {
+            Ok(work) => {
+                tracing::info!(%changes, "Config reloaded.");
+                (Ok(work), Ok(changes))
+            }
+            Err(e) => {
+                let reason = format!("cannot start again after the reload: {e:#}");
+                (Err(anyhow::anyhow!(reason.clone())), Err(reason))
+            }
+        }
+    }
+
+    /// Waits for `shutdown`, a reload or the first task to end (a failure),
+    /// feeding the systemd watchdog meanwhile while the database answers.
+    async fn next_event(
         &self,
         shutdown: &CancellationToken,
-        groups: [&mut Group; 4],
-    ) -> Option<anyhow::Error> {
-        let [a, b, c, d] = groups;
+        work: &mut Work,
+        store: &mut Group,
+        reloads: &mut Option<mpsc::UnboundedReceiver<Reload>>,
+    ) -> Event {
         let watchdog = sd_notify::watchdog_enabled();
         let mut tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     tracing::info!("Stop requested; draining.");
-                    return None;
+                    return Event::Stop;
                 }
-                e = a.next_exit() => return Some(e),
-                e = b.next_exit() => return Some(e),
-                e = c.next_exit() => return Some(e),
-                e = d.next_exit() => return Some(e),
+                e = work.channels.next_exit() => return Event::Failed(e),
+                e = work.http.next_exit() => return Event::Failed(e),
+                e = work.outbox.next_exit() => return Event::Failed(e),
+                e = store.next_exit() => return Event::Failed(e),
+                reload = next_reload(reloads) => return Event::Reload(Box::new(reload)),
                 _ = tick.tick(), if watchdog.is_some() => {
                     let limit = watchdog.unwrap_or_default() / 4;
                     match tokio::time::timeout(limit, self.store.ping()).await {
@@ -281,26 +414,18 @@ impl App {
         CHANNEL_DEADLINE.max(longest_send)
     }
 
-    fn start_channels(&self, group: &mut Group) -> anyhow::Result<()> {
-        let config = &self.config;
-        for (name, channel) in &config.channels {
-            let (pipeline, stop) = (self.pipeline.clone(), group.stop.clone());
-            match &channel.settings {
-                ChannelSettings::Maildir(maildir) => {
-                    let spool = MaildirChannel::new(name, maildir, config.ingest.batch_size);
-                    group.spawn(name.clone(), spool.run(pipeline, stop));
-                }
-                ChannelSettings::Imap(_) => {
-                    let lease = Duration::from_secs(config.instance.mailbox_lease_secs);
-                    let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?
-                        .with_lease(config.instance.holder_id(), lease);
-                    group.spawn(name.clone(), mailbox.run(pipeline, stop));
-                }
-                // Fed by `mailroom ingest` or by the HTTP listener: nothing to run.
-                ChannelSettings::Pipe | ChannelSettings::Webhook(_) | ChannelSettings::Form(_) => {}
+    fn start_work(&mut self, runners: Vec<(String, Runner)>) -> anyhow::Result<Work> {
+        let mut work = Work::new();
+        for (name, runner) in runners {
+            let (pipeline, stop) = (self.pipeline.clone(), work.channels.stop.clone());
+            match runner {
+                Runner::Spool(spool) => work.channels.spawn(name, spool.run(pipeline, stop)),
+                Runner::Mailbox(mailbox) => work.channels.spawn(name, mailbox.run(pipeline, stop)),
             }
         }
-        Ok(())
+        let wake = self.start_outbox(&mut work.outbox);
+        self.start_http(&mut work.http, wake)?;
+        Ok(work)
     }
 
     /// The outbox sends queued replies through the configured relays;
@@ -323,7 +448,7 @@ impl App {
                 self.store.clone(),
                 self.dir.clone(),
                 self.config.clone(),
-                self.dmarc.take().unwrap_or_else(|| Dmarc::offline(&[])),
+                self.dmarc.clone(),
                 wake.clone(),
                 stop,
             ),
@@ -331,8 +456,13 @@ impl App {
         wake
     }
 
-    fn start_http(&mut self, group: &mut Group, wake: Arc<tokio::sync::Notify>) {
-        if let Some(listener) = self.http.take() {
+    fn start_http(
+        &mut self,
+        group: &mut Group,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<()> {
+        if let Some(listener) = &self.http {
+            let listener = serve_again(listener)?;
             let state = HttpState::new(self.pipeline.clone(), (*self.config).clone())
                 .with_outbox(wake)
                 .with_readiness(self.ready.clone());
@@ -342,7 +472,8 @@ impl App {
                 crate::http::serve_on(listener, Arc::new(state), stop),
             );
         }
-        if let Some(listener) = self.metrics.take() {
+        if let Some(listener) = &self.metrics {
+            let listener = serve_again(listener)?;
             crate::metrics::install();
             let (store, config, stop) = (
                 self.store.clone(),
@@ -354,5 +485,132 @@ impl App {
                 crate::metrics::serve(listener, store, config, stop),
             );
         }
+        Ok(())
+    }
+}
+
+/// The channels that run as tasks. Fed by `mailroom ingest` or by the HTTP
+/// listener, the others have nothing to run.
+fn build_channels(config: &Config) -> anyhow::Result<Vec<(String, Runner)>> {
+    let mut runners = Vec::new();
+    for (name, channel) in &config.channels {
+        let runner = match &channel.settings {
+            ChannelSettings::Maildir(maildir) => {
+                Runner::Spool(MaildirChannel::new(name, maildir, config.ingest.batch_size))
+            }
+            ChannelSettings::Imap(_) => {
+                let lease = Duration::from_secs(config.instance.mailbox_lease_secs);
+                let mailbox = ImapChannel::new(name, channel, config.ingest.max_message_bytes)?
+                    .with_lease(config.instance.holder_id(), lease);
+                Runner::Mailbox(Box::new(mailbox))
+            }
+            ChannelSettings::Pipe | ChannelSettings::Webhook(_) | ChannelSettings::Form(_) => {
+                continue
+            }
+        };
+        runners.push((name.clone(), runner));
+    }
+    Ok(runners)
+}
+
+async fn bind(key: &str, address: Option<&str>) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {address}: {e}"))?;
+    Ok(Some(listener.into_std()?))
+}
+
+/// A listener for a changed address (`Some(None)` when it was removed);
+/// `None` when the address stays.
+async fn rebind(
+    key: &str,
+    running: &Option<String>,
+    wanted: &Option<String>,
+) -> anyhow::Result<Option<Option<std::net::TcpListener>>> {
+    if running == wanted {
+        return Ok(None);
+    }
+    bind(key, wanted.as_deref()).await.map(Some)
+}
+
+/// The same bound socket for another serving task.
+fn serve_again(listener: &std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// The next config to apply; once the sender is gone, never.
+async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Reload>>) -> Reload {
+    if let Some(receiver) = reloads {
+        if let Some(reload) = receiver.recv().await {
+            return reload;
+        }
+    }
+    *reloads = None;
+    std::future::pending().await
+}
+
+/// Settings a reload does not change (the store's pool, the log
+/// subscriber and this process's identity are made once); named so the
+/// operator knows a restart is needed.
+fn restart_only(running: &Config, wanted: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.database, &wanted.database);
+    let mut kept = Vec::new();
+    if a.url.resolve().ok() != b.url.resolve().ok()
+        || a.max_connections != b.max_connections
+        || a.connect_timeout_secs != b.connect_timeout_secs
+    {
+        kept.push("database");
+    }
+    if format!("{:?}", running.log) != format!("{:?}", wanted.log) {
+        kept.push("log");
+    }
+    if format!("{:?}", running.instance) != format!("{:?}", wanted.instance) {
+        kept.push("instance");
+    }
+    kept
+}
+
+/// "channels +new -old ~changed; teams …": what a reload changes, for the log.
+fn describe_changes(running: &Config, wanted: &Config) -> String {
+    fn diff<V: std::fmt::Debug>(
+        what: &str,
+        a: &std::collections::BTreeMap<String, V>,
+        b: &std::collections::BTreeMap<String, V>,
+    ) -> Option<String> {
+        let mut parts = Vec::new();
+        for key in b.keys().filter(|k| !a.contains_key(*k)) {
+            parts.push(format!("+{key}"));
+        }
+        for key in a.keys().filter(|k| !b.contains_key(*k)) {
+            parts.push(format!("-{key}"));
+        }
+        for (key, value) in b {
+            if a.get(key)
+                .is_some_and(|old| format!("{old:?}") != format!("{value:?}"))
+            {
+                parts.push(format!("~{key}"));
+            }
+        }
+        (!parts.is_empty()).then(|| format!("{what} {}", parts.join(" ")))
+    }
+    let parts: Vec<String> = [
+        diff("channels", &running.channels, &wanted.channels),
+        diff("teams", &running.teams, &wanted.teams),
+        diff("agents", &running.agents, &wanted.agents),
+        diff("relays", &running.relays, &wanted.relays),
+        diff("pipelines", &running.pipelines, &wanted.pipelines),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "no channel, team, agent, relay or pipeline changed".into()
+    } else {
+        parts.join("; ")
     }
 }

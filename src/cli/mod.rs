@@ -8,6 +8,7 @@ mod ingest;
 mod logging;
 mod outbox;
 mod quarantine;
+mod reload;
 mod reply;
 mod status;
 mod ticket;
@@ -89,6 +90,9 @@ enum Command {
         #[command(subcommand)]
         command: outbox::OutboxCommand,
     },
+    /// Check the config, then have the running daemon (`mailroom run` with
+    /// this config file on this host) apply it: sends it SIGHUP.
+    Reload(reload::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -167,11 +171,12 @@ async fn dispatch(command: Command, config: Config, path: &std::path::Path) -> u
         Command::Quarantine { command } => quarantine::run(&config, command).await,
         Command::Reply(args) => reply::run(&config, args).await,
         Command::Outbox { command } => outbox::run(&config, command).await,
+        Command::Reload(args) => reload::run(path, args),
     }
 }
 
-/// `mailroom run`: the daemon, until SIGINT or SIGTERM. SIGHUP re-reads
-/// the config file and says whether it is valid; it never stops the daemon.
+/// `mailroom run`: the daemon, until SIGINT or SIGTERM. SIGHUP reloads
+/// the config file; a broken one is refused and never stops the daemon.
 async fn run(config: Config, path: &std::path::Path) -> u8 {
     let app = match crate::app::App::build(config).await {
         Ok(app) => app,
@@ -180,9 +185,10 @@ async fn run(config: Config, path: &std::path::Path) -> u8 {
             return EX_SOFTWARE;
         }
     };
-    let reload = tokio::spawn(check_on_hangup(path.to_path_buf()));
+    let (reloads, received) = tokio::sync::mpsc::unbounded_channel();
+    let hangups = tokio::spawn(reload_on_hangup(path.to_path_buf(), reloads));
     let shutdown = CancellationToken::new();
-    let running = app.run_until_stopped(shutdown.clone());
+    let running = app.run_with_reloads(shutdown.clone(), Some(received));
     tokio::pin!(running);
     let result = tokio::select! {
         result = &mut running => result,
@@ -191,7 +197,7 @@ async fn run(config: Config, path: &std::path::Path) -> u8 {
             running.await
         }
     };
-    reload.abort();
+    hangups.abort();
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -201,21 +207,29 @@ async fn run(config: Config, path: &std::path::Path) -> u8 {
     }
 }
 
-/// On each SIGHUP (logrotate, a habit, `systemctl reload`): the config
-/// file is loaded and checked. Live reload is not built yet, so a valid
-/// file is applied at the next restart; a broken one is named with its
-/// problems, and the running config stays either way.
-async fn check_on_hangup(path: std::path::PathBuf) {
+/// On each SIGHUP (`systemctl reload`, `mailroom reload`): the config file
+/// is loaded and checked; a valid one goes to the daemon to apply, a
+/// broken one is named with its problems and the running config stays.
+async fn reload_on_hangup(
+    path: std::path::PathBuf,
+    reloads: tokio::sync::mpsc::UnboundedSender<crate::app::Reload>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hangup.recv().await.is_some() {
         match Config::load(&path) {
-            Ok(_) => tracing::warn!(
-                config = %path.display(),
-                "SIGHUP: the config file is valid; changes take effect at the next restart (live reload is not built yet)."
-            ),
+            Ok(config) => {
+                tracing::info!(config = %path.display(), "SIGHUP: the config file is valid; reloading.");
+                let reload = crate::app::Reload {
+                    config,
+                    outcome: None,
+                };
+                if reloads.send(reload).is_err() {
+                    return;
+                }
+            }
             Err(e) => tracing::error!(
                 config = %path.display(),
                 error = %e,

@@ -773,6 +773,27 @@ impl Config {
         }
     }
 
+    /// A config from TOML text alone (no file, no environment), validated:
+    /// for the fuzzers and for checking a config that is not on disk.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|source| ConfigError::Load {
+                path: "(text)".into(),
+                message: explain(&source.to_string()),
+            })?;
+        let problems = config.validate();
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigError::Invalid {
+                path: "(text)".into(),
+                problems,
+            }),
+        }
+    }
+
     pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
         let load_err = |source: config::ConfigError| ConfigError::Load {
             path: path.display().to_string(),

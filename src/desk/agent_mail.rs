@@ -85,7 +85,7 @@ pub async fn run(
     store: Store,
     dir: std::sync::Arc<Directory>,
     config: std::sync::Arc<Config>,
-    dmarc: Dmarc,
+    dmarc: std::sync::Arc<Dmarc>,
     wake: std::sync::Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {

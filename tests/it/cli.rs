@@ -1179,8 +1179,12 @@ fn a_file_still_being_written_into_the_spool_is_taken_only_once_complete() {
     );
 }
 
+/// Live reload as an operator does it: a broken file changes nothing
+/// (SIGHUP and `mailroom reload` both refuse it), a new team and spool
+/// added to the file take mail after `mailroom reload`, and a spool removed
+/// by SIGHUP is no longer read while the rest goes on.
 #[test]
-fn sighup_checks_the_config_and_never_stops_the_daemon() {
+fn the_config_reloads_live_and_a_broken_one_changes_nothing() {
     let w = Workdir::new();
     let log = w.path().join("daemon.log");
     let mut daemon = w
@@ -1189,18 +1193,17 @@ fn sighup_checks_the_config_and_never_stops_the_daemon() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let cur = w.path().join("spool/cur");
+    let log_has = |needle: &'static str| {
+        let log = log.clone();
+        move || std::fs::read_to_string(&log).map_or(0, |l| l.matches(needle).count())
+    };
+    let files_in = |dir: &str| std::fs::read_dir(w.path().join(dir)).map_or(0, |d| d.count());
     drop_into_spool(
         w.path(),
         "1.h",
         &mail("h@c.test", "h1@c.test", "Before", "", "one"),
     );
-    wait_for("the first file taken", || {
-        std::fs::read_dir(&cur).is_ok_and(|d| d.count() == 1)
-    });
-    let config = w.path().join("config/mailroom.toml");
-    let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{good}\nhtpp = 1\n")).unwrap();
+    wait_for("the first file taken", || files_in("spool/cur") == 1);
     let hup = |daemon: &std::process::Child| {
         let sent = Command::new("kill")
             .args(["-HUP", &daemon.id().to_string()])
@@ -1208,27 +1211,124 @@ fn sighup_checks_the_config_and_never_stops_the_daemon() {
             .unwrap();
         assert!(sent.success());
     };
+
+    // A broken file: refused by the command (nothing signalled) and by SIGHUP.
+    let config = w.path().join("config/mailroom.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\nhtpp = 1\n")).unwrap();
+    let refused = w.run(&["reload"]);
+    assert_eq!(code(&refused), 78);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("htpp"));
     hup(&daemon);
-    wait_for("the broken config named in the log", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("the config file has problems"))
-    });
+    let problems = log_has("the config file has problems");
+    wait_for("the broken config named in the log", || problems() == 1);
     assert!(daemon.try_wait().unwrap().is_none(), "still running");
     assert!(std::fs::read_to_string(&log).unwrap().contains("htpp"));
-    // The running config goes on: the spool is still watched.
     drop_into_spool(
         w.path(),
         "2.h",
         &mail("h@c.test", "h2@c.test", "After", "", "two"),
     );
-    wait_for("the second file taken", || {
-        std::fs::read_dir(&cur).is_ok_and(|d| d.count() == 2)
-    });
-    std::fs::write(&config, good).unwrap();
+    wait_for("the second file taken", || files_in("spool/cur") == 2);
+    assert_eq!(log_has("Config reloaded")(), 0, "nothing was applied");
+
+    // Added: a team and its spool, applied by `mailroom reload`.
+    let sales = r#"
+[teams.sales]
+addresses = [{ address = "sales@example.com", default = true }]
+[channels.sales]
+kind = "maildir"
+team = "sales"
+pipeline = "support"
+path = "sales-spool"
+poll_interval_ms = 100
+"#;
+    std::fs::write(&config, format!("{good}\n{sales}")).unwrap();
+    let asked = w.run(&["reload"]);
+    assert_eq!(
+        code(&asked),
+        0,
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    assert!(String::from_utf8_lossy(&asked.stdout).contains(&format!("pid {}", daemon.id())));
+    let reloaded = log_has("Config reloaded");
+    wait_for("the first reload applied", || reloaded() == 1);
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("channels +sales; teams +sales"));
+    let sales_spool = w.path().join("sales-spool");
+    for sub in ["tmp", "new"] {
+        std::fs::create_dir_all(sales_spool.join(sub)).unwrap();
+    }
+    std::fs::write(
+        sales_spool.join("tmp/3.h"),
+        mail("s@c.test", "s3@c.test", "For sales", "", "three"),
+    )
+    .unwrap();
+    std::fs::rename(sales_spool.join("tmp/3.h"), sales_spool.join("new/3.h")).unwrap();
+    wait_for("the new spool read", || files_in("sales-spool/cur") == 1);
+
+    // Removed: the first spool, by SIGHUP; the other goes on.
+    let without_spool = remove_table(&format!("{good}\n{sales}"), "[channels.spool]");
+    std::fs::write(&config, without_spool).unwrap();
     hup(&daemon);
-    wait_for("the valid config acknowledged", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("the config file is valid"))
+    wait_for("the second reload applied", || reloaded() == 2);
+    drop_into_spool(
+        w.path(),
+        "4.h",
+        &mail("h@c.test", "h4@c.test", "Unread", "", "four"),
+    );
+    std::fs::write(
+        sales_spool.join("tmp/5.h"),
+        mail("s@c.test", "s5@c.test", "Still read", "", "five"),
+    )
+    .unwrap();
+    std::fs::rename(sales_spool.join("tmp/5.h"), sales_spool.join("new/5.h")).unwrap();
+    wait_for("the remaining spool still read", || {
+        files_in("sales-spool/cur") == 2
     });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(files_in("spool/new"), 1, "the removed spool is left alone");
     stop_gracefully(&mut daemon);
+
+    let tickets = w.json(&["ticket", "list", "--json"]);
+    let mut seen: Vec<(String, String)> = tickets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["subject"].as_str().unwrap().into(),
+                t["team"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("After", "support"),
+        ("Before", "support"),
+        ("For sales", "sales"),
+        ("Still read", "sales"),
+    ]
+    .map(|(s, t)| (s.to_string(), t.to_string()));
+    assert_eq!(seen, expected);
+}
+
+/// The text without the TOML table that starts at `header` (up to the next table).
+fn remove_table(text: &str, header: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            skipping = line.trim() == header;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The spool under repeated SIGKILL while mail keeps arriving (seeded,
@@ -1492,4 +1592,116 @@ fn outbox_crash_loop(database_url: Option<&str>) {
         queued.len(),
         received.len()
     );
+}
+
+/// SIGTERM while the spool still holds most of 3,000 files and the outbox
+/// 40 replies (the relay answering each DATA after 1 s): the daemon exits 0
+/// within its drain deadline; after a restart every file is stored once,
+/// and every reply reached the relay exactly once (a clean stop finishes
+/// its sends, so nothing falls in the SMTP window).
+#[test]
+fn sigterm_under_load_exits_cleanly_and_nothing_is_lost_or_doubled() {
+    let w = Workdir::new();
+    let sink = crate::smtp::SmtpSink::start(&["-w", "1"]);
+    add_relay(&w, sink.port);
+    for i in 0..8 {
+        let customer = mail(
+            &format!("c{i}@customer.test"),
+            &format!("o{i}@customer.test"),
+            &format!("Case {i}"),
+            "",
+            "help",
+        );
+        assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
+    }
+    std::fs::write(w.path().join("reply.txt"), "An answer.").unwrap();
+    let mut queued = Vec::new();
+    for i in 0..40 {
+        let ticket = (i % 8 + 1).to_string();
+        let out = w.run(&[
+            "reply",
+            &ticket,
+            "--body-file",
+            "reply.txt",
+            "--as",
+            "alice",
+            "--json",
+        ]);
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        queued.push(reply["message_id"].as_str().unwrap().to_string());
+    }
+    let total = 3000;
+    let mut expected: std::collections::BTreeSet<String> =
+        (0..8).map(|i| format!("o{i}@customer.test")).collect();
+    for i in 0..total {
+        let id = format!("load{i}@load.test");
+        let data = mail(&format!("l{}@load.test", i % 50), &id, "Load", "", "text");
+        drop_into_spool(w.path(), &format!("{i:05}.load"), &data);
+        expected.insert(id);
+    }
+    let envs = [("MAILROOM_CHANNELS__SPOOL__SETTLE_MS", "0")];
+    let start = || {
+        w.cmd(&["run"])
+            .envs(envs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let files_in = |dir: &str| std::fs::read_dir(w.path().join(dir)).map_or(0, |d| d.count());
+    let mut daemon = start();
+    wait_for("the ingest under way", || files_in("spool/cur") >= 100);
+    wait_for("the first reply sent", || sink.count() >= 1);
+    let (taken, sent) = (files_in("spool/cur"), sink.count());
+    let asked = Instant::now();
+    sigterm(&daemon);
+    let status = daemon.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "daemon exit: {status:?}");
+    // The drain deadline: 30 s, or the longest relay timeout plus 10 s.
+    assert!(took < Duration::from_secs(40), "the stop took {took:?}");
+    let left = files_in("spool/new");
+    let unsent = outbox(&w).iter().filter(|r| r["state"] != "sent").count();
+    println!(
+        "SIGTERM with {taken} of {total} files taken and {sent} of 40 replies sent: stopped in {:.1} s, leaving {left} files and {unsent} replies",
+        took.as_secs_f64()
+    );
+    assert!(left > 0 && unsent > 0, "the stop came while both were busy");
+
+    let mut daemon = start();
+    wait_for("every file acknowledged", || {
+        files_in("spool/new") == 0 && files_in("spool/cur") == total
+    });
+    wait_for("every reply sent", || {
+        outbox(&w).iter().all(|r| r["state"] == "sent")
+    });
+    stop_gracefully(&mut daemon);
+    let export = w.run(&["export", "--jsonl"]);
+    let mut stored: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&export.stdout).lines() {
+        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
+        for m in ticket["messages"].as_array().unwrap() {
+            if m["direction"] == "inbound" {
+                stored.push(m["message_id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(unique.len(), stored.len(), "a message stored twice");
+    assert_eq!(unique, expected, "lost or unexpected messages");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut received: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|c| {
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&c.message)
+                .unwrap();
+            parsed.message_id().unwrap().to_string()
+        })
+        .collect();
+    received.sort();
+    queued.sort();
+    assert_eq!(received, queued, "every reply received exactly once");
 }

@@ -1022,13 +1022,9 @@ async fn seen_by_id(
         .collect()
 }
 
-/// Message-IDs stored, as `mailroom export` shows them.
-fn stored_ids(dir: &std::path::Path) -> Vec<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
-        .args(["export", "--jsonl"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
+/// Message-IDs stored, as `mailroom export --jsonl` shows them.
+fn stored_ids(mut export: std::process::Command) -> Vec<String> {
+    let out = export.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -1046,11 +1042,25 @@ fn stored_ids(dir: &std::path::Path) -> Vec<String> {
 
 /// `mailroom run` on an IMAP mailbox, SIGKILLed again and again (seeded,
 /// printed; `MAILROOM_CRASH_SEED` repeats it) while mail keeps arriving:
-/// after every kill, each message flagged \Seen is stored (acknowledged
-/// only after its commit); at the end every message is stored exactly
-/// once and flagged \Seen.
+/// threads, byte-identical copies, a poison message and one over the size
+/// limit. Half the kills are at a random moment (connecting, fetching,
+/// committing), half the moment a batch's commit is visible, before its
+/// \Seen is stored. After every kill, each message flagged \Seen is
+/// stored (acknowledged only after its commit); at the end every message
+/// is stored exactly once and flagged \Seen, the poison one is in the
+/// quarantine once, and the oversized one was moved aside, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed() {
+    mailbox_crash_loop(Backend::Sqlite).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_survives_a_sigkill_loop_on_postgresql() {
+    mailbox_crash_loop(Backend::Postgres).await;
+}
+
+async fn mailbox_crash_loop(backend: Backend) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
         .ok()
@@ -1060,6 +1070,14 @@ async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let server = Dovecot::start();
     let dir = tempfile::tempdir().unwrap();
+    let db = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestDb::new(Backend::Postgres).await),
+    };
+    let db_url = db.as_ref().map_or_else(
+        || format!("sqlite://{}/data/mailroom.db", dir.path().display()),
+        |db| db.url.clone(),
+    );
     std::fs::create_dir_all(dir.path().join("config")).unwrap();
     let shipped = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailroom.toml"),
@@ -1067,26 +1085,49 @@ async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed(
     .unwrap();
     let config = format!(
         "{shipped}\n{}",
-        channel("inbox", server.imap_port, "fetch_batch = 20\n")
+        channel(
+            "inbox",
+            server.imap_port,
+            "fetch_batch = 20\noversize_folder = \"Oversized\"\n"
+        )
     );
     std::fs::write(dir.path().join("config/mailroom.toml"), config).unwrap();
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
-            .arg("run")
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        command
+            .args(args)
             .current_dir(dir.path())
+            .env("MAILROOM_DATABASE_URL", &db_url)
             // A killed holder's lease runs out in 3 s; then the next run syncs.
             .env("MAILROOM_INSTANCE__MAILBOX_LEASE_SECS", "3")
+            .env("MAILROOM_INGEST__MAX_MESSAGE_BYTES", "20000");
+        command
+    };
+    let start = || {
+        command(&["run"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
     };
+    assert!(command(&["migrate"]).status().unwrap().success());
+    let watcher = mailroom::store::Store::connect_url(&db_url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let committed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM messages")
+            .fetch_one(watcher.pool())
+            .await
+            .unwrap_or(0)
+    };
     let mut client = server.client().await;
-    let message = |i: usize| {
+    let mut expected = std::collections::BTreeSet::new();
+    let mut message = |i: usize| {
         let headers = match i < 30 {
             true => String::new(),
             false => format!("In-Reply-To: <k{}@crash.test>\r\n", i % 30),
         };
+        expected.insert(format!("k{i}@crash.test"));
         mail(
             &format!("c{}@crash.test", i % 30),
             &format!("k{i}@crash.test"),
@@ -1096,50 +1137,77 @@ async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed(
         )
     };
     let mut sent = 0;
-    let batch: Vec<Vec<u8>> = (0..100).map(message).collect();
+    let mut batch: Vec<Vec<u8>> = (0..100).map(&mut message).collect();
+    batch.push(b"this is not an email\r\n".to_vec());
+    batch.push(mail(
+        "big@crash.test",
+        "big@crash.test",
+        "Huge",
+        "",
+        &"x".repeat(30_000),
+    ));
     dovecot::append(&mut client, "INBOX", &batch).await;
-    sent += batch.len();
-    let kills = 6;
+    let mut appended = batch.len();
+    let kills = 10;
+    let mut after_commit = 0;
     for _ in 0..kills {
         let mut daemon = start();
-        let more: Vec<Vec<u8>> = (sent..sent + rng.gen_range(20..60)).map(message).collect();
+        let count = rng.gen_range(20..60);
+        let mut more: Vec<Vec<u8>> = (sent + 100..sent + 100 + count).map(&mut message).collect();
+        sent += count;
+        // A byte-identical copy of one of them: stored once.
+        more.push(more[rng.gen_range(0..more.len())].clone());
         dovecot::append(&mut client, "INBOX", &more).await;
-        sent += more.len();
-        // Around the moment the lease is free again: before, during or
-        // after the sync.
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(2500..4200))).await;
+        appended += more.len();
+        if rng.gen_bool(0.5) {
+            // The moment a batch is committed: its \Seen may not be stored yet.
+            let before = committed().await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while committed().await <= before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            after_commit += usize::from(committed().await > before);
+        } else {
+            // Before, during or after the lease is taken and the sync runs.
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(2500..4200))).await;
+        }
         daemon.kill().unwrap();
         daemon.wait().unwrap();
         // Acknowledged only after commit: every \Seen message is stored.
-        let stored = stored_ids(dir.path());
+        let stored = stored_ids(command(&["export", "--jsonl"]));
         for (id, seen) in seen_by_id(&mut client, "INBOX").await {
             assert!(
-                !seen || stored.contains(&id),
+                !seen || id.is_empty() || id == "big@crash.test" || stored.contains(&id),
                 "{id} is \\Seen but not stored (seed {seed})"
             );
         }
     }
     let log = dir.path().join("last-run.log");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"))
-        .arg("run")
-        .current_dir(dir.path())
-        .env("MAILROOM_INSTANCE__MAILBOX_LEASE_SECS", "3")
+    let mut daemon = command(&["run"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // One more message, so this run is seen working before it stops.
-    dovecot::append(&mut client, "INBOX", &[message(sent)]).await;
-    sent += 1;
+    dovecot::append(&mut client, "INBOX", &[message(sent + 100)]).await;
+    appended += 1;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let all = seen_by_id(&mut client, "INBOX").await;
-        if all.len() == sent && all.iter().all(|(_, seen)| *seen) {
+        // All but the oversized one, moved aside.
+        if all.len() == appended - 1 && all.iter().all(|(_, seen)| *seen) {
             break;
         }
+        let unseen: Vec<&String> = all
+            .iter()
+            .filter(|(_, seen)| !seen)
+            .map(|(id, _)| id)
+            .collect();
         assert!(
             Instant::now() < deadline,
-            "not every message taken (seed {seed})"
+            "not every message taken (seed {seed}): {} of {appended} there, unseen {unseen:?}: {}",
+            all.len(),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1152,13 +1220,301 @@ async fn a_mailbox_survives_a_sigkill_loop_acknowledging_only_what_is_committed(
         "{status:?}: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let stored = stored_ids(dir.path());
-    let unique: std::collections::BTreeSet<&String> = stored.iter().collect();
+    let stored = stored_ids(command(&["export", "--jsonl"]));
+    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
     assert_eq!(
         unique.len(),
         stored.len(),
         "a message stored twice (seed {seed})"
     );
-    assert_eq!(stored.len(), sent, "lost messages (seed {seed})");
-    println!("imap crash loop: {kills} kills, {sent} messages, {} stored once each, 0 acknowledged before commit", stored.len());
+    assert_eq!(
+        unique, expected,
+        "lost or unexpected messages (seed {seed})"
+    );
+    let quarantined = command(&["quarantine", "list", "--json"]).output().unwrap();
+    let quarantined: serde_json::Value = serde_json::from_slice(&quarantined.stdout).unwrap();
+    assert_eq!(
+        quarantined.as_array().unwrap().len(),
+        1,
+        "the poison: {quarantined}"
+    );
+    let aside = seen_by_id(&mut client, "Oversized").await;
+    assert_eq!(
+        aside,
+        [("big@crash.test".to_string(), false)],
+        "moved aside once"
+    );
+    watcher.close().await;
+    println!(
+        "imap crash loop ({backend:?}): {kills} kills ({after_commit} right after a commit), {appended} messages appended, {} stored once each, the poison quarantined once, the oversized one moved aside once, 0 acknowledged before commit",
+        stored.len()
+    );
+}
+
+/// Two instances on PostgreSQL share three mailboxes. Whichever holds the
+/// most is SIGKILLed, round after round (seeded, printed), while mail keeps
+/// arriving and the killed one is started again: each time the survivor
+/// holds every mailbox soon after the lease runs out (3 s, plus its
+/// standby poll of a third of that), nothing \Seen is unstored, and at the
+/// end every message is stored exactly once and \Seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_take_over_each_others_mailboxes_through_repeated_kills() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("two-instance crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let server = Dovecot::start();
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailroom.toml"),
+    )
+    .unwrap();
+    let folders = ["INBOX", "Box1", "Box2"];
+    let mut client = server.client().await;
+    let mut config = shipped;
+    for (i, folder) in folders.iter().enumerate() {
+        if *folder != "INBOX" {
+            client.create(folder).await.unwrap();
+        }
+        let extra = format!("folder = \"{folder}\"\nfetch_batch = 10\n");
+        config.push_str(&channel(&format!("box{i}"), server.imap_port, &extra));
+    }
+    std::fs::write(dir.path().join("config/mailroom.toml"), config).unwrap();
+    let lease = Duration::from_secs(3);
+    let command = |args: &[&str], name: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env("MAILROOM_DATABASE_URL", &db.url)
+            .env("MAILROOM_INSTANCE__NAME", name)
+            .env(
+                "MAILROOM_INSTANCE__MAILBOX_LEASE_SECS",
+                lease.as_secs().to_string(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    assert!(command(&["migrate"], "a").status().unwrap().success());
+    let watcher = mailroom::store::Store::connect_url(&db.url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // pid of each mailbox's live holder ("name/pid/tag").
+    let holders = || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT holder, expires_at FROM leases WHERE name LIKE 'imap:%' ORDER BY name",
+        )
+        .fetch_all(watcher.pool())
+        .await
+        .unwrap();
+        rows.into_iter()
+            .filter(|(_, expires)| *expires > now)
+            .filter_map(|(holder, _)| holder.split('/').nth(1)?.parse::<u32>().ok())
+            .collect::<Vec<u32>>()
+    };
+    let mut expected = std::collections::BTreeSet::new();
+    let mut next = 0;
+    let mut more_mail = |rng: &mut rand::rngs::StdRng| {
+        let mut by_folder: Vec<Vec<Vec<u8>>> = vec![Vec::new(); folders.len()];
+        for _ in 0..rng.gen_range(10..30) {
+            let id = format!("t{next}@two.test");
+            let folder = rng.gen_range(0..folders.len());
+            by_folder[folder].push(mail(
+                &format!("c{}@two.test", next % 7),
+                &id,
+                "Two",
+                "",
+                "text",
+            ));
+            expected.insert(id);
+            next += 1;
+        }
+        by_folder
+    };
+    let mut instances = [
+        command(&["run"], "a").spawn().unwrap(),
+        command(&["run"], "b").spawn().unwrap(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holders().await.len() < folders.len() {
+        assert!(Instant::now() < deadline, "the mailboxes were never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rounds = 8;
+    let mut takeovers = Vec::new();
+    for _ in 0..rounds {
+        for (folder, messages) in folders.iter().zip(more_mail(&mut rng)) {
+            if !messages.is_empty() {
+                dovecot::append(&mut client, folder, &messages).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;
+        let held = holders().await;
+        let count = |i: usize| held.iter().filter(|&&pid| pid == instances[i].id()).count();
+        let victim = if count(0) >= count(1) { 0 } else { 1 };
+        let survivor = instances[1 - victim].id();
+        instances[victim].kill().unwrap();
+        instances[victim].wait().unwrap();
+        let killed = Instant::now();
+        loop {
+            let held = holders().await;
+            if held.len() == folders.len() && held.iter().all(|&pid| pid == survivor) {
+                break;
+            }
+            assert!(
+                killed.elapsed() < lease * 2 + Duration::from_secs(2),
+                "the survivor did not take the mailboxes over (seed {seed}): {held:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        takeovers.push(killed.elapsed());
+        let name = if victim == 0 { "a" } else { "b" };
+        instances[victim] = command(&["run"], name).spawn().unwrap();
+    }
+    for (folder, messages) in folders.iter().zip(more_mail(&mut rng)) {
+        if !messages.is_empty() {
+            dovecot::append(&mut client, folder, &messages).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'waiting: loop {
+        assert!(
+            Instant::now() < deadline,
+            "not every message taken (seed {seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut total = 0;
+        for folder in folders {
+            let all = seen_by_id(&mut client, folder).await;
+            if !all.iter().all(|(_, seen)| *seen) {
+                continue 'waiting;
+            }
+            total += all.len();
+        }
+        if total == expected.len() {
+            break;
+        }
+    }
+    for instance in &mut instances {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &instance.id().to_string()])
+            .status();
+        assert!(instance.wait().unwrap().success());
+    }
+    let mut export = command(&["export", "--jsonl"], "a");
+    export.stdout(std::process::Stdio::piped());
+    let stored = stored_ids(export);
+    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        stored.len(),
+        "a message stored twice (seed {seed})"
+    );
+    assert_eq!(
+        unique, expected,
+        "lost or unexpected messages (seed {seed})"
+    );
+    watcher.close().await;
+    let slowest = takeovers.iter().max().unwrap();
+    println!(
+        "two-instance crash loop: {rounds} kills, {} messages in {} mailboxes, stored once each; takeover after the kill at most {:.2} s (lease {} s)",
+        stored.len(),
+        folders.len(),
+        slowest.as_secs_f64(),
+        lease.as_secs()
+    );
+}
+
+/// Live reload with mailboxes (the daemon in-process): a mailbox added
+/// takes its mail; a reload that cannot be prepared (its listener's
+/// address is in use) is refused and the mailboxes run on; a mailbox
+/// removed ends its session and gives up its lease, and its new mail
+/// stays on the server, unread, while the other goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
+    use mailroom::app::{App, Reload};
+    let server = Dovecot::start();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut client = server.client().await;
+    client.create("Box1").await.unwrap();
+    let mailbox = |name: &str, folder: &str| {
+        channel(name, server.imap_port, &format!("folder = \"{folder}\"\n"))
+    };
+    let (first, second) = (mailbox("first", "INBOX"), mailbox("second", "Box1"));
+    let app = App::build(test_config(&db.url, &first)).await.unwrap();
+    let store = app.store().clone();
+    let (reloads, received) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_with_reloads(shutdown.clone(), Some(received)));
+    let reload = |extra: String| {
+        let (outcome, answer) = tokio::sync::oneshot::channel();
+        let config = test_config(&db.url, &extra);
+        reloads
+            .send(Reload {
+                config,
+                outcome: Some(outcome),
+            })
+            .unwrap();
+        answer
+    };
+    let messages = || async { store.counts().await.unwrap().messages };
+    let until = |want: i64| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while messages().await != want {
+            assert!(Instant::now() < deadline, "never {want} messages stored");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let one = |id: &str| vec![mail("r@c.test", id, "Reload", "", "text")];
+    dovecot::append(&mut client, "INBOX", &one("a1@reload.test")).await;
+    until(1).await;
+
+    let added = reload(format!("{first}{second}")).await.unwrap();
+    assert_eq!(added.as_deref(), Ok("channels +second"));
+    dovecot::append(&mut client, "Box1", &one("b1@reload.test")).await;
+    until(2).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let refused = reload(format!("[http]\nbind = \"{address}\"\n{second}"))
+        .await
+        .unwrap();
+    let reason = refused.unwrap_err();
+    assert!(
+        reason.contains("http.bind") && reason.contains(&address.to_string()),
+        "{reason}"
+    );
+    dovecot::append(&mut client, "INBOX", &one("a2@reload.test")).await;
+    until(3).await;
+
+    let removed = reload(second.clone()).await.unwrap();
+    assert_eq!(removed.as_deref(), Ok("channels -first"));
+    assert_eq!(
+        store.lease_holder("imap:first").await.unwrap(),
+        None,
+        "its lease is given up"
+    );
+    dovecot::append(&mut client, "INBOX", &one("a3@reload.test")).await;
+    dovecot::append(&mut client, "Box1", &one("b2@reload.test")).await;
+    until(4).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(messages().await, 4, "the removed mailbox is not read");
+    let inbox = seen_by_id(&mut client, "INBOX").await;
+    assert!(
+        inbox.contains(&("a3@reload.test".to_string(), false)),
+        "{inbox:?}"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
 }
