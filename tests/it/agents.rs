@@ -942,3 +942,110 @@ crate::both_backends!(
         assert_eq!(sink.count(), 2);
     }
 );
+
+crate::both_backends!(
+    two_help_desks_mailing_each_other_do_not_ping_pong,
+    |backend| async move {
+        // Help desk A (support@example.com, and front@first.test for a
+        // second team) and help desk B (desk@other.test), each with an agent
+        // whose address is one of the other desk's, and every notification
+        // on: the worst wiring. A person at
+        // B writes to A; A's agent answers; then everything either desk
+        // sends to the other is delivered, round after round.
+        let (sink_a, sink_b) = (SmtpSink::start(&[]), SmtpSink::start(&[]));
+        let everything = "new_ticket = [\"team\"]\ncustomer_reply = [\"team\"]\n";
+        let a_extra = format!(
+            r#"{NOTIFY}{everything}
+[agents.zed]
+email = "desk@other.test"
+teams = ["support"]
+[teams.front]
+addresses = [{{ address = "front@first.test", default = true }}]
+[channels.front]
+kind = "pipe"
+team = "front"
+pipeline = "support"
+"#
+        );
+        let b_extra = format!(
+            r#"
+[teams.desk]
+addresses = [{{ address = "desk@other.test", default = true }}]
+[teams.desk.notify]
+address = "desk@other.test"
+{everything}
+[agents.ann]
+email = "front@first.test"
+teams = ["desk"]
+[channels.desk]
+kind = "pipe"
+team = "desk"
+pipeline = "support"
+"#
+        );
+        let a = OutApp::start_with(backend, sink_a.port, &a_extra).await;
+        let b = OutApp::start_with(backend, sink_b.port, &b_extra).await;
+        let person = b"From: Dana <desk@other.test>\r\nTo: support@example.com\r\n\
+Subject: Your invoice\r\nMessage-ID: <dana1@other.test>\r\n\
+Date: Thu, 26 Nov 2026 10:00:00 +0000\r\n\r\nWhich invoice is this?\r\n";
+        let number = a.customer_mail(person).await;
+        let (status, queued) = a
+            .api(
+                "POST",
+                &format!("/api/v1/tickets/{number}/replies"),
+                "alice-token-0123456789",
+                &[],
+                Some(serde_json::json!({ "body": "The one from November." })),
+            )
+            .await;
+        assert_eq!(status, 202, "{queued}");
+        a.work().await;
+        let mut delivered = std::collections::BTreeSet::new();
+        let mut per_round = Vec::new();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut exchanged = 0;
+            for captured in to(&sink_a.messages(), "desk@other.test") {
+                if delivered.insert(message_id(&captured.message)) {
+                    b.pipeline_apply("desk", &captured.message).await;
+                    exchanged += 1;
+                }
+            }
+            b.work().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for captured in to(&sink_b.messages(), "front@first.test") {
+                if delivered.insert(message_id(&captured.message)) {
+                    a.pipeline_apply("front", &captured.message).await;
+                    exchanged += 1;
+                }
+            }
+            a.work().await;
+            per_round.push(exchanged);
+        }
+        println!("mails between the desks, per round: {per_round:?}");
+        // A's notification to zed and A's reply reach B; B's notification
+        // of that reply reaches A, which records it and sends nothing.
+        assert!(
+            per_round[0] >= 2,
+            "the desks did exchange mail: {per_round:?}"
+        );
+        assert_eq!(
+            per_round[2..],
+            [0, 0, 0, 0],
+            "the exchange died out: {per_round:?}"
+        );
+        // Nothing delivered was dropped: each desk stored what it was given.
+        let inbound = |app: &OutApp| {
+            let pool = app.store().pool().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM messages WHERE direction = 'inbound'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!((inbound(&a).await, inbound(&b).await), (2, 2));
+    }
+);
