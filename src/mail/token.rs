@@ -137,14 +137,18 @@ pub fn plus_address(address: &str, token: &str) -> String {
     }
 }
 
+/// `user@domain` and the `detail` of `user+detail@domain`; None without a `+`.
+pub fn split_detail(address: &str) -> Option<(String, &str)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (user, detail) = local.split_once('+')?;
+    Some((format!("{user}@{domain}"), detail))
+}
+
 /// The `+detail` of `address` when the address without it is `base`
 /// (case-insensitive).
 pub fn detail_for<'a>(address: &'a str, base: &str) -> Option<&'a str> {
-    let (local, domain) = address.rsplit_once('@')?;
-    let (user, detail) = local.split_once('+')?;
-    let (base_user, base_domain) = base.rsplit_once('@')?;
-    (user.eq_ignore_ascii_case(base_user) && domain.eq_ignore_ascii_case(base_domain))
-        .then_some(detail)
+    let (without, detail) = split_detail(address)?;
+    without.eq_ignore_ascii_case(base).then_some(detail)
 }
 
 #[cfg(test)]

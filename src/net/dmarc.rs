@@ -174,30 +174,15 @@ fn mta_says_pass(raw: &[u8], authserv_id: &str) -> bool {
     })
 }
 
-/// The first header field called `name` (lower-case), unfolded.
+/// The topmost header field called `name`, its value as written (folded).
 fn first_header(raw: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
-    let mut found: Option<String> = None;
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            break;
-        }
-        let folded = line.starts_with([' ', '\t']);
-        match &mut found {
-            Some(value) if folded => value.push_str(line),
-            Some(_) => break,
-            None if folded => {}
-            None => {
-                if let Some((field, value)) = line.split_once(':') {
-                    if field.trim().eq_ignore_ascii_case(name) {
-                        found = Some(value.to_string());
-                    }
-                }
-            }
-        }
-    }
-    found
+    let message = mail_parser::MessageParser::new().parse_headers(raw)?;
+    let header = message
+        .headers()
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))?;
+    let value = raw.get(header.offset_start as usize..header.offset_end as usize)?;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 /// The TXT records served before (or, offline, instead of) the DNS.

@@ -301,12 +301,8 @@ pub fn is_own(dir: &Directory, address: &str) -> bool {
     if dir.team_addresses.contains_key(&address) {
         return true;
     }
-    match address.rsplit_once('@') {
-        Some((local, domain)) => local
-            .split_once('+')
-            .is_some_and(|(user, _)| dir.team_addresses.contains_key(&format!("{user}@{domain}"))),
-        None => false,
-    }
+    crate::mail::token::split_detail(&address)
+        .is_some_and(|(without, _)| dir.team_addresses.contains_key(&without))
 }
 
 /// The SMTP recipients: To, Cc and Bcc, each address once, in that order.

@@ -1024,9 +1024,7 @@ pub(crate) fn reply_tokens<'m>(
         .chain(&message.to)
         .chain(&message.cc)
         .filter_map(move |mailbox| {
-            let (local, domain) = mailbox.address.rsplit_once('@')?;
-            let (user, detail) = local.split_once('+')?;
-            let base = format!("{user}@{domain}");
+            let (base, detail) = crate::mail::token::split_detail(&mailbox.address)?;
             (dir.team_addresses.contains_key(&base) && detail.len() <= MAX_TOKEN_LEN)
                 .then_some(detail)
         })

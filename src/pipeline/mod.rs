@@ -89,7 +89,7 @@ pub enum ParseFailure {
     TooLarge { size: usize, limit: u64 },
     #[error("parser panicked: {0}")]
     Panicked(String),
-    #[error("parsing took longer than {0} ms")]
+    #[error("parsing took longer than ingest.parse_timeout_ms ({0} ms)")]
     TimedOut(u64),
     #[error("{what} ({value}) over ingest.{key} ({limit})")]
     OverLimit {

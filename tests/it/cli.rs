@@ -1352,13 +1352,8 @@ fn the_spool_survives_a_sigkill_loop_on_postgresql() {
 }
 
 fn spool_crash_loop(database_url: Option<&str>) {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = seeded("MAILROOM_CRASH_SEED", "crash loop");
     let w = Workdir::new();
     if let Some(url) = database_url {
         use_database(&w, url);
@@ -1507,13 +1502,8 @@ fn use_database(w: &Workdir, url: &str) {
 }
 
 fn outbox_crash_loop(database_url: Option<&str>) {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("outbox crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = seeded("MAILROOM_CRASH_SEED", "outbox crash loop");
     let w = Workdir::new();
     if let Some(url) = database_url {
         use_database(&w, url);

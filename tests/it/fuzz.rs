@@ -11,7 +11,9 @@
 use std::path::Path;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
+
+use crate::harness::seeded;
 
 use mailroom::desk::agent_mail::parse_command;
 use mailroom::mail::quote::new_part;
@@ -111,21 +113,16 @@ fn mutate(rng: &mut StdRng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn mutated_mail_never_panics_the_inbound_path() {
-    let seed: u64 = std::env::var("MAILROOM_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
     let iterations: usize = std::env::var("MAILROOM_FUZZ_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5000);
-    println!("fuzz seed {seed} ({iterations} inputs); MAILROOM_FUZZ_SEED={seed} repeats it");
+    let (seed, mut rng) = seeded("MAILROOM_FUZZ_SEED", &format!("fuzz ({iterations} inputs)"));
     let corpus = corpus();
     // The corpus itself first, unmutated (fixtures/fuzz/ keeps past finds).
     for base in &corpus {
         let _ = parse(base);
     }
-    let mut rng = StdRng::seed_from_u64(seed);
     let secret = b"fuzz-secret-0123456789";
     let (mut parsed, mut refused) = (0usize, 0usize);
     for i in 0..iterations {
@@ -177,12 +174,7 @@ fn mutated_mail_never_panics_the_inbound_path() {
 fn mutated_form_bodies_and_configs_never_panic() {
     use mailroom::config::Config;
     use mailroom::http::forms::fuzz_form_body;
-    let seed: u64 = std::env::var("MAILROOM_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("form/config fuzz seed {seed}; MAILROOM_FUZZ_SEED={seed} repeats it");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (_, mut rng) = seeded("MAILROOM_FUZZ_SEED", "form/config fuzz");
     let boundary = "multipart/form-data; boundary=XyZ";
     let bodies: Vec<(&str, Vec<u8>)> = vec![
         (

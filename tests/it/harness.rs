@@ -144,6 +144,18 @@ create_tickets = false
     config_from_toml(&text)
 }
 
+/// A seeded random source for a randomized test: the seed from `var` when
+/// set (to repeat a run), else a fresh one; printed with `what` either way.
+pub fn seeded(var: &str, what: &str) -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what} seed {seed} ({var}={seed} repeats it)");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 /// Loads (and validates) a config from TOML text, as `mailroom` would.
 pub fn config_from_toml(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();

@@ -1061,13 +1061,8 @@ async fn a_mailbox_survives_a_sigkill_loop_on_postgresql() {
 }
 
 async fn mailbox_crash_loop(backend: Backend) {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("imap crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = seeded("MAILROOM_CRASH_SEED", "imap crash loop");
     let server = Dovecot::start();
     let dir = tempfile::tempdir().unwrap();
     let db = match backend {
@@ -1259,13 +1254,8 @@ async fn mailbox_crash_loop(backend: Backend) {
 /// end every message is stored exactly once and \Seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_take_over_each_others_mailboxes_through_repeated_kills() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("MAILROOM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("two-instance crash loop seed {seed} (MAILROOM_CRASH_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (seed, mut rng) = seeded("MAILROOM_CRASH_SEED", "two-instance crash loop");
     let server = Dovecot::start();
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();

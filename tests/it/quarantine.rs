@@ -52,7 +52,7 @@ both_backends!(
             d[1]
         );
         assert!(
-            matches!(&d[2], Disposition::Quarantined { reason, .. } if reason.contains("longer than 500 ms")),
+            matches!(&d[2], Disposition::Quarantined { reason, .. } if reason.contains("longer than ingest.parse_timeout_ms (500 ms)")),
             "{:?}",
             d[2]
         );
