@@ -1043,9 +1043,10 @@ fn stored_ids(mut export: std::process::Command) -> Vec<String> {
 /// `mailroom run` on an IMAP mailbox, SIGKILLed again and again (seeded,
 /// printed; `MAILROOM_CRASH_SEED` repeats it) while mail keeps arriving:
 /// threads, byte-identical copies, a poison message and one over the size
-/// limit. Half the kills are at a random moment (connecting, fetching,
-/// committing), half the moment a batch's commit is visible, before its
-/// \Seen is stored. After every kill, each message flagged \Seen is
+/// limit. A third of the kills are at a random moment, a third the moment
+/// the run holds the mailbox (logging in, searching, fetching the first
+/// chunk, before any commit), a third the moment a batch's commit is
+/// visible, before its \Seen is stored. After every kill, each message flagged \Seen is
 /// stored (acknowledged only after its commit); at the end every message
 /// is stored exactly once and flagged \Seen, the poison one is in the
 /// quarantine once, and the oversized one was moved aside, once.
@@ -1115,6 +1116,14 @@ async fn mailbox_crash_loop(backend: Backend) {
             .await
             .unwrap_or(0)
     };
+    let holder = || async {
+        sqlx::query_scalar::<_, String>("SELECT holder FROM leases WHERE name = 'imap:inbox'")
+            .fetch_optional(watcher.pool())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
     let mut client = server.client().await;
     let mut expected = std::collections::BTreeSet::new();
     let mut message = |i: usize| {
@@ -1143,8 +1152,8 @@ async fn mailbox_crash_loop(backend: Backend) {
     ));
     dovecot::append(&mut client, "INBOX", &batch).await;
     let mut appended = batch.len();
-    let kills = 10;
-    let mut after_commit = 0;
+    let kills = 12;
+    let (mut after_commit, mut before_commit) = (0, 0);
     for _ in 0..kills {
         let mut daemon = start();
         let count = rng.gen_range(20..60);
@@ -1154,17 +1163,32 @@ async fn mailbox_crash_loop(backend: Backend) {
         more.push(more[rng.gen_range(0..more.len())].clone());
         dovecot::append(&mut client, "INBOX", &more).await;
         appended += more.len();
-        if rng.gen_bool(0.5) {
-            // The moment a batch is committed: its \Seen may not be stored yet.
-            let before = committed().await;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while committed().await <= before && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+        match rng.gen_range(0..3) {
+            0 => {
+                // The moment a batch is committed: its \Seen may not be stored yet.
+                let before = committed().await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while committed().await <= before && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                after_commit += usize::from(committed().await > before);
             }
-            after_commit += usize::from(committed().await > before);
-        } else {
-            // Before, during or after the lease is taken and the sync runs.
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(2500..4200))).await;
+            1 => {
+                // The moment it holds the mailbox: logging in, searching,
+                // fetching the first chunk.
+                let before = committed().await;
+                let mine = format!("/{}/", daemon.id());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !holder().await.contains(&mine) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(0..40))).await;
+                before_commit += usize::from(committed().await == before);
+            }
+            _ => {
+                // Before, during or after the lease is taken and the sync runs.
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(2500..4200))).await;
+            }
         }
         daemon.kill().unwrap();
         daemon.wait().unwrap();
@@ -1241,7 +1265,7 @@ async fn mailbox_crash_loop(backend: Backend) {
     );
     watcher.close().await;
     println!(
-        "imap crash loop ({backend:?}): {kills} kills ({after_commit} right after a commit), {appended} messages appended, {} stored once each, the poison quarantined once, the oversized one moved aside once, 0 acknowledged before commit",
+        "imap crash loop ({backend:?}): {kills} kills ({before_commit} with the mailbox held before its first commit, {after_commit} right after a commit), {appended} messages appended, {} stored once each, the poison quarantined once, the oversized one moved aside once, 0 acknowledged before commit",
         stored.len()
     );
 }

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Is threading flat with the size of the store? (issue #15)
+
+For each backend, two stores are filled straight through SQL by a
+generator: SMALL and LARGE messages (default 10,000 and 1,000,000), two per
+ticket (an original and a reply), with their contacts, receipts and
+reference rows, as mailroom itself would have written them. Then, round
+after round and alternating between the two, `mailroom ingest` takes 1,000
+new replies to random existing tickets of each store (each must thread onto
+its ticket: the run checks that all 1,000 were appended, none created).
+Printed: milliseconds per message of each run, the medians, and the ratio
+LARGE/SMALL (the target: under 2).
+
+Run: bench/thread_scale.py [SMALL [LARGE]]
+  MAILROOM_BIN (default target/release/mailroom, built by the caller),
+  MAILROOM_BENCH_ROUNDS (default 3), MAILROOM_BENCH_BACKENDS
+  (default "sqlite postgres"), MAILROOM_TEST_PG (the admin URL).
+"""
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("MAILROOM_BIN", os.path.join(ROOT, "target/release/mailroom"))
+ROUNDS = int(os.environ.get("MAILROOM_BENCH_ROUNDS", "3"))
+BACKENDS = os.environ.get("MAILROOM_BENCH_BACKENDS", "sqlite postgres").split()
+PG_ADMIN = os.environ.get("MAILROOM_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
+PER_RUN = 1000
+
+
+def mail(message_id, sender, subject, in_reply_to="", references=""):
+    head = f"From: {sender}\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+    head += f"Message-ID: <{message_id}>\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n"
+    if in_reply_to:
+        head += f"In-Reply-To: <{in_reply_to}>\r\nReferences: {references}\r\n"
+    return (head + "\r\nThank you, that helps.\r\n").encode()
+
+
+def ingest(work, url, directory):
+    env = dict(os.environ, MAILROOM_DATABASE_URL=url, MAILROOM_LOG="warn")
+    out = subprocess.run(
+        [BIN, "ingest", "--json", directory], cwd=work, env=env, capture_output=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def fill_sql(backend, messages, team, pipeline, status, outcome, now):
+    """The generator's statements: `messages` messages, two per ticket."""
+    tickets = messages // 2
+    contacts = max(1, tickets // 5)
+
+    def series(count):
+        if backend == "sqlite":
+            return (
+                f"(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
+                "SELECT i FROM n) AS s"
+            )
+        return f"generate_series(1, {count}) AS s(i)"
+
+    contact_of = f"'c' || (s.i % {contacts}) || '@gen.test'"
+    return [
+        f"INSERT INTO contacts (email, name, created_at) SELECT 'c' || (s.i - 1) || '@gen.test', "
+        f"'Customer ' || s.i, {now} FROM {series(contacts)}",
+        "INSERT INTO tickets (id, number, subject, team_id, pipeline_id, status_id, reply_token, "
+        "created_at, updated_at, status_changed_at) "
+        f"SELECT s.i + 1, s.i + 1, 'Case ' || s.i, {team}, {pipeline}, {status}, 'gen' || s.i, "
+        f"{now}, {now}, {now} FROM {series(tickets)}",
+        "INSERT INTO ticket_contacts (ticket_id, contact_id, role) "
+        f"SELECT s.i + 1, c.id, 'requester' FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
+        "INSERT INTO messages (ticket_id, team_id, direction, author_contact_id, message_id, "
+        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, received_at) "
+        f"SELECT s.i + 1, {team}, 'inbound', c.id, 'g' || s.i || 'o@gen.test', '[]', '[]', c.email, "
+        f"'Case ' || s.i, 'A question.', 'fpo' || s.i, {now} "
+        f"FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
+        "INSERT INTO messages (ticket_id, team_id, direction, author_contact_id, message_id, "
+        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, received_at) "
+        f"SELECT s.i + 1, {team}, 'inbound', c.id, 'g' || s.i || 'r@gen.test', "
+        "'[\"g' || s.i || 'o@gen.test\"]', '[\"g' || s.i || 'o@gen.test\"]', c.email, "
+        f"'Re: Case ' || s.i, 'More detail.', 'fpr' || s.i, {now} "
+        f"FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
+        "INSERT INTO message_refs (referenced, team_id, ticket_id, message_id) "
+        "SELECT 'g' || (m.ticket_id - 1) || 'o@gen.test', m.team_id, m.ticket_id, m.id "
+        "FROM messages m WHERE m.fingerprint LIKE 'fpr%'",
+        "INSERT INTO receipts (team_id, fingerprint, outcome, ticket_id, message_id, created_at) "
+        f"SELECT team_id, fingerprint, '{outcome}', ticket_id, id, {now} FROM messages "
+        "WHERE fingerprint LIKE 'fp%'",
+    ]
+
+
+class Store:
+    """One store of `size` messages on `backend`."""
+
+    def __init__(self, backend, size, work):
+        self.backend, self.size = backend, size
+        if backend == "sqlite":
+            self.path = os.path.join(work, f"scale-{size}.db")
+            self.url = f"sqlite://{self.path}"
+        else:
+            self.name = f"mailroom_scale_{size}"
+            self.psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            self.psql(PG_ADMIN, f"CREATE DATABASE {self.name}")
+            self.url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
+
+    @staticmethod
+    def psql(url, sql):
+        return subprocess.run(
+            ["psql", url, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+
+    def query(self, sql):
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.path) as db:
+                return db.execute(sql).fetchone()
+        return tuple(self.psql(self.url, sql).split("|"))
+
+    def fill(self, work):
+        seed = os.path.join(work, "seed")
+        os.makedirs(seed, exist_ok=True)
+        with open(os.path.join(seed, "seed.eml"), "wb") as f:
+            f.write(mail("seed@gen.test", "seed@gen.test", "Seed"))
+        ingest(work, self.url, seed)  # migrates and syncs the config
+        team, pipeline, status = self.query("SELECT team_id, pipeline_id, status_id FROM tickets")
+        (outcome,) = self.query("SELECT outcome FROM receipts")
+        statements = fill_sql(self.backend, self.size, team, pipeline, status, outcome,
+                              int(time.time() * 1000))
+        started = time.time()
+        if self.backend == "sqlite":
+            db = sqlite3.connect(self.path)
+            for sql in statements:
+                db.execute(sql)
+            db.commit()
+            db.close()
+        else:
+            statements.append(
+                "SELECT setval(pg_get_serial_sequence('tickets', 'id'), (SELECT max(id) FROM tickets))"
+            )
+            statements.append("ANALYZE")  # as autovacuum would have by this size
+            self.psql(self.url, ";\n".join(statements))
+        (count,) = self.query("SELECT count(*) FROM messages")
+        print(f"  {self.backend} store of {int(count):,} messages filled in {time.time() - started:.0f} s",
+              flush=True)
+
+    def drop(self):
+        if self.backend != "sqlite":
+            self.psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+def replies(directory, store, round_no):
+    """PER_RUN replies to random tickets of `store`, each from its requester."""
+    tickets = store.size // 2
+    contacts = max(1, tickets // 5)
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.makedirs(directory)
+    rng = random.Random(f"{store.size}-{round_no}")
+    for j in range(PER_RUN):
+        i = rng.randrange(1, tickets + 1)
+        parent = f"g{i}r@gen.test"
+        data = mail(
+            f"new{round_no}.{j}.{store.size}@customer.test",
+            f"c{i % contacts}@gen.test",
+            f"Re: Case {i}",
+            parent,
+            f"<g{i}o@gen.test> <{parent}>",
+        )
+        with open(os.path.join(directory, f"{j:04}.eml"), "wb") as f:
+            f.write(data)
+
+
+def main():
+    small = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    large = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    work = tempfile.mkdtemp()
+    shutil.copytree(os.path.join(ROOT, "config"), os.path.join(work, "config"))
+    try:
+        for backend in BACKENDS:
+            stores = [Store(backend, size, work) for size in (small, large)]
+            for store in stores:
+                store.fill(work)
+            per_message = {store.size: [] for store in stores}
+            for round_no in range(ROUNDS):
+                for store in stores:
+                    directory = os.path.join(work, "replies")
+                    replies(directory, store, round_no)
+                    result = ingest(work, store.url, directory)
+                    threaded = result.get("appended", 0)
+                    assert threaded == PER_RUN and result.get("created", 0) == 0, result
+                    per_message[store.size].append(result["seconds"] * 1000 / PER_RUN)
+            medians = {size: statistics.median(runs) for size, runs in per_message.items()}
+            for size, runs in per_message.items():
+                shown = " / ".join(f"{ms:.3f}" for ms in runs)
+                print(f"{backend:8} {size:>9,} messages: {shown} ms per message "
+                      f"(median {medians[size]:.3f})")
+            print(f"{backend:8} ratio {large:,} / {small:,}: {medians[large] / medians[small]:.2f}",
+                  flush=True)
+            for store in stores:
+                store.drop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
