@@ -448,6 +448,34 @@ fn add_relay(w: &Workdir, port: u16) {
     .unwrap();
 }
 
+/// One HTTP request with an optional bearer token and JSON body: the status
+/// and the JSON answer, or None when nothing answers.
+fn http_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut response = match (method, body) {
+        ("POST", Some(body)) => {
+            let mut request = agent.post(url).header("content-type", "application/json");
+            if let Some(auth) = &auth {
+                request = request.header("authorization", auth.as_str());
+            }
+            request.send(body.to_string().as_bytes()).ok()?
+        }
+        _ => agent.get(url).call().ok()?,
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Some((status, serde_json::from_str(&text).unwrap_or_default()))
+}
+
 fn outbox(w: &Workdir) -> Vec<serde_json::Value> {
     let out = w.run(&["outbox", "list", "--all", "--json"]);
     assert!(
@@ -1537,17 +1565,51 @@ fn outbox_crash_loop(database_url: Option<&str>) {
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         queued.push(reply["message_id"].as_str().unwrap().to_string());
     };
+    // Half the rounds also queue through the HTTP API while the daemon runs.
+    let token = "alice-crash-token-0123456789";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        w.cmd(&["run"])
+            .env("MAILROOM_HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("MAILROOM_AGENTS__ALICE__API_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut via_api = 0;
     let kills = 10;
     for _ in 0..kills {
-        let mut daemon = w.daemon();
+        let mut daemon = start();
         for _ in 0..rng.gen_range(2..6) {
             queue(&mut rng, &mut queued);
+        }
+        if rng.gen_bool(0.5) {
+            wait_for("the API ready", || {
+                http_call("GET", &format!("{base}/readyz"), None, None)
+                    .is_some_and(|(s, _)| s == 200)
+            });
+            for _ in 0..rng.gen_range(1..4) {
+                let ticket = rng.gen_range(1..=8);
+                let url = format!("{base}/api/v1/tickets/{ticket}/replies");
+                let body = serde_json::json!({ "body": "An answer through the API." });
+                let (status, reply) =
+                    http_call("POST", &url, Some(token), Some(&body)).expect("the daemon answers");
+                assert_eq!(status, 202, "{reply}");
+                queued.push(reply["message_id"].as_str().unwrap().to_string());
+                via_api += 1;
+            }
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..500)));
         daemon.kill().unwrap();
         daemon.wait().unwrap();
     }
-    let mut daemon = w.daemon();
+    let mut daemon = start();
     queue(&mut rng, &mut queued);
     wait_for("every reply sent", || {
         outbox(&w).iter().all(|r| r["state"] == "sent")
@@ -1578,7 +1640,7 @@ fn outbox_crash_loop(database_url: Option<&str>) {
         "{doubled} doubles for {kills} kills (seed {seed})"
     );
     println!(
-        "outbox crash loop: {kills} kills, {} replies, {} received, {doubled} inside the SMTP window, 0 lost",
+        "outbox crash loop: {kills} kills, {} replies ({via_api} through the API), {} received, {doubled} inside the SMTP window, 0 lost",
         queued.len(),
         received.len()
     );
