@@ -476,6 +476,35 @@ fn http_call(
     Some((status, serde_json::from_str(&text).unwrap_or_default()))
 }
 
+/// Tickets 1–8 from eight customers (`o{i}@customer.test`), and
+/// `reply.txt` to answer them with.
+fn eight_tickets_and_a_reply_file(w: &Workdir) {
+    for i in 0..8 {
+        let customer = mail(
+            &format!("c{i}@customer.test"),
+            &format!("o{i}@customer.test"),
+            &format!("Case {i}"),
+            "",
+            "help",
+        );
+        assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
+    }
+    std::fs::write(w.path().join("reply.txt"), "An answer.").unwrap();
+}
+
+/// The Message-ID of each message the SMTP sink received.
+fn received_ids(sink: &crate::smtp::SmtpSink) -> Vec<String> {
+    sink.messages()
+        .iter()
+        .map(|c| {
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&c.message)
+                .unwrap();
+            parsed.message_id().unwrap().to_string()
+        })
+        .collect()
+}
+
 fn outbox(w: &Workdir) -> Vec<serde_json::Value> {
     let out = w.run(&["outbox", "list", "--all", "--json"]);
     assert!(
@@ -1466,24 +1495,8 @@ fn spool_crash_loop(database_url: Option<&str>) {
     stop_gracefully(&mut daemon);
 
     // Every distinct message exactly once, nothing else.
-    let export = w.run(&["export", "--jsonl"]);
-    let mut stored: Vec<String> = Vec::new();
-    for line in String::from_utf8_lossy(&export.stdout).lines() {
-        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
-        for m in ticket["messages"].as_array().unwrap() {
-            stored.push(m["message_id"].as_str().unwrap().to_string());
-        }
-    }
-    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        stored.len(),
-        "a message stored twice (seed {seed})"
-    );
-    assert_eq!(
-        unique, distinct,
-        "lost or unexpected messages (seed {seed})"
-    );
+    let stored = exported_inbound_ids(&w.run(&["export", "--jsonl"]).stdout);
+    assert_each_stored_once(&stored, &distinct, &format!("seed {seed}"));
     let tickets = w.json(&["ticket", "list", "--json"]);
     assert_eq!(
         tickets.as_array().unwrap().len(),
@@ -1538,17 +1551,7 @@ fn outbox_crash_loop(database_url: Option<&str>) {
     }
     let sink = crate::smtp::SmtpSink::start(&[]);
     add_relay(&w, sink.port);
-    for i in 0..8 {
-        let customer = mail(
-            &format!("c{i}@customer.test"),
-            &format!("o{i}@customer.test"),
-            &format!("Case {i}"),
-            "",
-            "help",
-        );
-        assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
-    }
-    std::fs::write(w.path().join("reply.txt"), "An answer.").unwrap();
+    eight_tickets_and_a_reply_file(&w);
     let mut queued: Vec<String> = Vec::new();
     let queue = |rng: &mut rand::rngs::StdRng, queued: &mut Vec<String>| {
         let ticket = rng.gen_range(1..=8).to_string();
@@ -1616,16 +1619,7 @@ fn outbox_crash_loop(database_url: Option<&str>) {
     });
     stop_gracefully(&mut daemon);
     std::thread::sleep(Duration::from_millis(300));
-    let received: Vec<String> = sink
-        .messages()
-        .iter()
-        .map(|c| {
-            let parsed = mail_parser::MessageParser::default()
-                .parse(&c.message)
-                .unwrap();
-            parsed.message_id().unwrap().to_string()
-        })
-        .collect();
+    let received = received_ids(&sink);
     for id in &queued {
         let copies = received.iter().filter(|r| *r == id).count();
         assert!(
@@ -1656,17 +1650,7 @@ fn sigterm_under_load_exits_cleanly_and_nothing_is_lost_or_doubled() {
     let w = Workdir::new();
     let sink = crate::smtp::SmtpSink::start(&["-w", "1"]);
     add_relay(&w, sink.port);
-    for i in 0..8 {
-        let customer = mail(
-            &format!("c{i}@customer.test"),
-            &format!("o{i}@customer.test"),
-            &format!("Case {i}"),
-            "",
-            "help",
-        );
-        assert_eq!(code(&w.pipe(&["ingest"], &[], &customer)), 0);
-    }
-    std::fs::write(w.path().join("reply.txt"), "An answer.").unwrap();
+    eight_tickets_and_a_reply_file(&w);
     let mut queued = Vec::new();
     for i in 0..40 {
         let ticket = (i % 8 + 1).to_string();
@@ -1729,30 +1713,10 @@ fn sigterm_under_load_exits_cleanly_and_nothing_is_lost_or_doubled() {
         outbox(&w).iter().all(|r| r["state"] == "sent")
     });
     stop_gracefully(&mut daemon);
-    let export = w.run(&["export", "--jsonl"]);
-    let mut stored: Vec<String> = Vec::new();
-    for line in String::from_utf8_lossy(&export.stdout).lines() {
-        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
-        for m in ticket["messages"].as_array().unwrap() {
-            if m["direction"] == "inbound" {
-                stored.push(m["message_id"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
-    assert_eq!(unique.len(), stored.len(), "a message stored twice");
-    assert_eq!(unique, expected, "lost or unexpected messages");
+    let stored = exported_inbound_ids(&w.run(&["export", "--jsonl"]).stdout);
+    assert_each_stored_once(&stored, &expected, "after the SIGTERM");
     std::thread::sleep(Duration::from_millis(300));
-    let mut received: Vec<String> = sink
-        .messages()
-        .iter()
-        .map(|c| {
-            let parsed = mail_parser::MessageParser::default()
-                .parse(&c.message)
-                .unwrap();
-            parsed.message_id().unwrap().to_string()
-        })
-        .collect();
+    let mut received = received_ids(&sink);
     received.sort();
     queued.sort();
     assert_eq!(received, queued, "every reply received exactly once");

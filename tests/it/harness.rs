@@ -156,6 +156,32 @@ pub fn seeded(var: &str, what: &str) -> (u64, rand::rngs::StdRng) {
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
+/// The Message-IDs of the inbound messages in `mailroom export --jsonl` output.
+pub fn exported_inbound_ids(jsonl: &[u8]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for line in String::from_utf8_lossy(jsonl).lines() {
+        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
+        for m in ticket["messages"].as_array().unwrap() {
+            if m["direction"] == "inbound" {
+                ids.push(m["message_id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    ids
+}
+
+/// Every expected message stored, each exactly once, and nothing else;
+/// `run` names the run in a failure (its seed).
+pub fn assert_each_stored_once(
+    stored: &[String],
+    expected: &std::collections::BTreeSet<String>,
+    run: &str,
+) {
+    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
+    assert_eq!(unique.len(), stored.len(), "a message stored twice ({run})");
+    assert_eq!(&unique, expected, "lost or unexpected messages ({run})");
+}
+
 /// Loads (and validates) a config from TOML text, as `mailroom` would.
 pub fn config_from_toml(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();

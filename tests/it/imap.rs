@@ -1030,14 +1030,7 @@ fn stored_ids(mut export: std::process::Command) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut ids = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let ticket: serde_json::Value = serde_json::from_str(line).unwrap();
-        for m in ticket["messages"].as_array().unwrap() {
-            ids.push(m["message_id"].as_str().unwrap().to_string());
-        }
-    }
-    ids
+    exported_inbound_ids(&out.stdout)
 }
 
 /// `mailroom run` on an IMAP mailbox, SIGKILLed again and again (seeded,
@@ -1240,16 +1233,7 @@ async fn mailbox_crash_loop(backend: Backend) {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let stored = stored_ids(command(&["export", "--jsonl"]));
-    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        stored.len(),
-        "a message stored twice (seed {seed})"
-    );
-    assert_eq!(
-        unique, expected,
-        "lost or unexpected messages (seed {seed})"
-    );
+    assert_each_stored_once(&stored, &expected, &format!("seed {seed}"));
     let quarantined = command(&["quarantine", "list", "--json"]).output().unwrap();
     let quarantined: serde_json::Value = serde_json::from_slice(&quarantined.stdout).unwrap();
     assert_eq!(
@@ -1428,16 +1412,7 @@ async fn two_instances_take_over_each_others_mailboxes_through_repeated_kills() 
     let mut export = command(&["export", "--jsonl"], "a");
     export.stdout(std::process::Stdio::piped());
     let stored = stored_ids(export);
-    let unique: std::collections::BTreeSet<String> = stored.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        stored.len(),
-        "a message stored twice (seed {seed})"
-    );
-    assert_eq!(
-        unique, expected,
-        "lost or unexpected messages (seed {seed})"
-    );
+    assert_each_stored_once(&stored, &expected, &format!("seed {seed}"));
     watcher.close().await;
     let slowest = takeovers.iter().max().unwrap();
     println!(
@@ -1453,7 +1428,8 @@ async fn two_instances_take_over_each_others_mailboxes_through_repeated_kills() 
 /// takes its mail; a reload that cannot be prepared (its listener's
 /// address is in use) is refused and the mailboxes run on; a mailbox
 /// removed ends its session and gives up its lease, and its new mail
-/// stays on the server, unread, while the other goes on.
+/// stays on the server, unread, while the other goes on; the HTTP socket
+/// bound at the start still answers at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     use mailroom::app::{App, Reload};
@@ -1465,7 +1441,12 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
         channel(name, server.imap_port, &format!("folder = \"{folder}\"\n"))
     };
     let (first, second) = (mailbox("first", "INBOX"), mailbox("second", "Box1"));
-    let app = App::build(test_config(&db.url, &first)).await.unwrap();
+    // The listener's socket is bound once and served again after each reload.
+    let http = "[http]\nbind = \"127.0.0.1:0\"\n";
+    let app = App::build(test_config(&db.url, &format!("{http}{first}")))
+        .await
+        .unwrap();
+    let readyz = format!("http://{}/readyz", app.http_address().unwrap());
     let store = app.store().clone();
     let (reloads, received) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
@@ -1493,7 +1474,7 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     dovecot::append(&mut client, "INBOX", &one("a1@reload.test")).await;
     until(1).await;
 
-    let added = reload(format!("{first}{second}")).await.unwrap();
+    let added = reload(format!("{http}{first}{second}")).await.unwrap();
     assert_eq!(added.as_deref(), Ok("channels +second"));
     dovecot::append(&mut client, "Box1", &one("b1@reload.test")).await;
     until(2).await;
@@ -1511,7 +1492,7 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     dovecot::append(&mut client, "INBOX", &one("a2@reload.test")).await;
     until(3).await;
 
-    let removed = reload(second.clone()).await.unwrap();
+    let removed = reload(format!("{http}{second}")).await.unwrap();
     assert_eq!(removed.as_deref(), Ok("channels -first"));
     assert_eq!(
         store.lease_holder("imap:first").await.unwrap(),
@@ -1528,6 +1509,9 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
         inbox.contains(&("a3@reload.test".to_string(), false)),
         "{inbox:?}"
     );
+
+    let (status, _) = crate::http::get_json(readyz).await;
+    assert_eq!(status, 200, "the same socket answers after three reloads");
 
     shutdown.cancel();
     running.await.unwrap().unwrap();
