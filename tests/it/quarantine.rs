@@ -90,6 +90,69 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_large_message_is_stored_in_parts_and_read_back_whole,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let pipeline = app.pipeline.clone().with_parser(hostile_parser);
+        // 3.5 MiB: over blob_parts' 1 MiB, so stored as four parts.
+        let filler: String = (0..48_000).map(|i| format!("{i:075}\n")).collect();
+        let big = mail(
+            "big@c.test",
+            "big@c.test",
+            "big",
+            "",
+            &format!("PANIC-ME\n{filler}"),
+        );
+        assert!(big.len() > 3 * 1024 * 1024);
+        let d = pipeline
+            .process(vec![raw(big.clone())], OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        assert!(
+            matches!(d[0], Disposition::Quarantined { .. }),
+            "{:?}",
+            d[0]
+        );
+        let parts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_parts")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(parts, 4);
+        let entries = app.store().quarantine_list().await.unwrap();
+        let (_, stored) = app
+            .store()
+            .quarantine_get(entries[0].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            stored == big,
+            "the parts read back differ from the original"
+        );
+
+        // The same content applied as a message shares the stored blob.
+        let d = app
+            .pipeline
+            .process(vec![raw(stored)], OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        assert!(matches!(
+            d[0],
+            Disposition::Applied(Outcome::Created { .. })
+        ));
+        assert!(app.store().quarantine_drop(entries[0].id).await.unwrap());
+        let (blobs, parts): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM blobs WHERE size > 1048576),
+                    (SELECT COUNT(*) FROM blob_parts)",
+        )
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+        assert_eq!((blobs, parts), (1, 4), "kept once, for the message");
+    }
+);
+
 async fn install_poison_trigger(app: &TestApp) {
     let statements: &[&str] = match app.db.backend {
         Backend::Sqlite => &["CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.subject = 'poison'

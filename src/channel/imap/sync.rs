@@ -1,10 +1,13 @@
-//! Taking new mail from the selected folder, in chunks of `fetch_batch`:
-//! size check, fetch, commit through the pipeline, after-action for exactly
-//! those UIDs, then advance `last_uid`. The next chunk is fetched while the
-//! current one commits. A crash between the commit and the after-action
-//! only means a re-fetch, which is recorded as a duplicate.
+//! Taking new mail from the selected folder: the sizes of everything found,
+//! then chunks of at most `fetch_batch` messages (and about
+//! [`CHUNK_BYTES`]), each fetched, parsed, committed through the pipeline and
+//! only then acknowledged (the after-action for exactly its UIDs) before
+//! `last_uid` passes it. Three chunks are in flight at once: one commits
+//! while the next is parsed and the session acknowledges the previous one
+//! and fetches the one after. A crash between a commit and its
+//! after-action only means a re-fetch, which is recorded as a duplicate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,17 +19,27 @@ use tokio_util::sync::CancellationToken;
 use super::{db, other, Capabilities, Failure, ImapChannel, ImapState, Oversized};
 use crate::config::{After, ImapConfig};
 use crate::net::imap::{deadline, ImapError, ImapSession};
-use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, RawMessage};
+use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, Prepared, RawMessage};
 use crate::store::now_ms;
 
 /// Oversized messages remembered in a mailbox's state.
 const MAX_OVERSIZED_REPORTED: usize = 100;
 
+/// A chunk closes once its messages reach this many bytes (it always holds
+/// at least one), so three chunks in flight stay within memory even when
+/// every message is large.
+const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
+
+/// UIDs per `UID FETCH (RFC822.SIZE)`: keeps the command line short (well
+/// under Dovecot's 64 KiB) even when the UIDs are scattered.
+const SIZES_PER_COMMAND: usize = 2_000;
+
 impl ImapChannel {
     /// Takes every message above `last_uid`, in chunks. Returns how many it
-    /// took. The next chunk is fetched while the current one commits (the
-    /// session is idle while the database works); a chunk is acknowledged
-    /// at the server only after its own commit.
+    /// took. Chunk k commits while chunk k+1 is parsed and the session
+    /// acknowledges chunk k-1 and fetches chunk k+2; a chunk is
+    /// acknowledged at the server only after its own commit, and
+    /// `last_uid` only passes chunks that are acknowledged, in order.
     pub(super) async fn sync(
         &self,
         session: &mut ImapSession,
@@ -37,54 +50,71 @@ impl ImapChannel {
         lost: Option<&AtomicBool>,
     ) -> Result<usize, Failure> {
         let lease_lost = || lost.is_some_and(|l| l.load(Ordering::SeqCst));
-        let store = pipeline.store();
+        // Stopping, or the lease is gone: start nothing new.
+        let go_on = || !shutdown.is_cancelled() && !lease_lost();
         let uids = self.search(session, state).await?;
         state.backlog = uids.len();
         tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
-        let chunks: Vec<&[u32]> = uids.chunks(self.client.config().fetch_batch).collect();
+        let mut chunks = self.plan(session, state, actions, &uids).await?.into_iter();
+        let uidvalidity = state.uidvalidity.unwrap_or(0);
         let mut taken = 0;
-        let mut next = match chunks.first() {
-            Some(chunk) if !shutdown.is_cancelled() => {
-                Some(self.prefetch(session, state, actions, chunk).await?)
-            }
-            _ => None,
-        };
-        let mut index = 0;
-        while let Some(current) = next.take() {
-            let chunk = chunks[index];
-            index += 1;
-            // Stopping (or the lease is gone): fetch nothing more.
-            let more = index < chunks.len() && !shutdown.is_cancelled() && !lease_lost();
-            let (committed, prefetched) =
-                tokio::join!(self.commit(pipeline, current.raws), async {
-                    match more {
-                        true => Some(self.prefetch(session, state, actions, chunks[index]).await),
-                        false => None,
-                    }
-                });
-            committed?;
-            // Committed (or kept in the quarantine): now acknowledge.
-            let limit = self.client.config().command_timeout();
-            if !current.fetched.is_empty() {
-                actions
-                    .apply(session, &uid_set(&current.fetched), limit)
-                    .await?;
-                tracing::debug!(mailbox = %self.name, "Acknowledged.");
-            }
-            taken += current.fetched.len();
-            state.last_uid = chunk.last().copied().unwrap_or(state.last_uid);
-            state.last_success = Some(now_ms());
-            state.backlog = state.backlog.saturating_sub(chunk.len());
-            // The new holder writes the state now; ours would move it back.
-            if lease_lost() {
-                break;
-            }
-            store
-                .set_channel_state(&self.name, state)
-                .await
-                .map_err(db)?;
-            next = prefetched.transpose()?;
+        let mut parsed: Option<Parsed> = None;
+        let mut fetched: Option<Fetched> = None;
+        if let (true, Some(first)) = (go_on(), chunks.next()) {
+            let first = self.fetch(session, uidvalidity, first).await?;
+            let second = chunks.next();
+            let (prepared, next) = tokio::join!(self.prepare(pipeline, first), async {
+                match second {
+                    Some(chunk) => Some(self.fetch(session, uidvalidity, chunk).await),
+                    None => None,
+                }
+            });
+            parsed = Some(prepared?);
+            fetched = next.transpose()?;
         }
+        let mut to_ack: Option<Committed> = None;
+        while let Some(current) = parsed.take() {
+            let more = go_on();
+            let to_parse = fetched.take().filter(|_| more);
+            let to_fetch = chunks.next().filter(|_| more);
+            let acking = to_ack.take();
+            let (committed, next_parsed, (acked, next_fetched)) = tokio::join!(
+                self.commit(pipeline, current),
+                async {
+                    match to_parse {
+                        Some(f) => Some(self.prepare(pipeline, f).await),
+                        None => None,
+                    }
+                },
+                async {
+                    if let Some(done) = &acking {
+                        if let Err(e) = self.acknowledge(session, actions, done).await {
+                            return (Err(e), None);
+                        }
+                    }
+                    let next = match to_fetch {
+                        Some(chunk) => Some(self.fetch(session, uidvalidity, chunk).await),
+                        None => None,
+                    };
+                    (Ok(acking), next)
+                }
+            );
+            if let Some(done) = acked? {
+                taken += done.fetched.len();
+                if !self.advance(pipeline, state, &done, lease_lost()).await? {
+                    break;
+                }
+            }
+            to_ack = Some(committed?);
+            parsed = next_parsed.transpose()?;
+            fetched = next_fetched.transpose()?;
+        }
+        if let Some(done) = to_ack {
+            self.acknowledge(session, actions, &done).await?;
+            taken += done.fetched.len();
+            self.advance(pipeline, state, &done, lease_lost()).await?;
+        }
+        let store = pipeline.store();
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
             // The unread mail is in; read mail below the mark stays behind.
             state.last_uid = state.last_uid.max(until);
@@ -98,6 +128,48 @@ impl ImapChannel {
             tracing::info!(mailbox = %self.name, messages = taken, last_uid = state.last_uid, "Mailbox synced.");
         }
         Ok(taken)
+    }
+
+    /// The after-action for a committed chunk's UIDs.
+    async fn acknowledge(
+        &self,
+        session: &mut ImapSession,
+        actions: &AfterActions,
+        done: &Committed,
+    ) -> Result<(), Failure> {
+        if done.fetched.is_empty() {
+            return Ok(());
+        }
+        let limit = self.client.config().command_timeout();
+        actions
+            .apply(session, &uid_set(&done.fetched), limit)
+            .await?;
+        tracing::debug!(mailbox = %self.name, messages = done.fetched.len(), "Acknowledged.");
+        Ok(())
+    }
+
+    /// Moves `last_uid` past an acknowledged chunk and stores the state.
+    /// False when the lease is gone: the new holder writes the state now,
+    /// and ours would move it back.
+    async fn advance(
+        &self,
+        pipeline: &Pipeline,
+        state: &mut ImapState,
+        done: &Committed,
+        lease_lost: bool,
+    ) -> Result<bool, Failure> {
+        state.last_uid = state.last_uid.max(done.through);
+        state.last_success = Some(now_ms());
+        state.backlog = state.backlog.saturating_sub(done.covers);
+        if lease_lost {
+            return Ok(false);
+        }
+        pipeline
+            .store()
+            .set_channel_state(&self.name, state)
+            .await
+            .map_err(db)?;
+        Ok(true)
     }
 
     /// The UIDs to take, ascending: above `last_uid`, and during a
@@ -131,102 +203,123 @@ impl ImapChannel {
         Ok(uids)
     }
 
-    /// One chunk's sizes and bodies; oversized ones are set aside.
-    async fn prefetch(
+    /// The sizes of everything found, then the chunks to fetch: at most
+    /// `fetch_batch` messages and about [`CHUNK_BYTES`] each, in UID order.
+    /// Oversized messages are set aside here; they, and UIDs gone since the
+    /// search, still count towards the chunk `last_uid` passes with.
+    async fn plan(
         &self,
         session: &mut ImapSession,
         state: &mut ImapState,
         actions: &AfterActions,
-        chunk: &[u32],
-    ) -> Result<Fetched, Failure> {
+        uids: &[u32],
+    ) -> Result<Vec<Chunk>, Failure> {
         let limit = self.client.config().command_timeout();
-        let sizes: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
-            let stream = session
-                .uid_fetch(uid_set(chunk), "(UID RFC822.SIZE)")
-                .await
-                .map_err(other("UID FETCH"))?;
-            stream.try_collect().await.map_err(other("UID FETCH"))
-        })
-        .await?;
-        let mut wanted = Vec::new();
-        let mut total: u64 = 0;
-        for fetch in &sizes {
-            let (Some(uid), Some(size)) = (fetch.uid, fetch.size) else {
-                continue;
-            };
-            if u64::from(size) > self.max_message_bytes {
-                self.set_aside(session, state, actions, uid, size).await?;
-            } else {
-                wanted.push(uid);
-                total += u64::from(size);
-            }
+        let mut sizes: HashMap<u32, u32> = HashMap::with_capacity(uids.len());
+        for window in uids.chunks(SIZES_PER_COMMAND) {
+            let found: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
+                let stream = session
+                    .uid_fetch(uid_set(window), "(UID RFC822.SIZE)")
+                    .await
+                    .map_err(other("UID FETCH"))?;
+                stream.try_collect().await.map_err(other("UID FETCH"))
+            })
+            .await?;
+            sizes.extend(found.iter().filter_map(|f| Some((f.uid?, f.size?))));
         }
-        if wanted.is_empty() {
-            return Ok(Fetched::default());
+        let batch = self.client.config().fetch_batch;
+        let (chunks, oversized) = chunk(uids, &sizes, batch, CHUNK_BYTES, self.max_message_bytes);
+        for (uid, size) in oversized {
+            self.set_aside(session, state, actions, uid, size).await?;
         }
-        let (fetched, raws) = self.fetch(session, state, &wanted, total).await?;
-        tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
-        Ok(Fetched { fetched, raws })
+        Ok(chunks)
     }
 
-    /// Commits one chunk through the pipeline (or quarantines what is bad).
-    async fn commit(&self, pipeline: &Pipeline, raws: Vec<RawMessage>) -> Result<(), Failure> {
-        if raws.is_empty() {
-            return Ok(());
-        }
+    /// Parses a fetched chunk (quarantining what is bad).
+    async fn prepare(&self, pipeline: &Pipeline, fetched: Fetched) -> Result<Parsed, Failure> {
+        let Fetched { chunk, uids, raws } = fetched;
         let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
-        let dispositions = match pipeline.process(raws, OnBadInput::Quarantine).await {
-            Ok(d) => d,
-            Err(PipelineError::Unavailable(e)) => return Err(Failure::Database(e)),
-            Err(e) => return Err(ImapError::Other(e.to_string()).into()),
+        let prepared = match raws.is_empty() {
+            true => None,
+            false => Some(
+                pipeline
+                    .prepare(raws, OnBadInput::Quarantine)
+                    .await
+                    .map_err(pipeline_failure)?,
+            ),
         };
+        Ok(Parsed {
+            done: Committed {
+                fetched: uids,
+                through: chunk.through,
+                covers: chunk.covers,
+            },
+            sources,
+            prepared,
+        })
+    }
+
+    /// Commits a parsed chunk; what comes back is ready to acknowledge.
+    async fn commit(&self, pipeline: &Pipeline, parsed: Parsed) -> Result<Committed, Failure> {
+        let Parsed {
+            done,
+            sources,
+            prepared,
+        } = parsed;
+        let Some(prepared) = prepared else {
+            return Ok(done);
+        };
+        let dispositions = pipeline.commit(prepared).await.map_err(pipeline_failure)?;
         for (source, disposition) in sources.iter().zip(&dispositions) {
             if let Disposition::Quarantined { id, reason } = disposition {
                 tracing::warn!(mailbox = %self.name, source = source.as_deref().unwrap_or("-"), quarantine = id, %reason, "Message quarantined.");
             }
         }
-        tracing::debug!(mailbox = %self.name, "Committed.");
-        Ok(())
+        tracing::debug!(mailbox = %self.name, messages = dispositions.len(), "Committed.");
+        Ok(done)
     }
 
-    /// Fetches the bodies of `wanted` (about `total` bytes); returns the
-    /// UIDs that came back and their messages, in the same order.
+    /// Fetches a chunk's bodies; keeps the UIDs that came back and their
+    /// messages, in the same order.
     async fn fetch(
         &self,
         session: &mut ImapSession,
-        state: &ImapState,
-        wanted: &[u32],
-        total: u64,
-    ) -> Result<(Vec<u32>, Vec<RawMessage>), Failure> {
+        uidvalidity: u32,
+        chunk: Chunk,
+    ) -> Result<Fetched, Failure> {
+        if chunk.wanted.is_empty() {
+            return Ok(Fetched {
+                chunk,
+                uids: Vec::new(),
+                raws: Vec::new(),
+            });
+        }
         // A big chunk (tens of MB of attachments) gets time in proportion.
-        let limit =
-            self.client.config().command_timeout() + Duration::from_secs(total / (512 * 1024));
+        let limit = self.client.config().command_timeout()
+            + Duration::from_secs(chunk.bytes / (512 * 1024));
         let bodies: Vec<Fetch> = deadline(limit, "UID FETCH (BODY.PEEK[])", async {
             let stream = session
-                .uid_fetch(uid_set(wanted), "(UID BODY.PEEK[])")
+                .uid_fetch(uid_set(&chunk.wanted), "(UID BODY.PEEK[])")
                 .await
                 .map_err(other("UID FETCH"))?;
             stream.try_collect().await.map_err(other("UID FETCH"))
         })
         .await?;
-        let mut fetched = Vec::with_capacity(bodies.len());
+        let mut uids = Vec::with_capacity(bodies.len());
         let mut raws = Vec::with_capacity(bodies.len());
         for fetch in &bodies {
             let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else {
                 continue;
             };
-            fetched.push(uid);
+            uids.push(uid);
             raws.push(RawMessage {
                 channel: self.name.clone(),
-                source: Some(format!(
-                    "imap:{}:{}:{uid}",
-                    self.name,
-                    state.uidvalidity.unwrap_or(0)
-                )),
+                source: Some(format!("imap:{}:{uidvalidity}:{uid}", self.name)),
                 data: Arc::new(body.to_vec()),
             });
         }
-        Ok((fetched, raws))
+        tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
+        Ok(Fetched { chunk, uids, raws })
     }
 
     /// An oversized message stays on the server (moved aside if configured)
@@ -263,12 +356,78 @@ impl ImapChannel {
     }
 }
 
-/// A chunk fetched and not yet committed: the UIDs that came back and
-/// their messages, in the same order.
+fn pipeline_failure(e: PipelineError) -> Failure {
+    match e {
+        PipelineError::Unavailable(e) => Failure::Database(e),
+        e => ImapError::Other(e.to_string()).into(),
+    }
+}
+
+/// Splits the UIDs found (ascending) into chunks of at most `batch`
+/// messages, closing one once it reaches `max_bytes`; messages over
+/// `max_message` come back apart, to be set aside. A UID without a size
+/// (gone since the search) is only covered.
+fn chunk(
+    uids: &[u32],
+    sizes: &HashMap<u32, u32>,
+    batch: usize,
+    max_bytes: u64,
+    max_message: u64,
+) -> (Vec<Chunk>, Vec<(u32, u32)>) {
+    let mut chunks = Vec::new();
+    let mut oversized = Vec::new();
+    let mut chunk = Chunk::default();
+    for &uid in uids {
+        chunk.through = uid;
+        chunk.covers += 1;
+        match sizes.get(&uid) {
+            None => {}
+            Some(&size) if u64::from(size) > max_message => oversized.push((uid, size)),
+            Some(&size) => {
+                chunk.wanted.push(uid);
+                chunk.bytes += u64::from(size);
+            }
+        }
+        if chunk.wanted.len() >= batch.max(1) || chunk.bytes >= max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+        }
+    }
+    if chunk.covers > 0 {
+        chunks.push(chunk);
+    }
+    (chunks, oversized)
+}
+
+/// UIDs to fetch together, and how far `last_uid` may go once they are in.
 #[derive(Default)]
+struct Chunk {
+    wanted: Vec<u32>,
+    bytes: u64,
+    /// The highest UID found that this chunk covers (fetched, set aside or
+    /// gone), and how many found UIDs it covers.
+    through: u32,
+    covers: usize,
+}
+
+/// A chunk fetched: the UIDs that came back and their messages, in order.
 struct Fetched {
-    fetched: Vec<u32>,
+    chunk: Chunk,
+    uids: Vec<u32>,
     raws: Vec<RawMessage>,
+}
+
+/// A chunk parsed and waiting for its commit.
+struct Parsed {
+    done: Committed,
+    sources: Vec<Option<String>>,
+    prepared: Option<Prepared>,
+}
+
+/// A chunk committed (or quarantined), waiting for its after-action.
+struct Committed {
+    fetched: Vec<u32>,
+    through: u32,
+    covers: usize,
 }
 
 /// What is done at the server with a committed message.
@@ -407,6 +566,40 @@ pub fn uid_set(uids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_close_at_the_count_or_the_bytes_and_cover_every_uid() {
+        let uids: Vec<u32> = (1..=10).collect();
+        // 4 is oversized, 7 vanished since the search; the rest 100 bytes.
+        let sizes: HashMap<u32, u32> = uids
+            .iter()
+            .filter(|&&u| u != 7)
+            .map(|&u| (u, if u == 4 { 5_000 } else { 100 }))
+            .collect();
+        let (chunks, oversized) = chunk(&uids, &sizes, 3, 250, 1_000);
+        let wanted: Vec<&[u32]> = chunks.iter().map(|c| c.wanted.as_slice()).collect();
+        // 250 bytes close a chunk at its third message; 3 messages at most.
+        assert_eq!(wanted, [&[1, 2, 3][..], &[5, 6, 8], &[9, 10]]);
+        assert_eq!(oversized, [(4, 5_000)]);
+        let through: Vec<u32> = chunks.iter().map(|c| c.through).collect();
+        assert_eq!(through, [3, 8, 10]);
+        assert_eq!(chunks.iter().map(|c| c.covers).sum::<usize>(), 10);
+        // A single message over the byte bound is a chunk of its own.
+        let (chunks, _) = chunk(
+            &[1, 2],
+            &HashMap::from([(1, 900), (2, 900)]),
+            500,
+            250,
+            1_000,
+        );
+        assert_eq!(chunks.len(), 2);
+        // Nothing fetchable still moves last_uid past what was found.
+        let (chunks, oversized) = chunk(&[5], &HashMap::from([(5, 9_999)]), 500, 250, 1_000);
+        assert_eq!(
+            (chunks[0].wanted.len(), chunks[0].through, oversized.len()),
+            (0, 5, 1)
+        );
+    }
 
     #[test]
     fn uid_sets_are_compact() {
