@@ -3,7 +3,8 @@
 # 25 MiB urlencoded form of 2.5 M fields (refused at the field cap), a
 # 25 MiB JSON form whose one field is a long array, a multipart form with
 # a 19 MiB file (accepted), and 2 GiB on the MTA pipe (refused at
-# ingest.max_message_bytes) next to a 49 MiB message that fits. Each case
+# ingest.max_message_bytes) next to two 49 MiB messages that fit: one
+# plain-text body, and one 36 MiB attachment in base64. Each case
 # runs in its own process, so each peak is that case's alone.
 #
 # MAILROOM_BENCH_BINS="old=/path/a new=/path/b" compares binaries in one
@@ -37,6 +38,15 @@ with open(f"{work}/upload.bin", "wb") as f:
 with open(f"{work}/fits.eml", "wb") as f:
     f.write(b"From: a@b.test\r\nTo: support@example.com\r\nSubject: big\r\nMessage-ID: <big@b.test>\r\n\r\n")
     f.write((b"x" * 76 + b"\r\n") * (49 * mib // 78))
+import base64, random
+with open(f"{work}/attach.eml", "wb") as f:  # 36 MiB file, base64: 49 MiB on the wire
+    f.write(b"From: a@b.test\r\nTo: support@example.com\r\nSubject: report\r\nMessage-ID: <attach@b.test>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+            b"Content-Type: text/plain\r\n\r\nThe report is attached.\r\n--B\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=report.bin\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n")
+    f.write(base64.encodebytes(random.Random(7).randbytes(36 * mib)).replace(b"\n", b"\r\n"))
+    f.write(b"--B--\r\n")
 PY
 
 config() {  # $1: directory for this run's database
@@ -86,7 +96,7 @@ pipe_peak() {
     2GiB) head -c $((2 * 1024 * 1024 * 1024)) /dev/zero \
             | /usr/bin/time -f %M -o "$dir/rss" "$bin" --config "$dir/mailroom.toml" ingest >/dev/null 2>&1
           code=${PIPESTATUS[1]} ;;
-    fits) /usr/bin/time -f %M -o "$dir/rss" "$bin" --config "$dir/mailroom.toml" ingest < "$work/fits.eml" >/dev/null 2>&1
+    fits|attach) /usr/bin/time -f %M -o "$dir/rss" "$bin" --config "$dir/mailroom.toml" ingest < "$work/$what.eml" >/dev/null 2>&1
           code=$? ;;
   esac
   set -e -o pipefail
@@ -101,4 +111,5 @@ for entry in $MAILROOM_BENCH_BINS; do
   daemon_peak "$bin" "$name" "$work/upload.bin" "multipart/form-data; boundary=B"
   pipe_peak "$bin" "$name" 2GiB
   pipe_peak "$bin" "$name" fits
+  pipe_peak "$bin" "$name" attach
 done
