@@ -292,7 +292,7 @@ pub struct ImapConfig {
     /// holds mail: `all` (a backfill), `unseen` (unread mail only), or `new`.
     #[serde(default)]
     pub first_sync: FirstSync,
-    /// Messages fetched per round trip.
+    /// Messages fetched per round trip (a chunk also closes at 32 MiB).
     #[serde(default = "default_fetch_batch")]
     pub fetch_batch: usize,
     /// The longest any command may take (a FETCH gets more per megabyte).

@@ -101,9 +101,7 @@ impl ImapChannel {
             );
             if let Some(done) = acked? {
                 taken += done.fetched.len();
-                if !self.advance(pipeline, state, &done, lease_lost()).await? {
-                    break;
-                }
+                self.advance(pipeline, state, &done, lease_lost()).await?;
             }
             to_ack = Some(committed?);
             parsed = next_parsed.transpose()?;
@@ -148,28 +146,27 @@ impl ImapChannel {
         Ok(())
     }
 
-    /// Moves `last_uid` past an acknowledged chunk and stores the state.
-    /// False when the lease is gone: the new holder writes the state now,
-    /// and ours would move it back.
+    /// Moves `last_uid` past an acknowledged chunk and stores the state,
+    /// unless the lease is gone: the new holder writes the state now, and
+    /// ours would move it back.
     async fn advance(
         &self,
         pipeline: &Pipeline,
         state: &mut ImapState,
         done: &Committed,
         lease_lost: bool,
-    ) -> Result<bool, Failure> {
+    ) -> Result<(), Failure> {
         state.last_uid = state.last_uid.max(done.through);
         state.last_success = Some(now_ms());
         state.backlog = state.backlog.saturating_sub(done.covers);
         if lease_lost {
-            return Ok(false);
+            return Ok(());
         }
         pipeline
             .store()
             .set_channel_state(&self.name, state)
             .await
-            .map_err(db)?;
-        Ok(true)
+            .map_err(db)
     }
 
     /// The UIDs to take, ascending: above `last_uid`, and during a
