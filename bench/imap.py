@@ -10,7 +10,11 @@
 2. IDLE latency: 200 messages appended one at a time while mailroom idles;
    latency = commit time (messages.received_at) - time the APPEND completed.
 
+3. Big: one 49 MiB message (a 36 MiB attachment in base64) over IMAP; the
+   peak RSS of `mailroom run` until it is committed (target: under 4x).
+
 Run: bench/imap.py [N ...]   (needs dovecot-imapd; builds the release binary)
+     bench/imap.py big        (only the big message)
 
 To compare binaries in one run (same machine, same moment), name them:
   MAILROOM_BENCH_BINS="old=/path/to/old/mailroom,new=target/release/mailroom" \
@@ -351,8 +355,50 @@ def binaries():
     return [tuple(item.split("=", 1)) for item in spec.replace(",", " ").split()]
 
 
+def big_message(label="mailroom", BIN=BIN):
+    import base64
+    import random
+    work = tempfile.mkdtemp(prefix="mailroom-bench-")
+    try:
+        dovecot = Dovecot(work)
+        corpus = os.path.join(work, "corpus")
+        os.makedirs(corpus)
+        mib = 1024 * 1024
+        with open(os.path.join(corpus, "big.eml"), "wb") as f:
+            f.write(b"From: a@b.test\r\nTo: support@example.com\r\nSubject: report\r\n"
+                    b"Message-ID: <big@b.test>\r\nMIME-Version: 1.0\r\n"
+                    b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+                    b"Content-Type: text/plain\r\n\r\nThe report is attached.\r\n--B\r\n"
+                    b"Content-Type: application/octet-stream\r\n"
+                    b"Content-Disposition: attachment; filename=report.bin\r\n"
+                    b"Content-Transfer-Encoding: base64\r\n\r\n")
+            f.write(base64.encodebytes(random.Random(7).randbytes(36 * mib)).replace(b"\n", b"\r\n"))
+            f.write(b"--B--\r\n")
+        size = os.path.getsize(os.path.join(corpus, "big.eml")) / mib
+        dovecot.seed(corpus)
+        db = os.path.join(work, "bench.db")
+        config = mailroom_config(work, dovecot, db)
+        subprocess.run([BIN, "--config", config, "migrate"], check=True, capture_output=True)
+        daemon = subprocess.Popen([BIN, "--config", config, "run"], env=dict(os.environ, MAILROOM_LOG="warn"))
+        deadline = time.time() + 120
+        while committed_last_uid(db) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        rss = peak_rss_mib(daemon.pid)
+        daemon.terminate()
+        daemon.wait()
+        print(f"big  {label:>8} one {size:.1f} MiB message over TLS  committed {committed_last_uid(db) >= 1}  "
+              f"peak RSS {rss} MiB ({rss / size:.1f}x)", flush=True)
+        dovecot.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     bins = binaries()
+    if sys.argv[1:] == ["big"]:
+        for label, path in bins:
+            big_message(label, path)
+        return
     rounds = int(os.environ.get("MAILROOM_BENCH_ROUNDS", "1"))
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
     for _ in range(rounds):

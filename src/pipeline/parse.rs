@@ -270,21 +270,48 @@ fn sender(message: &mail_parser::Message<'_>) -> Option<Mailbox> {
         })
 }
 
-/// The text parts joined, and the first HTML part, without NUL.
+/// The text kept on a message (shown, searched, sent on to agents) stops
+/// here; the original keeps all of it (`GET /api/v1/messages/{id}/original`).
+/// It is more than anyone reads, and one value of 50 MB is copied several
+/// times on its way into the database.
+pub const MAX_BODY_TEXT_BYTES: usize = 1024 * 1024;
+
+/// An HTML body larger than this is not kept (the text is): HTML with
+/// inline images is large, but not this large.
+pub const MAX_BODY_HTML_BYTES: usize = 8 * 1024 * 1024;
+
+/// The text parts joined (up to [`MAX_BODY_TEXT_BYTES`], saying how much
+/// is left out), and the first HTML part, without NUL.
 fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>) {
     let mut text = String::new();
+    let mut left_out = 0;
     for i in 0..message.text_body_count() {
         if let Some(part) = message.body_text(i) {
-            if !text.is_empty() {
-                text.push_str("\n\n");
+            let part = part.trim_end();
+            let separator = if text.is_empty() { "" } else { "\n\n" };
+            let room = MAX_BODY_TEXT_BYTES.saturating_sub(text.len() + separator.len());
+            let mut end = room.min(part.len());
+            while !part.is_char_boundary(end) {
+                end -= 1;
             }
-            text.push_str(part.trim_end());
+            if end > 0 {
+                text.push_str(separator);
+                text.push_str(&part[..end]);
+            }
+            left_out += part.len() - end;
         }
+    }
+    if left_out > 0 {
+        text.push_str(&format!(
+            "\n\n[{} KiB more of this text is in the original message.]",
+            left_out.div_ceil(1024)
+        ));
     }
     let html = message
         .html_part(0)
         .filter(|part| part.is_text_html())
         .and_then(|part| part.text_contents())
+        .filter(|html| html.len() <= MAX_BODY_HTML_BYTES)
         .map(|html| strip_nul(html.to_string()));
     (strip_nul(text), html)
 }
@@ -527,6 +554,27 @@ pub fn subject_tag(subject: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_text_body_is_cut_where_a_character_ends_and_says_how_much_is_left() {
+        // "é" is two bytes: the cut falls inside one unless it is careful.
+        let body = format!("x{}", "é".repeat(MAX_BODY_TEXT_BYTES));
+        let raw = format!(
+            "From: a@b.test\r\nSubject: big\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+        );
+        let parsed = parse(raw.as_bytes()).unwrap();
+        let (kept, note) = parsed.body_text.split_once("\n\n[").unwrap();
+        assert!(kept.len() <= MAX_BODY_TEXT_BYTES && kept.len() > MAX_BODY_TEXT_BYTES - 4);
+        assert!(body.starts_with(kept));
+        let left = (body.len() - kept.len()).div_ceil(1024);
+        assert_eq!(
+            note,
+            format!("{left} KiB more of this text is in the original message.]")
+        );
+        // A body under the limit is kept whole, with no note.
+        let small = parse(b"From: a@b.test\r\nSubject: s\r\n\r\nhello\r\n").unwrap();
+        assert_eq!(small.body_text, "hello");
+    }
 
     #[test]
     fn encoded_words_in_the_charsets_of_real_mail() {

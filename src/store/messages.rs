@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::Store;
+use super::{blobs, Store};
 use crate::mail::address::list_from_json;
 use crate::mail::quote::new_part;
 
@@ -150,6 +150,28 @@ impl Store {
                 row.view(files)
             })
             .collect())
+    }
+
+    /// The exact bytes of message `id` as received (or as sent), read only
+    /// when `allowed` says its team may be seen; None when there is no such
+    /// message, or it is not the caller's to see.
+    pub async fn message_original(
+        &self,
+        id: i64,
+        allowed: impl Fn(i64) -> bool,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let mut conn = self.pool().acquire().await?;
+        let found: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT team_id, raw_sha256 FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match found {
+            Some((team, Some(sha))) if allowed(team) => {
+                Ok(Some(blobs::get(&mut conn, &sha).await?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A message on a ticket with its delivery state and send attempts.

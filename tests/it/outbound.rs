@@ -1376,3 +1376,69 @@ crate::both_backends!(
         assert_eq!((counts.queued, counts.claimed), (1, 1));
     }
 );
+
+/// GET with a bearer token: status, content type and the body's bytes.
+async fn get_bytes(url: String, token: &'static str) -> (u16, String, Vec<u8>) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap();
+        (response.status().as_u16(), content_type, body)
+    })
+    .await
+    .unwrap()
+}
+
+crate::both_backends!(
+    a_long_text_is_cut_on_the_message_and_the_original_comes_back_whole_to_its_team,
+    |backend| async move {
+        let app = OutApp::start(backend, free_port()).await;
+        // 1.5 MiB of text: the stored text stops at 1 MiB.
+        let filler: String = (0..20_000).map(|i| format!("{i:075}\n")).collect();
+        let raw = mail(
+            "carol@customer.test",
+            "logs@customer.test",
+            "Logs",
+            "",
+            &filler,
+        );
+        app.customer_mail(&raw).await;
+        let (id, text): (i64, String) =
+            sqlx::query_as("SELECT id, body_text FROM messages WHERE message_id = $1")
+                .bind("logs@customer.test")
+                .fetch_one(app.store().pool())
+                .await
+                .unwrap();
+        assert!(text.len() <= 1024 * 1024 + 100, "{} bytes kept", text.len());
+        assert!(text.ends_with("KiB more of this text is in the original message.]"));
+        assert!(filler.starts_with(text.split("\n\n[").next().unwrap()));
+
+        let url = format!("{}/api/v1/messages/{id}/original", app.base);
+        let (status, content_type, bytes) = get_bytes(url.clone(), "alice-token-0123456789").await;
+        assert_eq!((status, content_type.as_str()), (200, "message/rfc822"));
+        assert!(bytes == raw, "the original differs ({} bytes)", bytes.len());
+        // Another team's agent is told it does not exist; no token, refused.
+        assert_eq!(get_bytes(url.clone(), "sam-token-0123456789").await.0, 404);
+        assert_eq!(get_bytes(url, "").await.0, 401);
+        let missing = format!("{}/api/v1/messages/{}/original", app.base, id + 1000);
+        assert_eq!(get_bytes(missing, "alice-token-0123456789").await.0, 404);
+    }
+);

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +26,7 @@ pub fn routes(router: OpenApiRouter<Arc<HttpState>>) -> OpenApiRouter<Arc<HttpSt
         .routes(routes!(reply))
         .routes(routes!(add_participant))
         .routes(routes!(message))
+        .routes(routes!(original))
         .routes(routes!(default_address))
 }
 
@@ -202,6 +203,42 @@ pub async fn message(
         Ok(Some(view)) if actor.can_access_team(view.team_id) => answer(StatusCode::OK, Ok(view)),
         // Another team's message answers like a missing one.
         Ok(_) => problem(
+            StatusCode::NOT_FOUND,
+            format!("message {id} does not exist"),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The message's exact bytes as received (or as sent), to save as `.eml`:
+/// the whole original, where the stored text stops at 1 MiB.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/original", tag = "replies",
+    params(("id" = i64, Path, description = "Message row id")),
+    responses((status = 200, description = "The message as it arrived", body = [u8],
+        content_type = "message/rfc822"), Refusals))]
+pub async fn original(
+    State(state): State<Arc<HttpState>>,
+    Agent(actor): Agent,
+    ApiPath(id): ApiPath<i64>,
+) -> Response {
+    let store = state.pipeline.store();
+    match store
+        .message_original(id, |team| actor.can_access_team(team))
+        .await
+    {
+        Ok(Some(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "message/rfc822".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"message-{id}.eml\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        // Another team's message answers like a missing one.
+        Ok(None) => problem(
             StatusCode::NOT_FOUND,
             format!("message {id} does not exist"),
         ),
