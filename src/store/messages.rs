@@ -39,6 +39,15 @@ pub struct MessageView {
     pub delivery_detail: Option<String>,
 }
 
+/// What [`Store::message_original`] found.
+pub enum Original {
+    Bytes(Vec<u8>),
+    /// The message is there, but no original was stored with it.
+    NotKept,
+    /// No such message, or not the caller's to see.
+    NoSuchMessage,
+}
+
 #[derive(sqlx::FromRow)]
 struct MessageRow {
     id: i64,
@@ -153,25 +162,29 @@ impl Store {
     }
 
     /// The exact bytes of message `id` as received (or as sent), read only
-    /// when `allowed` says its team may be seen; None when there is no such
-    /// message, or it is not the caller's to see.
+    /// when `allowed` says the team of its ticket (moved or merged since,
+    /// perhaps; the message's own team when it has none) may be seen.
     pub async fn message_original(
         &self,
         id: i64,
         allowed: impl Fn(i64) -> bool,
-    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    ) -> Result<Original, sqlx::Error> {
         let mut conn = self.pool().acquire().await?;
-        let found: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT team_id, raw_sha256 FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match found {
+        let found: Option<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT COALESCE(t.team_id, m.team_id), m.raw_sha256
+               FROM messages m LEFT JOIN tickets t ON t.id = m.ticket_id
+              WHERE m.id = $1 AND t.deleted_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(match found {
             Some((team, Some(sha))) if allowed(team) => {
-                Ok(Some(blobs::get(&mut conn, &sha).await?))
+                Original::Bytes(blobs::get(&mut conn, &sha).await?)
             }
-            _ => Ok(None),
-        }
+            Some((team, None)) if allowed(team) => Original::NotKept,
+            _ => Original::NoSuchMessage,
+        })
     }
 
     /// A message on a ticket with its delivery state and send attempts.

@@ -1,6 +1,7 @@
 //! The IMAP channel against a real Dovecot: every message ingested exactly
 //! once, and nothing acknowledged on the server before it is committed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -579,6 +580,101 @@ async fn a_connection_cut_mid_fetch_acknowledges_nothing_uncommitted_and_recover
     running.stop().await;
     assert_eq!(app.store().counts().await.unwrap().messages, 60);
     assert_eq!(s.last_error, None, "the reconnect cleared the error");
+}
+
+/// Fault injection: passes the session through, but answers the `nth`
+/// body FETCH of every connection with NO itself (the server never sees it).
+async fn refusing_proxy(target: u16, nth: usize) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                return;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            let to_client = Arc::new(tokio::sync::Mutex::new(in_write));
+            let writer = to_client.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    use tokio::io::AsyncReadExt;
+                    let n = match out_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if writer.lock().await.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(in_read);
+                let mut fetches = 0;
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match lines.read_until(b'\n', &mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if line.windows(11).any(|w| w == b"BODY.PEEK[]") {
+                        fetches += 1;
+                        if fetches == nth {
+                            let tag = line.split(|&b| b == b' ').next().unwrap_or(b"*").to_vec();
+                            let mut answer = tag;
+                            answer.extend_from_slice(b" NO [UNAVAILABLE] injected refusal\r\n");
+                            let _ = to_client.lock().await.write_all(&answer).await;
+                            continue;
+                        }
+                    }
+                    if out_write.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_it() {
+    let server = Dovecot::start();
+    let mut client = server.client().await;
+    let messages: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            mail(
+                "ahead@c.test",
+                &format!("ahead{i}@c.test"),
+                &format!("Ahead {i}"),
+                "",
+                "z",
+            )
+        })
+        .collect();
+    dovecot::append(&mut client, "INBOX", &messages).await;
+    // Every session's third chunk is refused while its first two are in
+    // flight: each session must still land those two before it gives up.
+    let proxy_port = refusing_proxy(server.imap_port, 3).await;
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = wait_for_state(&app, "inbox", "all 60 taken", |s| s.last_uid == 60).await;
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 60);
+    let seen = dovecot::flags(&mut client, "INBOX")
+        .await
+        .iter()
+        .filter(|(_, f)| f.iter().any(|f| f.contains("Seen")))
+        .count();
+    assert_eq!(seen, 60);
+    assert!(s.last_success.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1420,7 +1420,7 @@ crate::both_backends!(
             "",
             &filler,
         );
-        app.customer_mail(&raw).await;
+        let number = app.customer_mail(&raw).await;
         let (id, text): (i64, String) =
             sqlx::query_as("SELECT id, body_text FROM messages WHERE message_id = $1")
                 .bind("logs@customer.test")
@@ -1437,8 +1437,19 @@ crate::both_backends!(
         assert!(bytes == raw, "the original differs ({} bytes)", bytes.len());
         // Another team's agent is told it does not exist; no token, refused.
         assert_eq!(get_bytes(url.clone(), "sam-token-0123456789").await.0, 404);
-        assert_eq!(get_bytes(url, "").await.0, 401);
+        assert_eq!(get_bytes(url.clone(), "").await.0, 401);
         let missing = format!("{}/api/v1/messages/{}/original", app.base, id + 1000);
         assert_eq!(get_bytes(missing, "alice-token-0123456789").await.0, 404);
+
+        // Moved to another team (as `POST /tickets/{n}/move` leaves it: the
+        // ticket's team changes, its messages keep theirs), the ticket takes
+        // its originals along.
+        sqlx::query("UPDATE tickets SET team_id = (SELECT id FROM teams WHERE key = 'sales') WHERE number = $1")
+            .bind(number)
+            .execute(app.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(get_bytes(url.clone(), "sam-token-0123456789").await.0, 200);
+        assert_eq!(get_bytes(url, "alice-token-0123456789").await.0, 404);
     }
 );

@@ -150,6 +150,29 @@ both_backends!(
         .await
         .unwrap();
         assert_eq!((blobs, parts), (1, 4), "kept once, for the message");
+
+        // A large entry nothing else refers to goes with its parts.
+        let other = mail(
+            "big@c.test",
+            "big2@c.test",
+            "big",
+            "",
+            &format!("PANIC-ME 2\n{filler}"),
+        );
+        pipeline
+            .process(vec![raw(other)], OnBadInput::Quarantine)
+            .await
+            .unwrap();
+        let count_parts = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM blob_parts")
+                .fetch_one(app.store().pool())
+                .await
+                .unwrap()
+        };
+        assert_eq!(count_parts().await, 8);
+        let entry = app.store().quarantine_list().await.unwrap()[0].id;
+        assert!(app.store().quarantine_drop(entry).await.unwrap());
+        assert_eq!(count_parts().await, 4);
     }
 );
 

@@ -55,14 +55,32 @@ impl ImapChannel {
         let uids = self.search(session, state).await?;
         state.backlog = uids.len();
         tracing::debug!(mailbox = %self.name, found = uids.len(), "Searched.");
+        if !go_on() {
+            return Ok(0);
+        }
+        let reported = state.oversized.clone();
         let mut chunks = self.plan(session, state, actions, &uids).await?.into_iter();
+        if state.oversized != reported && !lease_lost() {
+            // Moved aside: reported now, whatever happens to the rest.
+            let store = pipeline.store();
+            store
+                .set_channel_state(&self.name, state)
+                .await
+                .map_err(db)?;
+        }
         let uidvalidity = state.uidvalidity.unwrap_or(0);
         let mut taken = 0;
         let mut parsed: Option<Parsed> = None;
         let mut fetched: Option<Fetched> = None;
+        // A failure while working ahead (fetching or parsing a later chunk)
+        // is held: what is already parsed is committed and acknowledged
+        // first, so a message the server will not give stops the mailbox
+        // just before it, not two chunks earlier.
+        let mut held: Option<Failure> = None;
         if let (true, Some(first)) = (go_on(), chunks.next()) {
-            let first = self.fetch(session, uidvalidity, first).await?;
-            let second = chunks.next();
+            let mut first = self.fetch(session, uidvalidity, first).await?;
+            held = first.refused.take();
+            let second = chunks.next().filter(|_| held.is_none());
             let (prepared, next) = tokio::join!(self.prepare(pipeline, first), async {
                 match second {
                     Some(chunk) => Some(self.fetch(session, uidvalidity, chunk).await),
@@ -70,13 +88,13 @@ impl ImapChannel {
                 }
             });
             parsed = Some(prepared?);
-            fetched = next.transpose()?;
+            fetched = ahead(next, &mut held);
         }
         let mut to_ack: Option<Committed> = None;
         while let Some(current) = parsed.take() {
             let more = go_on();
             let to_parse = fetched.take().filter(|_| more);
-            let to_fetch = chunks.next().filter(|_| more);
+            let to_fetch = chunks.next().filter(|_| more && held.is_none());
             let acking = to_ack.take();
             let (committed, next_parsed, (acked, next_fetched)) = tokio::join!(
                 self.commit(pipeline, current),
@@ -104,13 +122,19 @@ impl ImapChannel {
                 self.advance(pipeline, state, &done, lease_lost()).await?;
             }
             to_ack = Some(committed?);
-            parsed = next_parsed.transpose()?;
-            fetched = next_fetched.transpose()?;
+            parsed = next_parsed.transpose().unwrap_or_else(|e| {
+                held.get_or_insert(e);
+                None
+            });
+            fetched = ahead(next_fetched, &mut held);
         }
         if let Some(done) = to_ack {
             self.acknowledge(session, actions, &done).await?;
             taken += done.fetched.len();
             self.advance(pipeline, state, &done, lease_lost()).await?;
+        }
+        if let Some(failure) = held {
+            return Err(failure);
         }
         let store = pipeline.store();
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
@@ -224,6 +248,17 @@ impl ImapChannel {
             .await?;
             sizes.extend(found.iter().filter_map(|f| Some((f.uid?, f.size?))));
         }
+        // async-imap ends a FETCH quietly on NO: a UID without a size may be
+        // gone, or the server may have refused. What is still there is
+        // fetched all the same (its size unknown), never passed over.
+        let without_size: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|u| !sizes.contains_key(u))
+            .collect();
+        for uid in self.still_there(session, &without_size).await? {
+            sizes.insert(uid, 0);
+        }
         let batch = self.client.config().fetch_batch;
         let (chunks, oversized) = chunk(uids, &sizes, batch, CHUNK_BYTES, self.max_message_bytes);
         for (uid, size) in oversized {
@@ -234,7 +269,9 @@ impl ImapChannel {
 
     /// Parses a fetched chunk (quarantining what is bad).
     async fn prepare(&self, pipeline: &Pipeline, fetched: Fetched) -> Result<Parsed, Failure> {
-        let Fetched { chunk, uids, raws } = fetched;
+        let Fetched {
+            chunk, uids, raws, ..
+        } = fetched;
         let sources: Vec<Option<String>> = raws.iter().map(|r| r.source.clone()).collect();
         let prepared = match raws.is_empty() {
             true => None,
@@ -289,6 +326,7 @@ impl ImapChannel {
                 chunk,
                 uids: Vec::new(),
                 raws: Vec::new(),
+                refused: None,
             });
         }
         // A big chunk (tens of MB of attachments) gets time in proportion.
@@ -316,7 +354,63 @@ impl ImapChannel {
             });
         }
         tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
-        Ok(Fetched { chunk, uids, raws })
+        let mut chunk = chunk;
+        let mut refused = None;
+        // A UID that did not come back and is still there was refused (a NO
+        // ends async-imap's FETCH quietly): `last_uid` stops just below it,
+        // and the sync stops once what came before it is in.
+        let missing: Vec<u32> = chunk
+            .wanted
+            .iter()
+            .copied()
+            .filter(|u| !uids.contains(u))
+            .collect();
+        let kept = self.still_there(session, &missing).await?;
+        if let Some(&first) = kept.iter().min() {
+            chunk.through = first - 1;
+            chunk.covers = chunk.wanted.iter().filter(|&&u| u < first).count();
+            let keep: Vec<usize> = (0..uids.len()).filter(|&i| uids[i] < first).collect();
+            raws = keep.iter().map(|&i| raws[i].clone()).collect();
+            uids = keep.iter().map(|&i| uids[i]).collect();
+            refused = Some(Failure::Imap(ImapError::Other(format!(
+                "the server did not give message UID {} (it refused or failed the FETCH); \
+                 taken up to UID {}, the rest is fetched again at the next attempt",
+                uid_set(&kept),
+                first - 1
+            ))));
+        }
+        Ok(Fetched {
+            chunk,
+            uids,
+            raws,
+            refused,
+        })
+    }
+
+    /// Which of `uids` the folder still holds.
+    async fn still_there(
+        &self,
+        session: &mut ImapSession,
+        uids: &[u32],
+    ) -> Result<Vec<u32>, Failure> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = self.client.config().command_timeout();
+        let mut found = Vec::new();
+        for window in uids.chunks(SIZES_PER_COMMAND) {
+            let set = uid_set(window);
+            let hits = deadline(limit, "UID SEARCH", async {
+                session
+                    .uid_search(format!("UID {set}"))
+                    .await
+                    .map_err(other("UID SEARCH"))
+            })
+            .await?;
+            found.extend(hits.into_iter().filter(|u| window.contains(u)));
+        }
+        found.sort_unstable();
+        Ok(found)
     }
 
     /// An oversized message stays on the server (moved aside if configured)
@@ -350,6 +444,24 @@ impl ImapChannel {
             state.oversized.drain(..excess);
         }
         Ok(())
+    }
+}
+
+/// A chunk fetched ahead; its failure, or the server's refusal of one of
+/// its messages, is held until what came before is in.
+fn ahead(fetched: Option<Result<Fetched, Failure>>, held: &mut Option<Failure>) -> Option<Fetched> {
+    match fetched.transpose() {
+        Ok(Some(mut fetched)) => {
+            if let Some(refused) = fetched.refused.take() {
+                held.get_or_insert(refused);
+            }
+            Some(fetched)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            held.get_or_insert(e);
+            None
+        }
     }
 }
 
@@ -406,11 +518,13 @@ struct Chunk {
     covers: usize,
 }
 
-/// A chunk fetched: the UIDs that came back and their messages, in order.
+/// A chunk fetched: the UIDs that came back and their messages, in order,
+/// and why the sync stops after it when the server refused one.
 struct Fetched {
     chunk: Chunk,
     uids: Vec<u32>,
     raws: Vec<RawMessage>,
+    refused: Option<Failure>,
 }
 
 /// A chunk parsed and waiting for its commit.
@@ -573,14 +687,18 @@ mod tests {
             .filter(|&&u| u != 7)
             .map(|&u| (u, if u == 4 { 5_000 } else { 100 }))
             .collect();
-        let (chunks, oversized) = chunk(&uids, &sizes, 3, 250, 1_000);
+        // By count: 2 messages a chunk (the bytes never reach their bound).
+        let (chunks, oversized) = chunk(&uids, &sizes, 2, 10_000, 1_000);
         let wanted: Vec<&[u32]> = chunks.iter().map(|c| c.wanted.as_slice()).collect();
-        // 250 bytes close a chunk at its third message; 3 messages at most.
-        assert_eq!(wanted, [&[1, 2, 3][..], &[5, 6, 8], &[9, 10]]);
+        assert_eq!(wanted, [&[1, 2][..], &[3, 5], &[6, 8], &[9, 10]]);
         assert_eq!(oversized, [(4, 5_000)]);
         let through: Vec<u32> = chunks.iter().map(|c| c.through).collect();
-        assert_eq!(through, [3, 8, 10]);
+        assert_eq!(through, [2, 5, 8, 10]);
         assert_eq!(chunks.iter().map(|c| c.covers).sum::<usize>(), 10);
+        // By bytes: 250 close a chunk at its third message of 100.
+        let (chunks, _) = chunk(&uids, &sizes, 500, 250, 1_000);
+        let wanted: Vec<&[u32]> = chunks.iter().map(|c| c.wanted.as_slice()).collect();
+        assert_eq!(wanted, [&[1, 2, 3][..], &[5, 6, 8], &[9, 10]]);
         // A single message over the byte bound is a chunk of its own.
         let (chunks, _) = chunk(
             &[1, 2],

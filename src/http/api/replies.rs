@@ -19,7 +19,7 @@ use crate::desk::snippets::insert_into_reply;
 use crate::http::{problem, HttpState};
 use crate::outbound::compose::NewAttachment;
 use crate::outbound::{queue_reply, ActionError, Queued, ReplyRequest};
-use crate::store::messages::DeliveryView;
+use crate::store::messages::{DeliveryView, Original};
 
 pub fn routes(router: OpenApiRouter<Arc<HttpState>>) -> OpenApiRouter<Arc<HttpState>> {
     router
@@ -226,7 +226,7 @@ pub async fn original(
         .message_original(id, |team| actor.can_access_team(team))
         .await
     {
-        Ok(Some(bytes)) => (
+        Ok(Original::Bytes(bytes)) => (
             [
                 (header::CONTENT_TYPE, "message/rfc822".to_string()),
                 (
@@ -237,8 +237,12 @@ pub async fn original(
             bytes,
         )
             .into_response(),
+        Ok(Original::NotKept) => problem(
+            StatusCode::NOT_FOUND,
+            format!("message {id} has no stored original"),
+        ),
         // Another team's message answers like a missing one.
-        Ok(None) => problem(
+        Ok(Original::NoSuchMessage) => problem(
             StatusCode::NOT_FOUND,
             format!("message {id} does not exist"),
         ),
