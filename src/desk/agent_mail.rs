@@ -329,6 +329,13 @@ async fn perform(
 ) -> Result<(&'static str, String), ActionError> {
     let actor = Actor::Agent(agent.clone());
     let number = mail.ticket_number;
+    // Cut, it would reach the customer short and with our note in it.
+    if crate::mail::quote::is_cut(&mail.body_text) {
+        return Err(crate::outbound::plan::invalid(
+            "body",
+            "the answer is over 1 MiB of text; send it through the API, or as an attachment",
+        ));
+    }
     let (command, text) = parse_command(&new_part(&mail.body_text));
     // What follows #assign is for the colleague, not the customer.
     let internal = purpose == Purpose::Comment

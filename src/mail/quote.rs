@@ -15,6 +15,24 @@
 /// Carried by notifications; anything below it in an answer is ours.
 pub const SEPARATOR: &str = "##- Please type your reply above this line -##";
 
+/// The text kept on a message (shown, searched, sent on to agents) stops
+/// here; the original keeps all of it (`GET /api/v1/messages/{id}/original`).
+/// It is more than anyone reads, and one value of 50 MB is copied several
+/// times on its way into the database.
+pub const MAX_BODY_TEXT_BYTES: usize = 1024 * 1024;
+
+const CUT_NOTE_END: &str = " KiB more of this text is in the original message.]";
+
+/// What ends a text cut at [`MAX_BODY_TEXT_BYTES`], `left_out` bytes short.
+pub fn cut_note(left_out: usize) -> String {
+    format!("\n\n[{}{CUT_NOTE_END}", left_out.div_ceil(1024))
+}
+
+/// Whether a stored text was cut (it is at the limit and ends with the note).
+pub fn is_cut(text: &str) -> bool {
+    text.len() > MAX_BODY_TEXT_BYTES - 4 && text.ends_with(CUT_NOTE_END)
+}
+
 /// The text of `body` its writer added.
 pub fn new_part(body: &str) -> String {
     let text = body.replace("\r\n", "\n").replace('\r', "\n");

@@ -8,6 +8,8 @@ use super::classify::{classify, Flags};
 use crate::crypto::sha256_hex;
 use crate::mail::address::normalize as normalize_address;
 use crate::mail::ids::{clean_id, SYNTHETIC_DOMAIN};
+use crate::mail::quote::cut_note;
+pub use crate::mail::quote::MAX_BODY_TEXT_BYTES;
 pub use crate::mail::Mailbox;
 
 /// An attachment's metadata and contents (stored once by SHA-256).
@@ -270,12 +272,6 @@ fn sender(message: &mail_parser::Message<'_>) -> Option<Mailbox> {
         })
 }
 
-/// The text kept on a message (shown, searched, sent on to agents) stops
-/// here; the original keeps all of it (`GET /api/v1/messages/{id}/original`).
-/// It is more than anyone reads, and one value of 50 MB is copied several
-/// times on its way into the database.
-pub const MAX_BODY_TEXT_BYTES: usize = 1024 * 1024;
-
 /// An HTML body larger than this is not kept (the text is): HTML with
 /// inline images is large, but not this large.
 pub const MAX_BODY_HTML_BYTES: usize = 8 * 1024 * 1024;
@@ -302,10 +298,7 @@ fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>) {
         }
     }
     if left_out > 0 {
-        text.push_str(&format!(
-            "\n\n[{} KiB more of this text is in the original message.]",
-            left_out.div_ceil(1024)
-        ));
+        text.push_str(&cut_note(left_out));
     }
     let html = message
         .html_part(0)
@@ -574,6 +567,9 @@ mod tests {
         // A body under the limit is kept whole, with no note.
         let small = parse(b"From: a@b.test\r\nSubject: s\r\n\r\nhello\r\n").unwrap();
         assert_eq!(small.body_text, "hello");
+        assert!(!crate::mail::quote::is_cut(
+            "[1 KiB more of this text is in the original message.]"
+        ));
     }
 
     #[test]

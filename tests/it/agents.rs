@@ -612,6 +612,12 @@ crate::both_backends!(
         );
         assert_eq!(mails_to_carol(), 0);
 
+        // Over 1 MiB of text: it would reach the customer cut; refused.
+        let long: String = (0..15_000).map(|i| format!("{i:075}\r\n")).collect();
+        let text = body(&next_mail_after(&app, &sink, raw, &long).await.message);
+        assert!(text.contains("over 1 MiB of text"), "{text}");
+        assert_eq!(mails_to_carol(), 0);
+
         // #assign someone who is not an agent: refused, explained.
         let text = body(
             &next_mail_after(&app, &sink, raw, "#assign nobody@customer.test")
