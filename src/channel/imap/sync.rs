@@ -58,38 +58,23 @@ impl ImapChannel {
         if !go_on() {
             return Ok(0);
         }
-        let reported = state.oversized.clone();
-        let mut chunks = self.plan(session, state, actions, &uids).await?.into_iter();
-        if state.oversized != reported && !lease_lost() {
-            // Moved aside: reported now, whatever happens to the rest.
-            let store = pipeline.store();
-            store
-                .set_channel_state(&self.name, state)
-                .await
-                .map_err(db)?;
-        }
+        let mut chunks = self
+            .plan(session, pipeline, state, actions, &uids, lease_lost())
+            .await?
+            .into_iter();
         let uidvalidity = state.uidvalidity.unwrap_or(0);
         let mut taken = 0;
-        let mut parsed: Option<Parsed> = None;
-        let mut fetched: Option<Fetched> = None;
         // A failure while working ahead (fetching or parsing a later chunk)
         // is held: what is already parsed is committed and acknowledged
         // first, so a message the server will not give stops the mailbox
         // just before it, not two chunks earlier.
-        let mut held: Option<Failure> = None;
-        if let (true, Some(first)) = (go_on(), chunks.next()) {
-            let mut first = self.fetch(session, uidvalidity, first).await?;
-            held = first.refused.take();
-            let second = chunks.next().filter(|_| held.is_none());
-            let (prepared, next) = tokio::join!(self.prepare(pipeline, first), async {
-                match second {
-                    Some(chunk) => Some(self.fetch(session, uidvalidity, chunk).await),
-                    None => None,
-                }
-            });
-            parsed = Some(prepared?);
-            fetched = ahead(next, &mut held);
-        }
+        let (mut parsed, mut fetched, mut held) = match go_on() {
+            true => {
+                self.prime(session, pipeline, uidvalidity, &mut chunks)
+                    .await?
+            }
+            false => (None, None, None),
+        };
         let mut to_ack: Option<Committed> = None;
         while let Some(current) = parsed.take() {
             let more = go_on();
@@ -150,6 +135,32 @@ impl ImapChannel {
             tracing::info!(mailbox = %self.name, messages = taken, last_uid = state.last_uid, "Mailbox synced.");
         }
         Ok(taken)
+    }
+
+    /// The first chunk fetched and parsed, the second fetched meanwhile,
+    /// and a failure of the second (or a refusal in either) held.
+    async fn prime(
+        &self,
+        session: &mut ImapSession,
+        pipeline: &Pipeline,
+        uidvalidity: u32,
+        chunks: &mut impl Iterator<Item = Chunk>,
+    ) -> Result<(Option<Parsed>, Option<Fetched>, Option<Failure>), Failure> {
+        let Some(first) = chunks.next() else {
+            return Ok((None, None, None));
+        };
+        let mut first = self.fetch(session, uidvalidity, first).await?;
+        let mut held = first.refused.take();
+        let second = chunks.next().filter(|_| held.is_none());
+        let (prepared, next) = tokio::join!(self.prepare(pipeline, first), async {
+            match second {
+                Some(chunk) => Some(self.fetch(session, uidvalidity, chunk).await),
+                None => None,
+            }
+        });
+        let parsed = prepared?;
+        let fetched = ahead(next, &mut held);
+        Ok((Some(parsed), fetched, held))
     }
 
     /// The after-action for a committed chunk's UIDs.
@@ -231,9 +242,11 @@ impl ImapChannel {
     async fn plan(
         &self,
         session: &mut ImapSession,
+        pipeline: &Pipeline,
         state: &mut ImapState,
         actions: &AfterActions,
         uids: &[u32],
+        lease_lost: bool,
     ) -> Result<Vec<Chunk>, Failure> {
         let limit = self.client.config().command_timeout();
         let mut sizes: HashMap<u32, u32> = HashMap::with_capacity(uids.len());
@@ -261,8 +274,16 @@ impl ImapChannel {
         }
         let batch = self.client.config().fetch_batch;
         let (chunks, oversized) = chunk(uids, &sizes, batch, CHUNK_BYTES, self.max_message_bytes);
-        for (uid, size) in oversized {
-            self.set_aside(session, state, actions, uid, size).await?;
+        for (uid, size) in &oversized {
+            self.set_aside(session, state, actions, *uid, *size).await?;
+        }
+        if !oversized.is_empty() && !lease_lost {
+            // Moved aside: reported now, whatever happens to the rest.
+            let store = pipeline.store();
+            store
+                .set_channel_state(&self.name, state)
+                .await
+                .map_err(db)?;
         }
         Ok(chunks)
     }
