@@ -42,6 +42,10 @@ pub struct ParsedMessage {
     pub date: Option<i64>,
     pub body_text: String,
     pub body_html: Option<String>,
+    /// The last [`CUT_TAIL_BYTES`] of text or HTML cut from the kept bodies
+    /// (a quoted notification's reply marker sits at the end); empty when
+    /// nothing was cut. Read for threading only, never stored.
+    pub cut_tail: String,
     pub attachments: Vec<Attachment>,
     pub flags: Flags,
     /// The conversation part of an Outlook Thread-Index (its first 22 bytes), hex.
@@ -152,7 +156,7 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
     };
 
     let from = sender(&message);
-    let (body_text, body_html) = bodies(&message);
+    let (body_text, body_html, cut_tail) = bodies(&message);
     let attachments: Vec<Attachment> = message
         .attachments()
         .enumerate()
@@ -183,6 +187,7 @@ pub fn parse(original: &[u8]) -> Result<ParsedMessage, ParseError> {
         date: message.date().map(|d| d.to_timestamp() * 1000),
         body_text,
         body_html,
+        cut_tail,
         attachments,
         flags: classify(&message),
         thread_index_root: thread_index_root(&message),
@@ -276,25 +281,30 @@ fn sender(message: &mail_parser::Message<'_>) -> Option<Mailbox> {
 /// inline images is large, but not this large.
 pub const MAX_BODY_HTML_BYTES: usize = 8 * 1024 * 1024;
 
+/// How much of a cut body's end is kept for its reply marker.
+pub const CUT_TAIL_BYTES: usize = 64 * 1024;
+
 /// The text parts joined (up to [`MAX_BODY_TEXT_BYTES`], saying how much
-/// is left out), and the first HTML part, without NUL.
-fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>) {
+/// is left out), the first HTML part, without NUL, and the end of what
+/// was cut.
+fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>, String) {
     let mut text = String::new();
+    let mut tail = String::new();
     let mut left_out = 0;
     for i in 0..message.text_body_count() {
         if let Some(part) = message.body_text(i) {
             let part = part.trim_end();
             let separator = if text.is_empty() { "" } else { "\n\n" };
             let room = MAX_BODY_TEXT_BYTES.saturating_sub(text.len() + separator.len());
-            let mut end = room.min(part.len());
-            while !part.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = floor_boundary(part, room);
             if end > 0 {
                 text.push_str(separator);
                 text.push_str(&part[..end]);
             }
-            left_out += part.len() - end;
+            if end < part.len() {
+                left_out += part.len() - end;
+                tail = ending(part, CUT_TAIL_BYTES).to_string();
+            }
         }
     }
     if left_out > 0 {
@@ -303,10 +313,33 @@ fn bodies(message: &mail_parser::Message<'_>) -> (String, Option<String>) {
     let html = message
         .html_part(0)
         .filter(|part| part.is_text_html())
-        .and_then(|part| part.text_contents())
-        .filter(|html| html.len() <= MAX_BODY_HTML_BYTES)
-        .map(|html| strip_nul(html.to_string()));
-    (strip_nul(text), html)
+        .and_then(|part| part.text_contents());
+    let html = match html {
+        Some(html) if html.len() > MAX_BODY_HTML_BYTES => {
+            tail.push_str(ending(html, CUT_TAIL_BYTES));
+            None
+        }
+        html => html.map(|html| strip_nul(html.to_string())),
+    };
+    (strip_nul(text), html, tail)
+}
+
+/// The largest char boundary of `text` at or below `at`.
+fn floor_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// The last `bytes` (or fewer, to a char boundary) of `text`.
+fn ending(text: &str, bytes: usize) -> &str {
+    let mut start = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// A message must begin with at least one `Name: value` header line;

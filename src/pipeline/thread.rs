@@ -92,7 +92,8 @@ pub fn thread_keys(message: &ParsedMessage, secret: &[u8]) -> ThreadKeys {
             secret,
             &message.body_text,
             message.body_html.as_deref(),
-        ),
+        )
+        .or_else(|| ids::ticket_of_body(secret, &message.cut_tail, None)),
         message_ids: ids,
         subject_tag: subject_tag(&message.subject),
         thread_index_root: message.thread_index_root.clone(),
@@ -464,6 +465,24 @@ mod tests {
     fn a_quoted_body_marker_is_a_weak_match() {
         let body = format!("Thanks\n> {}", ids::text_marker(SECRET, 9));
         let raw = format!("Message-ID: <n@x>\nFrom: c@x.test\n\n{body}\n");
+        let known = known(&[ticket(9, TEAM)]);
+        assert_eq!(
+            find_ticket(&known, &keys(&raw), TEAM),
+            Found::Ticket { id: 9, weak: true }
+        );
+    }
+
+    #[test]
+    fn a_marker_below_the_kept_text_of_a_huge_reply_still_threads() {
+        // 2 MiB written above the quote: the kept text stops at 1 MiB.
+        let long = "word ".repeat(400_000);
+        let body = format!("{long}\n> {}", ids::text_marker(SECRET, 9));
+        let raw = format!("Message-ID: <n@x>\nFrom: c@x.test\n\n{body}\n");
+        let parsed = crate::pipeline::parse::parse(raw.as_bytes()).unwrap();
+        assert!(
+            !parsed.body_text.contains("> "),
+            "the marker is past the cut"
+        );
         let known = known(&[ticket(9, TEAM)]);
         assert_eq!(
             find_ticket(&known, &keys(&raw), TEAM),
