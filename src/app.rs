@@ -25,7 +25,7 @@
 //! systemd: `READY=1` once every task runs; `WATCHDOG=1` from the supervisor
 //! loop, and only while the database answers; `STOPPING=1` at the drain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,7 +68,8 @@ pub struct App {
 
 /// The tasks a reload drains and starts again: all but the store's own.
 struct Work {
-    channels: Group,
+    /// One group per channel, so a reload can leave unchanged ones running.
+    channels: BTreeMap<String, Group>,
     http: Group,
     outbox: Group,
 }
@@ -83,7 +84,7 @@ pub struct Reload {
 impl Work {
     fn new() -> Work {
         Work {
-            channels: Group::new("channel"),
+            channels: BTreeMap::new(),
             http: Group::new("http"),
             outbox: Group::new("outbox"),
         }
@@ -242,7 +243,7 @@ impl App {
             store_for_checkpoints.checkpoint_until(&stop).await;
             Ok(())
         });
-        let tasks = work.channels.tasks.len() + work.http.tasks.len() + work.outbox.tasks.len();
+        let tasks = work.channels.len() + work.http.tasks.len() + work.outbox.tasks.len();
         tracing::info!(
             tasks,
             database = self.store.backend().as_str(),
@@ -294,7 +295,7 @@ impl App {
             stage.min(overall.saturating_duration_since(tokio::time::Instant::now()))
         };
         work.outbox.stop.cancel();
-        work.channels.stop(left(CHANNEL_DEADLINE)).await;
+        stop_channels(work.channels.values_mut(), left(CHANNEL_DEADLINE)).await;
         let request_timeout = Duration::from_secs(self.config.http.request_timeout_secs + 5);
         work.http.stop(left(request_timeout)).await;
         work.outbox.stop(left(self.send_deadline())).await;
@@ -338,7 +339,17 @@ impl App {
                 "Reload: this setting takes effect at the next restart; the running value stays."
             );
         }
-        tracing::info!(%changes, "Reloading: draining the channels, the listener and the outbox.");
+        // Unchanged mailboxes go on as they are (no reconnect, no lost IDLE).
+        let mut work = work;
+        let mut kept = BTreeMap::new();
+        for name in unchanged_channels(&self.config, &config) {
+            if let Some(group) = work.channels.remove(&name) {
+                kept.insert(name, group);
+            }
+        }
+        let kept_names: Vec<&str> = kept.keys().map(String::as_str).collect();
+        tracing::info!(%changes, kept_running = %kept_names.join(", "),
+            "Reloading: draining the changed channels, the listener and the outbox.");
         self.drain(work).await;
         let mut config = config;
         // Kept as they run (see restart_only).
@@ -354,12 +365,18 @@ impl App {
         self.dir = Arc::new(dir);
         self.pipeline = Pipeline::new(self.store.clone(), self.dir.clone(), config.ingest.clone());
         self.config = Arc::new(config);
+        let runners = runners
+            .into_iter()
+            .filter(|(name, _)| !kept.contains_key(name))
+            .collect();
         match self.start_work(runners) {
-            Ok(work) => {
+            Ok(mut work) => {
+                work.channels.extend(kept);
                 tracing::info!(%changes, "Config reloaded.");
                 (Ok(work), Ok(changes))
             }
             Err(e) => {
+                stop_channels(kept.values_mut(), CHANNEL_DEADLINE).await;
                 let reason = format!("cannot start again after the reload: {e:#}");
                 (Err(anyhow::anyhow!(reason.clone())), Err(reason))
             }
@@ -383,7 +400,7 @@ impl App {
                     tracing::info!("Stop requested; draining.");
                     return Event::Stop;
                 }
-                e = work.channels.next_exit() => return Event::Failed(e),
+                e = next_channel_exit(&mut work.channels) => return Event::Failed(e),
                 e = work.http.next_exit() => return Event::Failed(e),
                 e = work.outbox.next_exit() => return Event::Failed(e),
                 e = store.next_exit() => return Event::Failed(e),
@@ -417,11 +434,13 @@ impl App {
     fn start_work(&mut self, runners: Vec<(String, Runner)>) -> anyhow::Result<Work> {
         let mut work = Work::new();
         for (name, runner) in runners {
-            let (pipeline, stop) = (self.pipeline.clone(), work.channels.stop.clone());
+            let mut group = Group::new("channel");
+            let (pipeline, stop) = (self.pipeline.clone(), group.stop.clone());
             match runner {
-                Runner::Spool(spool) => work.channels.spawn(name, spool.run(pipeline, stop)),
-                Runner::Mailbox(mailbox) => work.channels.spawn(name, mailbox.run(pipeline, stop)),
+                Runner::Spool(spool) => group.spawn(name.clone(), spool.run(pipeline, stop)),
+                Runner::Mailbox(mailbox) => group.spawn(name.clone(), mailbox.run(pipeline, stop)),
             }
+            work.channels.insert(name, group);
         }
         let wake = self.start_outbox(&mut work.outbox);
         self.start_http(&mut work.http, wake)?;
@@ -511,6 +530,43 @@ fn build_channels(config: &Config) -> anyhow::Result<Vec<(String, Runner)>> {
         runners.push((name.clone(), runner));
     }
     Ok(runners)
+}
+
+/// The first channel task to end (a failure); never, with no channels.
+async fn next_channel_exit(channels: &mut BTreeMap<String, Group>) -> anyhow::Error {
+    if channels.is_empty() {
+        return std::future::pending().await;
+    }
+    let exits = channels.values_mut().map(|g| Box::pin(g.next_exit()));
+    futures::future::select_all(exits).await.0
+}
+
+/// Stops channel groups side by side, each within `deadline`.
+async fn stop_channels<'a>(groups: impl Iterator<Item = &'a mut Group>, deadline: Duration) {
+    futures::future::join_all(groups.map(|g| g.stop(deadline))).await;
+}
+
+/// The channels a reload may leave running: the same settings (secrets
+/// compared by value) and nothing the inbound pipeline reads changed.
+fn unchanged_channels(running: &Config, wanted: &Config) -> Vec<String> {
+    let rest = |c: &Config| {
+        let mut c = c.clone();
+        c.channels.clear();
+        format!("{c:?}")
+    };
+    if rest(running) != rest(wanted) {
+        return Vec::new();
+    }
+    running
+        .channels
+        .iter()
+        .filter(|(name, old)| {
+            wanted.channels.get(*name).is_some_and(|new| {
+                format!("{old:?}") == format!("{new:?}") && old.secrets() == new.secrets()
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 async fn bind(key: &str, address: Option<&str>) -> anyhow::Result<Option<std::net::TcpListener>> {
@@ -612,5 +668,51 @@ fn describe_changes(running: &Config, wanted: &Config) -> String {
         "no channel, team, agent, relay or pipeline changed".into()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(password: &str, extra: &str) -> Config {
+        Config::from_toml(&format!(
+            r#"
+[database]
+url = "sqlite::memory:"
+[pipelines.support]
+statuses = [{{ name = "open", kind = "open" }}, {{ name = "closed", kind = "closed" }}]
+[teams.support]
+addresses = [{{ address = "support@example.com" }}]
+[channels.inbox]
+kind = "imap"
+team = "support"
+pipeline = "support"
+host = "imap.example.com"
+username = "support"
+password = "{password}"
+[channels.spool]
+kind = "maildir"
+team = "support"
+pipeline = "support"
+path = "/var/spool/mailroom"
+{extra}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_only_channels_that_did_not_change_secrets_included() {
+        let running = config("one", "");
+        assert_eq!(
+            unchanged_channels(&running, &config("one", "")),
+            ["inbox", "spool"]
+        );
+        // The inline password is redacted in Debug; its value still counts.
+        assert_eq!(unchanged_channels(&running, &config("two", "")), ["spool"]);
+        // Anything the pipeline reads changed: every channel restarts.
+        let team = "[teams.sales]\naddresses = [{ address = \"sales@example.com\" }]";
+        assert!(unchanged_channels(&running, &config("one", team)).is_empty());
     }
 }

@@ -25,6 +25,32 @@ pub struct ChannelConfig {
     pub settings: ChannelSettings,
 }
 
+impl ChannelConfig {
+    /// The channel's secrets, resolved (a rotated password file counts as
+    /// a change even when the config text is the same).
+    pub fn secrets(&self) -> Vec<Result<String, String>> {
+        let all: Vec<&Secret> = match &self.settings {
+            ChannelSettings::Imap(imap) => imap
+                .password
+                .iter()
+                .chain(
+                    imap.oauth
+                        .iter()
+                        .flat_map(|o| o.client_secret.iter().chain(o.refresh_token.iter())),
+                )
+                .collect(),
+            ChannelSettings::Webhook(hook) => hook
+                .auth_token
+                .iter()
+                .chain(hook.signing_secret.iter())
+                .collect(),
+            ChannelSettings::Form(form) => form.signing_secret.iter().collect(),
+            ChannelSettings::Maildir(_) | ChannelSettings::Pipe => Vec::new(),
+        };
+        all.into_iter().map(Secret::resolve).collect()
+    }
+}
+
 /// How a channel picks each message's team.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -582,6 +582,27 @@ async fn a_connection_cut_mid_fetch_acknowledges_nothing_uncommitted_and_recover
     assert_eq!(s.last_error, None, "the reconnect cleared the error");
 }
 
+/// Passes sessions through to `target`, counting them.
+async fn counting_proxy(target: u16) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+            else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, count)
+}
+
 /// Fault injection: passes the session through, but answers the `nth`
 /// body FETCH of every connection with NO itself (the server never sees it).
 async fn refusing_proxy(target: u16, nth: usize) -> u16 {
@@ -1533,10 +1554,13 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut client = server.client().await;
     client.create("Box1").await.unwrap();
-    let mailbox = |name: &str, folder: &str| {
-        channel(name, server.imap_port, &format!("folder = \"{folder}\"\n"))
+    // `first` goes through a proxy that counts its connections.
+    let (first_port, first_sessions) = counting_proxy(server.imap_port).await;
+    let mailbox = |name: &str, port: u16, folder: &str| {
+        channel(name, port, &format!("folder = \"{folder}\"\n"))
     };
-    let (first, second) = (mailbox("first", "INBOX"), mailbox("second", "Box1"));
+    let first = mailbox("first", first_port, "INBOX");
+    let second = mailbox("second", server.imap_port, "Box1");
     // The listener's socket is bound once and served again after each reload.
     let http = "[http]\nbind = \"127.0.0.1:0\"\n";
     let app = App::build(test_config(&db.url, &format!("{http}{first}")))
@@ -1574,6 +1598,13 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     assert_eq!(added.as_deref(), Ok("channels +second"));
     dovecot::append(&mut client, "Box1", &one("b1@reload.test")).await;
     until(2).await;
+    dovecot::append(&mut client, "INBOX", &one("a1b@reload.test")).await;
+    until(3).await;
+    assert_eq!(
+        first_sessions.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the unchanged mailbox kept its session through the reload"
+    );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
@@ -1586,7 +1617,7 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
         "{reason}"
     );
     dovecot::append(&mut client, "INBOX", &one("a2@reload.test")).await;
-    until(3).await;
+    until(4).await;
 
     let removed = reload(format!("{http}{second}")).await.unwrap();
     assert_eq!(removed.as_deref(), Ok("channels -first"));
@@ -1597,9 +1628,9 @@ async fn a_reload_adds_and_removes_mailboxes_while_the_rest_runs() {
     );
     dovecot::append(&mut client, "INBOX", &one("a3@reload.test")).await;
     dovecot::append(&mut client, "Box1", &one("b2@reload.test")).await;
-    until(4).await;
+    until(5).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(messages().await, 4, "the removed mailbox is not read");
+    assert_eq!(messages().await, 5, "the removed mailbox is not read");
     let inbox = seen_by_id(&mut client, "INBOX").await;
     assert!(
         inbox.contains(&("a3@reload.test".to_string(), false)),
