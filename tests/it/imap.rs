@@ -603,9 +603,14 @@ async fn counting_proxy(target: u16) -> (u16, Arc<std::sync::atomic::AtomicUsize
     (port, count)
 }
 
-/// Fault injection: passes the session through, but answers the `nth`
-/// body FETCH of every connection with NO itself (the server never sees it).
-async fn refusing_proxy(target: u16, nth: usize) -> u16 {
+/// Fault injection: passes the session through, but answers a body FETCH
+/// with NO itself (the server never sees it) when `refuse(n, uids)` says so:
+/// `n` counts the connection's body FETCHes, `uids` is the command's set.
+async fn refusing_proxy(
+    target: u16,
+    refuse: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
+) -> u16 {
+    let refuse = Arc::new(refuse);
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -614,6 +619,7 @@ async fn refusing_proxy(target: u16, nth: usize) -> u16 {
             let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                 return;
             };
+            let refuse = refuse.clone();
             let (in_read, in_write) = inbound.into_split();
             let (mut out_read, mut out_write) = outbound.into_split();
             let to_client = Arc::new(tokio::sync::Mutex::new(in_write));
@@ -643,7 +649,9 @@ async fn refusing_proxy(target: u16, nth: usize) -> u16 {
                     }
                     if line.windows(11).any(|w| w == b"BODY.PEEK[]") {
                         fetches += 1;
-                        if fetches == nth {
+                        let text = String::from_utf8_lossy(&line).to_string();
+                        let set = text.split(' ').nth(3).unwrap_or_default().to_string();
+                        if refuse(fetches, &set) {
                             let tag = line.split(|&b| b == b' ').next().unwrap_or(b"*").to_vec();
                             let mut answer = tag;
                             answer.extend_from_slice(b" NO [UNAVAILABLE] injected refusal\r\n");
@@ -679,7 +687,7 @@ async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_i
     dovecot::append(&mut client, "INBOX", &messages).await;
     // Every session's third chunk is refused while its first two are in
     // flight: each session must still land those two before it gives up.
-    let proxy_port = refusing_proxy(server.imap_port, 3).await;
+    let proxy_port = refusing_proxy(server.imap_port, |n, _| n == 3).await;
     let app = TestApp::with_config(
         Backend::Sqlite,
         &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
@@ -696,6 +704,70 @@ async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_i
         .count();
     assert_eq!(seen, 60);
     assert!(s.last_success.is_some());
+}
+
+/// Whether UID set `set` (`a:b,c`) holds `uid`.
+fn set_holds(set: &str, uid: u32) -> bool {
+    set.split(',').any(|part| match part.split_once(':') {
+        Some((a, b)) => {
+            let (a, b) = (a.parse().unwrap_or(u32::MAX), b.parse().unwrap_or(0));
+            (a.min(b)..=a.max(b)).contains(&uid)
+        }
+        None => part.parse() == Ok(uid),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
+    let server = Dovecot::start();
+    let mut client = server.client().await;
+    let messages: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            mail(
+                "never@c.test",
+                &format!("never{i}@c.test"),
+                &format!("Never {i}"),
+                "",
+                "z",
+            )
+        })
+        .collect();
+    dovecot::append(&mut client, "INBOX", &messages).await;
+    // Any FETCH that asks for UID 25 is refused whole: the chunk 21..30 is
+    // asked for UID by UID, so 21..24 still come in.
+    let proxy_port = refusing_proxy(server.imap_port, |_, set| set_holds(set, 25)).await;
+    let app = TestApp::with_config(
+        Backend::Sqlite,
+        &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
+    )
+    .await;
+    let running = start(&app, app.pipeline.clone(), "inbox");
+    let s = wait_for_state(&app, "inbox", "stopped below UID 25", |s| {
+        s.last_uid == 24
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("UID 25"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    running.stop().await;
+    assert!(s
+        .last_error
+        .unwrap()
+        .contains("did not give message UID 25"));
+    assert_eq!(state(&app, "inbox").await.last_uid, 24, "never past it");
+    assert_eq!(app.store().counts().await.unwrap().messages, 24);
+    let seen: Vec<u32> = dovecot::flags(&mut client, "INBOX")
+        .await
+        .iter()
+        .filter(|(_, f)| f.iter().any(|f| f.contains("Seen")))
+        .map(|(uid, _)| *uid)
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=24).collect::<Vec<u32>>(),
+        "only what is stored is seen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -353,59 +353,84 @@ impl ImapChannel {
         // A big chunk (tens of MB of attachments) gets time in proportion.
         let limit = self.client.config().command_timeout()
             + Duration::from_secs(chunk.bytes / (512 * 1024));
-        let bodies: Vec<Fetch> = deadline(limit, "UID FETCH (BODY.PEEK[])", async {
-            let stream = session
-                .uid_fetch(uid_set(&chunk.wanted), "(UID BODY.PEEK[])")
-                .await
-                .map_err(other("UID FETCH"))?;
-            stream.try_collect().await.map_err(other("UID FETCH"))
-        })
-        .await?;
-        let mut uids = Vec::with_capacity(bodies.len());
-        let mut raws = Vec::with_capacity(bodies.len());
-        for fetch in &bodies {
-            let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) else {
-                continue;
-            };
-            uids.push(uid);
-            raws.push(RawMessage {
-                channel: self.name.clone(),
-                source: Some(format!("imap:{}:{uidvalidity}:{uid}", self.name)),
-                data: Arc::new(body.to_vec()),
-            });
-        }
-        tracing::debug!(mailbox = %self.name, fetched = raws.len(), "Fetched.");
-        let mut chunk = chunk;
-        let mut refused = None;
+        let mut got = self
+            .fetch_bodies(session, uidvalidity, &uid_set(&chunk.wanted), limit)
+            .await?;
+        tracing::debug!(mailbox = %self.name, fetched = got.len(), "Fetched.");
         // A UID that did not come back and is still there was refused (a NO
-        // ends async-imap's FETCH quietly): `last_uid` stops just below it,
-        // and the sync stops once what came before it is in.
+        // ends async-imap's FETCH quietly, and ends it for the whole chunk):
+        // each is asked for alone, in order, to find the one the server will
+        // not give. `last_uid` stops just below that one, and the sync stops
+        // once what came before it is in.
         let missing: Vec<u32> = chunk
             .wanted
             .iter()
             .copied()
-            .filter(|u| !uids.contains(u))
+            .filter(|u| !got.iter().any(|(g, _)| g == u))
             .collect();
-        let kept = self.still_there(session, &missing).await?;
-        if let Some(&first) = kept.iter().min() {
+        let mut refused_uid = None;
+        let limit = self.client.config().command_timeout();
+        for uid in self.still_there(session, &missing).await? {
+            let alone = self
+                .fetch_bodies(session, uidvalidity, &uid.to_string(), limit)
+                .await?;
+            if alone.is_empty() {
+                refused_uid = Some(uid);
+                break;
+            }
+            got.extend(alone);
+        }
+        got.sort_by_key(|(uid, _)| *uid);
+        let mut chunk = chunk;
+        let mut refused = None;
+        if let Some(first) = refused_uid {
             chunk.through = first - 1;
             chunk.covers = chunk.wanted.iter().filter(|&&u| u < first).count();
-            let keep: Vec<usize> = (0..uids.len()).filter(|&i| uids[i] < first).collect();
-            raws = keep.iter().map(|&i| raws[i].clone()).collect();
-            uids = keep.iter().map(|&i| uids[i]).collect();
+            got.retain(|(uid, _)| *uid < first);
             refused = Some(Failure::Imap(ImapError::Other(format!(
-                "the server did not give message UID {} (it refused or failed the FETCH); \
+                "the server did not give message UID {first} (it refused or failed the FETCH); \
                  taken up to UID {}, the rest is fetched again at the next attempt",
-                uid_set(&kept),
                 first - 1
             ))));
         }
+        let (uids, raws) = got.into_iter().unzip();
         Ok(Fetched {
             chunk,
             uids,
             raws,
             refused,
         })
+    }
+
+    /// The bodies of the UIDs in `set` that came back, with their UIDs.
+    async fn fetch_bodies(
+        &self,
+        session: &mut ImapSession,
+        uidvalidity: u32,
+        set: &str,
+        limit: Duration,
+    ) -> Result<Vec<(u32, RawMessage)>, Failure> {
+        let bodies: Vec<Fetch> = deadline(limit, "UID FETCH (BODY.PEEK[])", async {
+            let stream = session
+                .uid_fetch(set, "(UID BODY.PEEK[])")
+                .await
+                .map_err(other("UID FETCH"))?;
+            stream.try_collect().await.map_err(other("UID FETCH"))
+        })
+        .await?;
+        let name = &self.name;
+        Ok(bodies
+            .iter()
+            .filter_map(|fetch| Some((fetch.uid?, fetch.body()?)))
+            .map(|(uid, body)| {
+                let raw = RawMessage {
+                    channel: name.clone(),
+                    source: Some(format!("imap:{name}:{uidvalidity}:{uid}")),
+                    data: Arc::new(body.to_vec()),
+                };
+                (uid, raw)
+            })
+            .collect())
     }
 
     /// Which of `uids` the folder still holds.
