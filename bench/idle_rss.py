@@ -33,6 +33,7 @@ To compare binaries in one run, name them:
   bench/idle_rss.py 10 100
 MAILROOM_BENCH_ROUNDS=3 repeats every size for every binary, alternating.
 """
+import importlib.util
 import imaplib
 import json
 import os
@@ -56,96 +57,21 @@ SETTLE = 10              # s after that before sampling
 SAMPLES = 10             # one per second
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def user(i):
     return f"u{i:03d}"
 
 
-class Dovecot:
+_spec = importlib.util.spec_from_file_location("imap_bench", os.path.join(ROOT, "bench", "imap.py"))
+imap_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(imap_bench)
+
+
+class Dovecot(imap_bench.Dovecot):
+    """bench/imap.py's throwaway Dovecot, with one user per mailbox and
+    room for them all to idle at once."""
+
     def __init__(self, work, n):
-        self.dir = os.path.join(work, "dovecot")
-        os.makedirs(os.path.join(self.dir, "mail"))
-        os.chmod(work, 0o755)
-        os.chmod(self.dir, 0o755)
-        os.chmod(os.path.join(self.dir, "mail"), 0o777)
-        self.imap, self.imaps = free_port(), free_port()
-        users = os.path.join(self.dir, "users")
-        with open(users, "w") as f:
-            for i in range(n):
-                f.write(f"{user(i)}:{{PLAIN}}secret\n")
-        os.chmod(users, 0o644)
-        # Per TLS session: one imap process and one imap-login proxy; plus
-        # the seeding logins and the liveness APPEND. Room to spare.
-        procs = max(300, 3 * n + 50)
-        d = self.dir
-        self.instance = f"mr-idle-rss-{os.getpid()}"
-        conf = f"""base_dir = {d}/run
-state_dir = {d}/state
-instance_name = {self.instance}
-log_path = {d}/dovecot.log
-info_log_path = {d}/dovecot.log
-listen = 127.0.0.1
-protocols = imap
-ssl = yes
-ssl_cert = <{CERTS}/server.pem
-ssl_key = <{CERTS}/server.key
-ssl_dh = </usr/share/dovecot/dh.pem
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_failure_delay = 0
-default_internal_user = dovecot
-default_login_user = dovenull
-first_valid_uid = 1
-mail_location = maildir:~/Maildir
-verbose_proctitle = yes
-default_process_limit = {procs}
-default_client_limit = {max(1000, 4 * n)}
-mail_max_userip_connections = 10
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n {users}
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={d}/mail/%n
-}}
-service imap-login {{
-  process_limit = {procs}
-  inet_listener imap {{
-    port = {self.imap}
-  }}
-  inet_listener imaps {{
-    port = {self.imaps}
-  }}
-}}
-service imap {{
-  process_limit = {procs}
-}}
-service anvil {{
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-"""
-        self.conf = os.path.join(d, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf], start_new_session=True)
-        for _ in range(200):
-            try:
-                imaplib.IMAP4("127.0.0.1", self.imap).logout()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise SystemExit("dovecot did not start")
+        super().__init__(work, users=[user(i) for i in range(n)], sessions=n)
 
     def seed(self, n):
         """PER_MAILBOX small messages in each user's Maildir (as delivery
@@ -195,9 +121,6 @@ service anvil {{
         except OSError:
             return []
 
-    def stop(self):
-        os.killpg(self.proc.pid, 9)
-        self.proc.wait()
 
 
 def mailroom_config(work, dovecot, db, n):

@@ -50,7 +50,11 @@ def free_port():
 
 
 class Dovecot:
-    def __init__(self, work):
+    def __init__(self, work, users=("alice",), sessions=None):
+        """A throwaway Dovecot for `users` (password "secret"). `sessions`:
+        room for that many TLS sessions at once (each takes an imap process
+        and an imap-login proxy; the default limit of 100 resets the 101st),
+        with process titles that say which session is in IDLE."""
         self.dir = os.path.join(work, "dovecot")
         os.makedirs(os.path.join(self.dir, "mail"))
         os.chmod(work, 0o755)
@@ -58,11 +62,23 @@ class Dovecot:
         os.chmod(os.path.join(self.dir, "mail"), 0o777)
         self.imap, self.imaps = free_port(), free_port()
         with open(os.path.join(self.dir, "users"), "w") as f:
-            f.write("alice:{PLAIN}secret\n")
+            f.writelines(f"{u}:{{PLAIN}}secret\n" for u in users)
+        os.chmod(os.path.join(self.dir, "users"), 0o644)
         d = self.dir
+        self.instance = f"mr-bench-{os.getpid()}"
+        limits = ""
+        if sessions:
+            procs = max(300, 3 * sessions + 50)
+            limits = f"""verbose_proctitle = yes
+default_process_limit = {procs}
+default_client_limit = {max(1000, 4 * sessions)}
+service imap {{
+  process_limit = {procs}
+}}
+"""
         conf = f"""base_dir = {d}/run
 state_dir = {d}/state
-instance_name = mr-bench-{os.getpid()}
+instance_name = {self.instance}
 log_path = {d}/dovecot.log
 listen = 127.0.0.1
 protocols = imap
@@ -77,7 +93,7 @@ default_internal_user = dovecot
 default_login_user = dovenull
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
-passdb {{
+{limits}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%n {d}/users
 }}
@@ -86,6 +102,7 @@ userdb {{
   args = uid=nobody gid=nogroup home={d}/mail/%n
 }}
 service imap-login {{
+  {f"process_limit = {max(300, 3 * sessions + 50)}" if sessions else ""}
   inet_listener imap {{
     port = {self.imap}
   }}

@@ -669,40 +669,59 @@ async fn refusing_proxy(
     port
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_it() {
+/// 60 messages in a Dovecot INBOX, read through [`refusing_proxy`] in
+/// chunks of 10 by a running mailbox.
+async fn sixty_behind_refusals(
+    refuse: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
+) -> (
+    Dovecot,
+    async_imap::Session<tokio::net::TcpStream>,
+    TestApp,
+    Running,
+) {
     let server = Dovecot::start();
     let mut client = server.client().await;
     let messages: Vec<Vec<u8>> = (0..60)
         .map(|i| {
             mail(
-                "ahead@c.test",
-                &format!("ahead{i}@c.test"),
-                &format!("Ahead {i}"),
+                "r@c.test",
+                &format!("r{i}@c.test"),
+                &format!("R {i}"),
                 "",
                 "z",
             )
         })
         .collect();
     dovecot::append(&mut client, "INBOX", &messages).await;
-    // Every session's third chunk is refused while its first two are in
-    // flight: each session must still land those two before it gives up.
-    let proxy_port = refusing_proxy(server.imap_port, |n, _| n == 3).await;
+    let proxy_port = refusing_proxy(server.imap_port, refuse).await;
     let app = TestApp::with_config(
         Backend::Sqlite,
         &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
     )
     .await;
     let running = start(&app, app.pipeline.clone(), "inbox");
-    let s = wait_for_state(&app, "inbox", "all 60 taken", |s| s.last_uid == 60).await;
-    running.stop().await;
-    assert_eq!(app.store().counts().await.unwrap().messages, 60);
-    let seen = dovecot::flags(&mut client, "INBOX")
+    (server, client, app, running)
+}
+
+/// The UIDs flagged \Seen in the INBOX.
+async fn seen_uids(client: &mut async_imap::Session<tokio::net::TcpStream>) -> Vec<u32> {
+    dovecot::flags(client, "INBOX")
         .await
         .iter()
         .filter(|(_, f)| f.iter().any(|f| f.contains("Seen")))
-        .count();
-    assert_eq!(seen, 60);
+        .map(|(uid, _)| *uid)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_it() {
+    // Every session's third chunk is refused whole while its first two are
+    // in flight: those two land, and the refused one is asked for UID by UID.
+    let (_server, mut client, app, running) = sixty_behind_refusals(|n, _| n == 3).await;
+    let s = wait_for_state(&app, "inbox", "all 60 taken", |s| s.last_uid == 60).await;
+    running.stop().await;
+    assert_eq!(app.store().counts().await.unwrap().messages, 60);
+    assert_eq!(seen_uids(&mut client).await.len(), 60);
     assert!(s.last_success.is_some());
 }
 
@@ -719,29 +738,10 @@ fn set_holds(set: &str, uid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
-    let server = Dovecot::start();
-    let mut client = server.client().await;
-    let messages: Vec<Vec<u8>> = (0..60)
-        .map(|i| {
-            mail(
-                "never@c.test",
-                &format!("never{i}@c.test"),
-                &format!("Never {i}"),
-                "",
-                "z",
-            )
-        })
-        .collect();
-    dovecot::append(&mut client, "INBOX", &messages).await;
     // Any FETCH that asks for UID 25 is refused whole: the chunk 21..30 is
     // asked for UID by UID, so 21..24 still come in.
-    let proxy_port = refusing_proxy(server.imap_port, |_, set| set_holds(set, 25)).await;
-    let app = TestApp::with_config(
-        Backend::Sqlite,
-        &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
-    )
-    .await;
-    let running = start(&app, app.pipeline.clone(), "inbox");
+    let (_server, mut client, app, running) =
+        sixty_behind_refusals(|_, set| set_holds(set, 25)).await;
     let s = wait_for_state(&app, "inbox", "stopped below UID 25", |s| {
         s.last_uid == 24
             && s.last_error
@@ -757,14 +757,8 @@ async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
         .contains("did not give message UID 25"));
     assert_eq!(state(&app, "inbox").await.last_uid, 24, "never past it");
     assert_eq!(app.store().counts().await.unwrap().messages, 24);
-    let seen: Vec<u32> = dovecot::flags(&mut client, "INBOX")
-        .await
-        .iter()
-        .filter(|(_, f)| f.iter().any(|f| f.contains("Seen")))
-        .map(|(uid, _)| *uid)
-        .collect();
     assert_eq!(
-        seen,
+        seen_uids(&mut client).await,
         (1..=24).collect::<Vec<u32>>(),
         "only what is stored is seen"
     );

@@ -30,9 +30,9 @@ const MAX_OVERSIZED_REPORTED: usize = 100;
 /// every message is large.
 const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
 
-/// UIDs per `UID FETCH (RFC822.SIZE)`: keeps the command line short (well
-/// under Dovecot's 64 KiB) even when the UIDs are scattered.
-const SIZES_PER_COMMAND: usize = 2_000;
+/// UIDs per `UID FETCH (RFC822.SIZE)` or `UID SEARCH`: keeps the command
+/// line short (well under Dovecot's 64 KiB) even when they are scattered.
+const UIDS_PER_COMMAND: usize = 2_000;
 
 impl ImapChannel {
     /// Takes every message above `last_uid`, in chunks. Returns how many it
@@ -121,15 +121,11 @@ impl ImapChannel {
         if let Some(failure) = held {
             return Err(failure);
         }
-        let store = pipeline.store();
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
             // The unread mail is in; read mail below the mark stays behind.
             state.last_uid = state.last_uid.max(until);
             state.unseen_until = None;
-            store
-                .set_channel_state(&self.name, state)
-                .await
-                .map_err(db)?;
+            self.save_state(pipeline, state).await?;
         }
         if taken > 0 {
             tracing::info!(mailbox = %self.name, messages = taken, last_uid = state.last_uid, "Mailbox synced.");
@@ -197,11 +193,12 @@ impl ImapChannel {
         if lease_lost {
             return Ok(());
         }
-        pipeline
-            .store()
-            .set_channel_state(&self.name, state)
-            .await
-            .map_err(db)
+        self.save_state(pipeline, state).await
+    }
+
+    async fn save_state(&self, pipeline: &Pipeline, state: &ImapState) -> Result<(), Failure> {
+        let store = pipeline.store();
+        store.set_channel_state(&self.name, state).await.map_err(db)
     }
 
     /// The UIDs to take, ascending: above `last_uid`, and during a
@@ -250,7 +247,7 @@ impl ImapChannel {
     ) -> Result<Vec<Chunk>, Failure> {
         let limit = self.client.config().command_timeout();
         let mut sizes: HashMap<u32, u32> = HashMap::with_capacity(uids.len());
-        for window in uids.chunks(SIZES_PER_COMMAND) {
+        for window in uids.chunks(UIDS_PER_COMMAND) {
             let found: Vec<Fetch> = deadline(limit, "UID FETCH (RFC822.SIZE)", async {
                 let stream = session
                     .uid_fetch(uid_set(window), "(UID RFC822.SIZE)")
@@ -279,11 +276,7 @@ impl ImapChannel {
         }
         if !oversized.is_empty() && !lease_lost {
             // Moved aside: reported now, whatever happens to the rest.
-            let store = pipeline.store();
-            store
-                .set_channel_state(&self.name, state)
-                .await
-                .map_err(db)?;
+            self.save_state(pipeline, state).await?;
         }
         Ok(chunks)
     }
@@ -362,11 +355,12 @@ impl ImapChannel {
         // each is asked for alone, in order, to find the one the server will
         // not give. `last_uid` stops just below that one, and the sync stops
         // once what came before it is in.
+        let came: HashSet<u32> = got.iter().map(|(uid, _)| *uid).collect();
         let missing: Vec<u32> = chunk
             .wanted
             .iter()
             .copied()
-            .filter(|u| !got.iter().any(|(g, _)| g == u))
+            .filter(|u| !came.contains(u))
             .collect();
         let mut refused_uid = None;
         let limit = self.client.config().command_timeout();
@@ -444,7 +438,7 @@ impl ImapChannel {
         }
         let limit = self.client.config().command_timeout();
         let mut found = Vec::new();
-        for window in uids.chunks(SIZES_PER_COMMAND) {
+        for window in uids.chunks(UIDS_PER_COMMAND) {
             let set = uid_set(window);
             let hits = deadline(limit, "UID SEARCH", async {
                 session
@@ -453,7 +447,8 @@ impl ImapChannel {
                     .map_err(other("UID SEARCH"))
             })
             .await?;
-            found.extend(hits.into_iter().filter(|u| window.contains(u)));
+            // `window` is ascending, as the search found them.
+            found.extend(hits.into_iter().filter(|u| window.binary_search(u).is_ok()));
         }
         found.sort_unstable();
         Ok(found)
