@@ -606,6 +606,25 @@ mod tests {
     }
 
     #[test]
+    fn an_html_body_over_its_limit_is_not_kept_but_its_end_is_searched() {
+        let html = format!(
+            "<p>{}</p><p>end-of-html</p>",
+            "x".repeat(MAX_BODY_HTML_BYTES)
+        );
+        let raw = format!(
+            "From: a@b.test\r\nSubject: big\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/alternative; boundary=B\r\n\r\n\
+             --B\r\nContent-Type: text/plain\r\n\r\nshort text\r\n\
+             --B\r\nContent-Type: text/html\r\n\r\n{html}\r\n--B--\r\n"
+        );
+        let parsed = parse(raw.as_bytes()).unwrap();
+        assert_eq!(parsed.body_html, None);
+        assert_eq!(parsed.body_text, "short text");
+        assert!(parsed.cut_tail.ends_with("<p>end-of-html</p>"));
+        assert!(parsed.cut_tail.len() <= CUT_TAIL_BYTES);
+    }
+
+    #[test]
     fn encoded_words_in_the_charsets_of_real_mail() {
         for (word, text) in [
             ("=?Big5?B?q8ik4apBsMg=?=", "客戶服務"),
