@@ -12,7 +12,11 @@ Printed: milliseconds per message of each run, the medians, and the ratio
 LARGE/SMALL (the target: under 2).
 
 Run: bench/thread_scale.py [SMALL [LARGE]]
-  MAILROOM_BIN (default target/release/mailroom, built by the caller),
+  MAILROOM_BIN (default target/release/mailroom, built by the caller), or
+  MAILROOM_BENCH_BINS="old=/path/to/old/mailroom,new=target/release/mailroom"
+  to compare binaries in one run (oldest first: the first one fills the
+  stores): each gets its own copy of both stores
+  (a newer binary migrates its copy), and the runs alternate,
   MAILROOM_BENCH_ROUNDS (default 3), MAILROOM_BENCH_BACKENDS
   (default "sqlite postgres"), MAILROOM_TEST_PG (the admin URL).
 """
@@ -44,10 +48,10 @@ def mail(message_id, sender, subject, in_reply_to="", references=""):
     return (head + "\r\nThank you, that helps.\r\n").encode()
 
 
-def ingest(work, url, directory):
+def ingest(work, url, directory, binary=BIN):
     env = dict(os.environ, MAILROOM_DATABASE_URL=url, MAILROOM_LOG="warn")
     out = subprocess.run(
-        [BIN, "ingest", "--json", directory], cwd=work, env=env, capture_output=True, check=True
+        [binary, "ingest", "--json", directory], cwd=work, env=env, capture_output=True, check=True
     )
     return json.loads(out.stdout)
 
@@ -98,15 +102,20 @@ def fill_sql(backend, messages, team, pipeline, status, outcome, now):
 class Store:
     """One store of `size` messages on `backend`."""
 
-    def __init__(self, backend, size, work):
+    def __init__(self, backend, size, work, label="seed", template=None):
         self.backend, self.size = backend, size
         if backend == "sqlite":
-            self.path = os.path.join(work, f"scale-{size}.db")
+            self.path = os.path.join(work, f"scale-{size}-{label}.db")
             self.url = f"sqlite://{self.path}"
+            if template:
+                with sqlite3.connect(template.path) as db:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                shutil.copyfile(template.path, self.path)
         else:
-            self.name = f"mailroom_scale_{size}"
+            self.name = f"mailroom_scale_{size}_{label}"
             self.psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-            self.psql(PG_ADMIN, f"CREATE DATABASE {self.name}")
+            copy = f" TEMPLATE {template.name}" if template else ""
+            self.psql(PG_ADMIN, f"CREATE DATABASE {self.name}{copy}")
             self.url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
 
     @staticmethod
@@ -122,12 +131,12 @@ class Store:
                 return db.execute(sql).fetchone()
         return tuple(self.psql(self.url, sql).split("|"))
 
-    def fill(self, work):
+    def fill(self, work, binary=BIN):
         seed = os.path.join(work, "seed")
         os.makedirs(seed, exist_ok=True)
         with open(os.path.join(seed, "seed.eml"), "wb") as f:
             f.write(mail("seed@gen.test", "seed@gen.test", "Seed"))
-        ingest(work, self.url, seed)  # migrates and syncs the config
+        ingest(work, self.url, seed, binary)  # migrates and syncs the config
         team, pipeline, status = self.query("SELECT team_id, pipeline_id, status_id FROM tickets")
         (outcome,) = self.query("SELECT outcome FROM receipts")
         statements = fill_sql(self.backend, self.size, team, pipeline, status, outcome,
@@ -150,7 +159,9 @@ class Store:
               flush=True)
 
     def drop(self):
-        if self.backend != "sqlite":
+        if self.backend == "sqlite":
+            os.remove(self.path)
+        else:
             self.psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
 
@@ -176,33 +187,49 @@ def replies(directory, store, round_no):
             f.write(data)
 
 
+def binaries():
+    spec = os.environ.get("MAILROOM_BENCH_BINS")
+    if not spec:
+        return [("mailroom", BIN)]
+    return [tuple(item.split("=", 1)) for item in spec.replace(",", " ").split()]
+
+
 def main():
     small = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     large = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    bins = binaries()
     work = tempfile.mkdtemp()
     shutil.copytree(os.path.join(ROOT, "config"), os.path.join(work, "config"))
     try:
         for backend in BACKENDS:
-            stores = [Store(backend, size, work) for size in (small, large)]
-            for store in stores:
-                store.fill(work)
-            per_message = {store.size: [] for store in stores}
+            # Filled once (by the first binary), then copied for each binary.
+            seeds = [Store(backend, size, work) for size in (small, large)]
+            for seed in seeds:
+                seed.fill(work, bins[0][1])
+            stores = {(label, seed.size): Store(backend, seed.size, work, label, seed)
+                      for label, _ in bins for seed in seeds}
+            for seed in seeds:
+                seed.drop()
+            per_message = {key: [] for key in stores}
+            directory = os.path.join(work, "replies")
             for round_no in range(ROUNDS):
-                for store in stores:
-                    directory = os.path.join(work, "replies")
-                    replies(directory, store, round_no)
-                    result = ingest(work, store.url, directory)
-                    threaded = result.get("appended", 0)
-                    assert threaded == PER_RUN and result.get("created", 0) == 0, result
-                    per_message[store.size].append(result["seconds"] * 1000 / PER_RUN)
-            medians = {size: statistics.median(runs) for size, runs in per_message.items()}
-            for size, runs in per_message.items():
+                for label, binary in bins:
+                    for size in (small, large):
+                        store = stores[(label, size)]
+                        replies(directory, store, round_no)
+                        result = ingest(work, store.url, directory, binary)
+                        threaded = result.get("appended", 0)
+                        assert threaded == PER_RUN and result.get("created", 0) == 0, result
+                        per_message[(label, size)].append(result["seconds"] * 1000 / PER_RUN)
+            medians = {key: statistics.median(runs) for key, runs in per_message.items()}
+            for (label, size), runs in per_message.items():
                 shown = " / ".join(f"{ms:.3f}" for ms in runs)
-                print(f"{backend:8} {size:>9,} messages: {shown} ms per message "
-                      f"(median {medians[size]:.3f})")
-            print(f"{backend:8} ratio {large:,} / {small:,}: {medians[large] / medians[small]:.2f}",
-                  flush=True)
-            for store in stores:
+                print(f"{backend:8} {label:8} {size:>9,} messages: {shown} ms per message "
+                      f"(median {medians[(label, size)]:.3f})")
+            for label, _ in bins:
+                ratio = medians[(label, large)] / medians[(label, small)]
+                print(f"{backend:8} {label:8} ratio {large:,} / {small:,}: {ratio:.2f}", flush=True)
+            for store in stores.values():
                 store.drop()
     finally:
         shutil.rmtree(work, ignore_errors=True)

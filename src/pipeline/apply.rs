@@ -967,7 +967,10 @@ fn keys_sender(message: &ParsedMessage) -> Option<&str> {
 impl Batch<'_> {
     /// Records the message's nearest parents for reverse lookup, in the
     /// store and for the rest of the batch (a parent may follow its reply
-    /// in the same batch).
+    /// in the same batch). A parent already stored on a live ticket of the
+    /// team is left out: it will not arrive late, and a copy of it finds
+    /// its ticket by its own Message-ID. Almost every reply names only such
+    /// parents, and each row is an index page written at random.
     fn record_parents(&mut self, team: i64, m: &ParsedMessage, row: i64, ticket: i64) {
         let mut parents: Vec<&String> = Vec::new();
         for id in m.in_reply_to.iter().chain(m.references.iter().rev()) {
@@ -976,6 +979,14 @@ impl Batch<'_> {
                 parents.push(id);
             }
         }
+        let stored_on_live_ticket = |id: &String| {
+            self.known
+                .messages
+                .get(&(team, id.clone()))
+                .and_then(|(t, _)| self.known.live_ticket_of_team(*t, team))
+                .is_some()
+        };
+        parents.retain(|id| !stored_on_live_ticket(id));
         for id in parents {
             self.writer.refs.push((team, id.clone(), ticket, row));
             let tickets = self.known.referrers.entry((team, id.clone())).or_default();

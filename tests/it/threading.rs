@@ -1114,10 +1114,12 @@ both_backends!(
         let referenced: Vec<&str> = written.iter().map(|r| r.0.as_str()).collect();
         assert_eq!(
             referenced,
-            vec!["m0@l.test", "m1@l.test", "m2@l.test"],
-            "own ID left out"
+            vec!["m0@l.test"],
+            "own ID and parents stored on the ticket (m1, m2) left out"
         );
-        // The migration's backfill, run over the same messages, finds the same.
+        // The migration's backfill, run over the same messages, finds the
+        // same and the stored parents too (harmless: a copy of a stored
+        // parent finds its ticket by its own Message-ID).
         sqlx::query("DELETE FROM message_refs")
             .execute(app.store().pool())
             .await
@@ -1138,7 +1140,45 @@ both_backends!(
                 .await
                 .unwrap();
         }
-        assert_eq!(rows().await, written);
+        let backfilled = rows().await;
+        let referenced: Vec<&str> = backfilled.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(referenced, vec!["m0@l.test", "m1@l.test", "m2@l.test"]);
+        assert!(written.iter().all(|row| backfilled.contains(row)));
+    }
+);
+
+both_backends!(
+    a_reply_to_stored_mail_writes_no_reverse_lookup_and_a_copy_of_its_parent_still_joins,
+    |backend| async move {
+        let app = TestApp::new(backend).await;
+        let parent = app
+            .apply("pipe", &msg("ida@customer.test", "p@i.test", ""))
+            .await;
+        let chain = "In-Reply-To: <p@i.test>\r\nReferences: <p@i.test>\r\n";
+        let reply = app
+            .apply("pipe", &msg("ida@customer.test", "r@i.test", chain))
+            .await;
+        assert_eq!(ticket_of(&reply), ticket_of(&parent));
+        let refs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message_refs")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(refs, 0, "the only parent is stored on the ticket");
+
+        // The same Message-ID again with another body (not a duplicate by
+        // fingerprint): found by its own ID, not through the reply.
+        let copy = mail(
+            "ida@customer.test",
+            "p@i.test",
+            "Fwd: a copy",
+            "",
+            "The same message through another inbox, with a footer.",
+        );
+        let copy = app.apply("pipe", &copy).await;
+        assert!(
+            matches!(copy, Outcome::Appended { ticket_id, .. } if ticket_id == ticket_of(&parent)),
+            "{copy:?}"
+        );
     }
 );
 
