@@ -21,6 +21,7 @@ Run: bench/thread_scale.py [SMALL [LARGE]]
   (default "sqlite postgres"), MAILROOM_TEST_PG (the admin URL).
 """
 
+import hashlib
 import json
 import os
 import random
@@ -56,6 +57,11 @@ def ingest(work, url, directory, binary=BIN):
     return json.loads(out.stdout)
 
 
+# The texts hashed into each generated message's fingerprint and blob key.
+FP_O, FP_R = "'f' || s.i || 'o'", "'f' || s.i || 'r'"
+BLOB_O, BLOB_R, BLOB_OF_KIND = "'b' || s.i || 'o'", "'b' || s.i || 'r'", "'b' || s.i || k.kind"
+
+
 def fill_sql(backend, messages, team, pipeline, status, outcome, now):
     """The generator's statements: `messages` messages, two per ticket."""
     tickets = messages // 2
@@ -69,6 +75,14 @@ def fill_sql(backend, messages, team, pipeline, status, outcome, now):
             )
         return f"generate_series(1, {count}) AS s(i)"
 
+    def digest(text):
+        """A SHA-256 in hex, as mailroom's fingerprints and blob keys are:
+        new ones then land at random places in their indexes."""
+        if backend == "sqlite":
+            return f"sha256_hex({text})"  # registered by `fill`
+        return f"encode(sha256(({text})::bytea), 'hex')"
+
+    blob = "zeroblob(512)" if backend == "sqlite" else "decode(repeat('00', 512), 'hex')"
     contact_of = f"'c' || (s.i % {contacts}) || '@gen.test'"
     return [
         f"INSERT INTO contacts (email, name, created_at) SELECT 'c' || (s.i - 1) || '@gen.test', "
@@ -79,23 +93,28 @@ def fill_sql(backend, messages, team, pipeline, status, outcome, now):
         f"{now}, {now}, {now} FROM {series(tickets)}",
         "INSERT INTO ticket_contacts (ticket_id, contact_id, role) "
         f"SELECT s.i + 1, c.id, 'requester' FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
+        # Each message's raw original (512 bytes here, for the file's size).
+        f"INSERT INTO blobs (sha256, size, data) SELECT {digest(BLOB_OF_KIND)}, 512, {blob} "
+        f"FROM {series(tickets)}, (SELECT 'o' AS kind UNION ALL SELECT 'r') AS k",
         "INSERT INTO messages (ticket_id, team_id, direction, author_contact_id, message_id, "
-        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, received_at) "
+        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, raw_sha256, received_at) "
         f"SELECT s.i + 1, {team}, 'inbound', c.id, 'g' || s.i || 'o@gen.test', '[]', '[]', c.email, "
-        f"'Case ' || s.i, 'A question.', 'fpo' || s.i, {now} "
+        f"'Case ' || s.i, 'A question.', {digest(FP_O)}, "
+        f"{digest(BLOB_O)}, {now} "
         f"FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
         "INSERT INTO messages (ticket_id, team_id, direction, author_contact_id, message_id, "
-        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, received_at) "
+        "in_reply_to, refs, from_addr, subject, body_text, fingerprint, raw_sha256, received_at) "
         f"SELECT s.i + 1, {team}, 'inbound', c.id, 'g' || s.i || 'r@gen.test', "
         "'[\"g' || s.i || 'o@gen.test\"]', '[\"g' || s.i || 'o@gen.test\"]', c.email, "
-        f"'Re: Case ' || s.i, 'More detail.', 'fpr' || s.i, {now} "
+        f"'Re: Case ' || s.i, 'More detail.', {digest(FP_R)}, "
+        f"{digest(BLOB_R)}, {now} "
         f"FROM {series(tickets)} JOIN contacts c ON c.email = {contact_of}",
         "INSERT INTO message_refs (referenced, team_id, ticket_id, message_id) "
         "SELECT 'g' || (m.ticket_id - 1) || 'o@gen.test', m.team_id, m.ticket_id, m.id "
-        "FROM messages m WHERE m.fingerprint LIKE 'fpr%'",
+        "FROM messages m WHERE m.message_id LIKE 'g%r@gen.test'",
         "INSERT INTO receipts (team_id, fingerprint, outcome, ticket_id, message_id, created_at) "
         f"SELECT team_id, fingerprint, '{outcome}', ticket_id, id, {now} FROM messages "
-        "WHERE fingerprint LIKE 'fp%'",
+        "WHERE message_id LIKE 'g%@gen.test'",
     ]
 
 
@@ -144,6 +163,8 @@ class Store:
         started = time.time()
         if self.backend == "sqlite":
             db = sqlite3.connect(self.path)
+            db.create_function("sha256_hex", 1, lambda text: hashlib.sha256(text.encode()).hexdigest(),
+                               deterministic=True)
             for sql in statements:
                 db.execute(sql)
             db.commit()
