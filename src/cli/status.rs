@@ -77,8 +77,19 @@ fn print_channel(name: &str, value: &Value) {
         Some(h) => format!(" held_by={h}"),
         None => String::new(),
     };
+    // Messages the server would not give, left behind on it: ops must know.
+    let passed_over: Vec<String> = state["passed_over"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_u64().map(|uid| uid.to_string()))
+        .collect();
+    let passed_over = match passed_over.is_empty() {
+        true => String::new(),
+        false => format!(" passed_over_uids={}", passed_over.join(",")),
+    };
     println!(
-        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}{holder}",
+        "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}{holder}{passed_over}",
         value["kind"].as_str().unwrap_or("?"),
         field("connected"),
         field("backlog"),

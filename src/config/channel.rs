@@ -324,6 +324,11 @@ pub struct ImapConfig {
     /// The longest any command may take (a FETCH gets more per megabyte).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_secs: u64,
+    /// Sessions in a row in which the server will not give the same
+    /// message before the mailbox passes over it (it stays on the server,
+    /// reported in `mailroom status` and the log); 0: never.
+    #[serde(default = "default_give_up_after_refusals")]
+    pub give_up_after_refusals: u32,
 }
 
 fn default_folder() -> String {
@@ -337,6 +342,9 @@ fn default_fetch_batch() -> usize {
 }
 fn default_command_timeout() -> u64 {
     60
+}
+fn default_give_up_after_refusals() -> u32 {
+    10
 }
 
 impl ImapConfig {

@@ -14,6 +14,15 @@ pub struct Oversized {
     pub moved_to: Option<String>,
 }
 
+/// A message the server would not give, in how many sessions in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub uid: u32,
+    pub times: u32,
+    /// When it was last refused (unix ms).
+    pub at: i64,
+}
+
 /// An IMAP mailbox's state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImapState {
@@ -29,6 +38,13 @@ pub struct ImapState {
     pub backlog: usize,
     #[serde(default)]
     pub oversized: Vec<Oversized>,
+    /// The message the server refuses now (the mailbox waits below it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusing: Option<Refused>,
+    /// Messages passed over after `give_up_after_refusals` sessions: left
+    /// on the server, never stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<Refused>,
     /// `first_sync = "unseen"` in progress: unread mail up to this UID is
     /// still being taken; mail already read there is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

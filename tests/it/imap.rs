@@ -672,6 +672,7 @@ async fn refusing_proxy(
 /// 60 messages in a Dovecot INBOX, read through [`refusing_proxy`] in
 /// chunks of 10 by a running mailbox.
 async fn sixty_behind_refusals(
+    extra: &str,
     refuse: impl Fn(usize, &str) -> bool + Send + Sync + 'static,
 ) -> (
     Dovecot,
@@ -696,7 +697,11 @@ async fn sixty_behind_refusals(
     let proxy_port = refusing_proxy(server.imap_port, refuse).await;
     let app = TestApp::with_config(
         Backend::Sqlite,
-        &channel("inbox", proxy_port, "fetch_batch = 10\nidle = false"),
+        &channel(
+            "inbox",
+            proxy_port,
+            &format!("fetch_batch = 10\nidle = false\n{extra}"),
+        ),
     )
     .await;
     let running = start(&app, app.pipeline.clone(), "inbox");
@@ -717,7 +722,7 @@ async fn seen_uids(client: &mut async_imap::Session<tokio::net::TcpStream>) -> V
 async fn a_fetch_refused_ahead_still_commits_and_acknowledges_what_came_before_it() {
     // Every session's third chunk is refused whole while its first two are
     // in flight: those two land, and the refused one is asked for UID by UID.
-    let (_server, mut client, app, running) = sixty_behind_refusals(|n, _| n == 3).await;
+    let (_server, mut client, app, running) = sixty_behind_refusals("", |n, _| n == 3).await;
     let s = wait_for_state(&app, "inbox", "all 60 taken", |s| s.last_uid == 60).await;
     running.stop().await;
     assert_eq!(app.store().counts().await.unwrap().messages, 60);
@@ -741,7 +746,7 @@ async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
     // Any FETCH that asks for UID 25 is refused whole: the chunk 21..30 is
     // asked for UID by UID, so 21..24 still come in.
     let (_server, mut client, app, running) =
-        sixty_behind_refusals(|_, set| set_holds(set, 25)).await;
+        sixty_behind_refusals("give_up_after_refusals = 0", |_, set| set_holds(set, 25)).await;
     let s = wait_for_state(&app, "inbox", "stopped below UID 25", |s| {
         s.last_uid == 24
             && s.last_error
@@ -762,6 +767,23 @@ async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
         (1..=24).collect::<Vec<u32>>(),
         "only what is stored is seen"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_session_after_session_is_passed_over_and_reported() {
+    // UID 25 is never given; after two sessions refusing it the mailbox
+    // takes the rest and lists 25 as left on the server.
+    let (_server, mut client, app, running) =
+        sixty_behind_refusals("give_up_after_refusals = 2", |_, set| set_holds(set, 25)).await;
+    let s = wait_for_state(&app, "inbox", "past UID 25", |s| s.last_uid == 60).await;
+    running.stop().await;
+    assert_eq!(s.passed_over.len(), 1, "{:?}", s.passed_over);
+    assert_eq!((s.passed_over[0].uid, s.passed_over[0].times), (25, 2));
+    assert_eq!(s.refusing, None);
+    assert_eq!(app.store().counts().await.unwrap().messages, 59);
+    let seen = seen_uids(&mut client).await;
+    let expected: Vec<u32> = (1..=60).filter(|&u| u != 25).collect();
+    assert_eq!(seen, expected, "25 is left unread on the server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use crate::pipeline::Pipeline;
 use crate::retry::Backoff;
 use crate::store::{now_ms, Store};
 
-pub use crate::store::channels::{ImapState, Oversized};
+pub use crate::store::channels::{ImapState, Oversized, Refused};
 pub use sync::uid_set;
 
 /// Why a session ended; decides how long to wait before the next one.
@@ -33,6 +33,14 @@ pub enum Failure {
     /// The database is unreachable: nothing was acknowledged; retry later.
     #[error("database unavailable: {0}")]
     Database(String),
+    /// The server will not give this message (a NO to its FETCH, or the UID
+    /// left out while it is still there); everything below it is in.
+    #[error(
+        "the server did not give message UID {uid} (it refused or failed the FETCH); \
+         taken up to UID {}, the rest is fetched again at the next attempt",
+        .uid.saturating_sub(1)
+    )]
+    Refused { uid: u32 },
 }
 
 /// Maps an async-imap error to a session failure, naming the step.

@@ -16,13 +16,13 @@ use async_imap::types::Fetch;
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{db, other, Capabilities, Failure, ImapChannel, ImapState, Oversized};
+use super::{db, other, Capabilities, Failure, ImapChannel, ImapState, Oversized, Refused};
 use crate::config::{After, ImapConfig};
 use crate::net::imap::{deadline, ImapError, ImapSession};
 use crate::pipeline::{Disposition, OnBadInput, Pipeline, PipelineError, Prepared, RawMessage};
 use crate::store::now_ms;
 
-/// Oversized messages remembered in a mailbox's state.
+/// Oversized (and passed-over) messages remembered in a mailbox's state.
 const MAX_OVERSIZED_REPORTED: usize = 100;
 
 /// A chunk closes once its messages reach this many bytes (it always holds
@@ -36,7 +36,7 @@ const UIDS_PER_COMMAND: usize = 2_000;
 
 impl ImapChannel {
     /// Takes every message above `last_uid`, in chunks. Returns how many it
-    /// took. Chunk k commits while chunk k+1 is parsed and the session
+    /// dealt with (took, or passed over after repeated refusals). Chunk k commits while chunk k+1 is parsed and the session
     /// acknowledges chunk k-1 and fetches chunk k+2; a chunk is
     /// acknowledged at the server only after its own commit, and
     /// `last_uid` only passes chunks that are acknowledged, in order.
@@ -119,7 +119,15 @@ impl ImapChannel {
             self.advance(pipeline, state, &done, lease_lost()).await?;
         }
         if let Some(failure) = held {
-            return Err(failure);
+            match failure {
+                Failure::Refused { uid }
+                    if self.refused(pipeline, state, uid, lease_lost()).await? =>
+                {
+                    // Passed over: the caller syncs again for what follows.
+                    return Ok(taken + 1);
+                }
+                failure => return Err(failure),
+            }
         }
         if let (Some(until), false) = (state.unseen_until, shutdown.is_cancelled()) {
             // The unread mail is in; read mail below the mark stays behind.
@@ -188,12 +196,63 @@ impl ImapChannel {
         lease_lost: bool,
     ) -> Result<(), Failure> {
         state.last_uid = state.last_uid.max(done.through);
+        if state
+            .refusing
+            .as_ref()
+            .is_some_and(|r| r.uid <= state.last_uid)
+        {
+            state.refusing = None; // the server gave it after all
+        }
         state.last_success = Some(now_ms());
         state.backlog = state.backlog.saturating_sub(done.covers);
         if lease_lost {
             return Ok(());
         }
         self.save_state(pipeline, state).await
+    }
+
+    /// Counts a session in which the server would not give `uid` (all
+    /// below it is in). After `give_up_after_refusals` sessions in a row the
+    /// mailbox passes over it: the message stays on the server, reported in
+    /// the state and the log. Returns whether it was passed over.
+    async fn refused(
+        &self,
+        pipeline: &Pipeline,
+        state: &mut ImapState,
+        uid: u32,
+        lease_lost: bool,
+    ) -> Result<bool, Failure> {
+        let times = match &state.refusing {
+            Some(r) if r.uid == uid => r.times.saturating_add(1),
+            _ => 1,
+        };
+        let limit = self.client.config().give_up_after_refusals;
+        let refused = Refused {
+            uid,
+            times,
+            at: now_ms(),
+        };
+        // Only directly above what is in: nothing below it may be skipped.
+        let pass_over = limit > 0 && times >= limit && state.last_uid.saturating_add(1) >= uid;
+        if pass_over {
+            tracing::error!(mailbox = %self.name, uid, times,
+                "The server would not give this message in {times} sessions in a row: passed over, \
+                 it stays on the server (mailroom status lists it).");
+            state.last_uid = state.last_uid.max(uid);
+            state.refusing = None;
+            state.passed_over.push(refused);
+            let excess = state
+                .passed_over
+                .len()
+                .saturating_sub(MAX_OVERSIZED_REPORTED);
+            state.passed_over.drain(..excess);
+        } else {
+            state.refusing = Some(refused);
+        }
+        if !lease_lost {
+            self.save_state(pipeline, state).await?;
+        }
+        Ok(pass_over)
     }
 
     async fn save_state(&self, pipeline: &Pipeline, state: &ImapState) -> Result<(), Failure> {
@@ -381,11 +440,7 @@ impl ImapChannel {
             chunk.through = first - 1;
             chunk.covers = chunk.wanted.iter().filter(|&&u| u < first).count();
             got.retain(|(uid, _)| *uid < first);
-            refused = Some(Failure::Imap(ImapError::Other(format!(
-                "the server did not give message UID {first} (it refused or failed the FETCH); \
-                 taken up to UID {}, the rest is fetched again at the next attempt",
-                first - 1
-            ))));
+            refused = Some(Failure::Refused { uid: first });
         }
         let (uids, raws) = got.into_iter().unzip();
         Ok(Fetched {
