@@ -34,7 +34,7 @@ pub async fn run(config: &Config, json: bool) -> u8 {
             return Ok(0);
         }
         for (name, value) in &all {
-            print_channel(name, value);
+            println!("{}", channel_line(name, value));
         }
         println!(
             "{:<16} {:<8} queued={} (claimed={}) sent={} failed={}",
@@ -67,7 +67,8 @@ async fn channels(config: &Config, store: &Store) -> anyhow::Result<Map<String, 
     Ok(all)
 }
 
-fn print_channel(name: &str, value: &Value) {
+/// One channel's line of `mailroom status`.
+fn channel_line(name: &str, value: &Value) -> String {
     let state = &value["state"];
     let field = |k: &str| match &state[k] {
         Value::Null => "-".to_string(),
@@ -88,12 +89,35 @@ fn print_channel(name: &str, value: &Value) {
         true => String::new(),
         false => format!(" passed_over_uids={}", passed_over.join(",")),
     };
-    println!(
+    format!(
         "{name:<16} {:<8} connected={} backlog={} last_success={} last_error={}{holder}{passed_over}",
         value["kind"].as_str().unwrap_or("?"),
         field("connected"),
         field("backlog"),
         field("last_success"),
         field("last_error")
-    );
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_line_names_the_messages_it_passed_over() {
+        let mut state = serde_json::to_value(crate::store::channels::ImapState {
+            backlog: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let value = json!({ "kind": "imap", "state": state.clone() });
+        let line = channel_line("inbox", &value);
+        assert!(line.contains("backlog=3"), "{line}");
+        assert!(!line.contains("passed_over"), "{line}");
+
+        state["passed_over"] =
+            json!([{ "uid": 25, "times": 10, "at": 1 }, { "uid": 31, "times": 10, "at": 2 }]);
+        let line = channel_line("inbox", &json!({ "kind": "imap", "state": state }));
+        assert!(line.ends_with(" passed_over_uids=25,31"), "{line}");
+    }
 }

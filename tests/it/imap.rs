@@ -784,6 +784,33 @@ async fn a_message_refused_session_after_session_is_passed_over_and_reported() {
     let seen = seen_uids(&mut client).await;
     let expected: Vec<u32> = (1..=60).filter(|&u| u != 25).collect();
     assert_eq!(seen, expected, "25 is left unread on the server");
+
+    // Alertable: the metrics read it from the state.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(mailroom::metrics::serve(
+        listener,
+        app.store().clone(),
+        app.config.clone(),
+        stop.clone(),
+    ));
+    let text = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    let _ = serving.await;
+    assert!(
+        text.contains("mailroom_mailbox_passed_over{channel=\"inbox\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,8 +232,10 @@ impl ImapChannel {
             times,
             at: now_ms(),
         };
-        // Only directly above what is in: nothing below it may be skipped.
-        let pass_over = limit > 0 && times >= limit && state.last_uid.saturating_add(1) >= uid;
+        // Only directly above what is in (nothing below it may be skipped),
+        // and only by the mailbox's holder.
+        let pass_over =
+            limit > 0 && times >= limit && state.last_uid.saturating_add(1) >= uid && !lease_lost;
         if pass_over {
             tracing::error!(mailbox = %self.name, uid, times,
                 "The server would not give this message in {times} sessions in a row: passed over, \
