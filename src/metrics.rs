@@ -55,8 +55,8 @@ pub fn install() -> PrometheusHandle {
                 "mailroom_mailbox_backlog",
                 "Messages waiting in an IMAP mailbox."
             );
-            metrics::describe_gauge!(
-                "mailroom_mailbox_passed_over",
+            metrics::describe_counter!(
+                "mailroom_mailbox_passed_over_total",
                 "Messages an IMAP mailbox passed over after the server kept refusing them (they stay on the server)."
             );
             metrics::describe_gauge!(
@@ -128,8 +128,6 @@ async fn refresh(state: &Exposition) -> Result<(), sqlx::Error> {
             .set(if s.connected { 1.0 } else { 0.0 });
         metrics::gauge!("mailroom_mailbox_backlog", "channel" => name.clone())
             .set(s.backlog as f64);
-        metrics::gauge!("mailroom_mailbox_passed_over", "channel" => name.clone())
-            .set(s.passed_over.len() as f64);
     }
     Ok(())
 }

@@ -115,8 +115,7 @@ mod tests {
         assert!(line.contains("backlog=3"), "{line}");
         assert!(!line.contains("passed_over"), "{line}");
 
-        state["passed_over"] =
-            json!([{ "uid": 25, "times": 10, "at": 1 }, { "uid": 31, "times": 10, "at": 2 }]);
+        state["passed_over"] = json!([{ "uid": 25, "times": 3, "since": 1, "at": 2 }, { "uid": 31, "times": 4, "since": 3, "at": 4 }]);
         let line = channel_line("inbox", &json!({ "kind": "imap", "state": state }));
         assert!(line.ends_with(" passed_over_uids=25,31"), "{line}");
     }

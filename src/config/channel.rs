@@ -324,11 +324,12 @@ pub struct ImapConfig {
     /// The longest any command may take (a FETCH gets more per megabyte).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_secs: u64,
-    /// Sessions in a row in which the server will not give the same
-    /// message before the mailbox passes over it (it stays on the server,
-    /// reported in `mailroom status` and the log); 0: never.
-    #[serde(default = "default_give_up_after_refusals")]
-    pub give_up_after_refusals: u32,
+    /// How long the server may keep refusing the same message (in at least
+    /// three sessions) before the mailbox passes over it: it stays on the
+    /// server, reported in `mailroom status`, the log and the metrics.
+    /// 0: wait for it for ever.
+    #[serde(default = "default_pass_over_refused_after")]
+    pub pass_over_refused_after_secs: u64,
 }
 
 fn default_folder() -> String {
@@ -343,8 +344,8 @@ fn default_fetch_batch() -> usize {
 fn default_command_timeout() -> u64 {
     60
 }
-fn default_give_up_after_refusals() -> u32 {
-    10
+fn default_pass_over_refused_after() -> u64 {
+    3600
 }
 
 impl ImapConfig {

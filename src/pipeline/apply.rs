@@ -972,13 +972,6 @@ impl Batch<'_> {
     /// its ticket by its own Message-ID. Almost every reply names only such
     /// parents, and each row is an index page written at random.
     fn record_parents(&mut self, team: i64, m: &ParsedMessage, row: i64, ticket: i64) {
-        let mut parents: Vec<&String> = Vec::new();
-        for id in m.in_reply_to.iter().chain(m.references.iter().rev()) {
-            if *id != m.message_id && !parents.contains(&id) && parents.len() < MAX_RECORDED_PARENTS
-            {
-                parents.push(id);
-            }
-        }
         let stored_on_live_ticket = |id: &String| {
             self.known
                 .messages
@@ -986,7 +979,16 @@ impl Batch<'_> {
                 .and_then(|(t, _)| self.known.live_ticket_of_team(*t, team))
                 .is_some()
         };
-        parents.retain(|id| !stored_on_live_ticket(id));
+        let mut parents: Vec<&String> = Vec::new();
+        for id in m.in_reply_to.iter().chain(m.references.iter().rev()) {
+            if *id != m.message_id
+                && !parents.contains(&id)
+                && parents.len() < MAX_RECORDED_PARENTS
+                && !stored_on_live_ticket(id)
+            {
+                parents.push(id);
+            }
+        }
         for id in parents {
             self.writer.refs.push((team, id.clone(), ticket, row));
             let tickets = self.known.referrers.entry((team, id.clone())).or_default();

@@ -14,12 +14,13 @@ pub struct Oversized {
     pub moved_to: Option<String>,
 }
 
-/// A message the server would not give, in how many sessions in a row.
+/// A message the server would not give: in how many sessions in a row,
+/// since when and last when (unix ms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refused {
     pub uid: u32,
     pub times: u32,
-    /// When it was last refused (unix ms).
+    pub since: i64,
     pub at: i64,
 }
 
@@ -41,8 +42,8 @@ pub struct ImapState {
     /// The message the server refuses now (the mailbox waits below it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusing: Option<Refused>,
-    /// Messages passed over after `give_up_after_refusals` sessions: left
-    /// on the server, never stored.
+    /// Messages passed over after `pass_over_refused_after_secs`: left on
+    /// the server, never stored (the latest 100, of this UIDVALIDITY).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passed_over: Vec<Refused>,
     /// `first_sync = "unseen"` in progress: unread mail up to this UID is

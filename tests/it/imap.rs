@@ -363,6 +363,20 @@ async fn a_uidvalidity_change_rescans_without_duplicates() {
     let running = start(&app, app.pipeline.clone(), "support");
     let before = wait_for_state(&app, "support", "2 synced", |s| s.last_uid == 2).await;
     running.stop().await;
+    // Refusals recorded under the old UIDVALIDITY name other messages after it.
+    let mut left = before.clone();
+    let refused = mailroom::store::channels::Refused {
+        uid: 3,
+        times: 2,
+        since: 1,
+        at: 2,
+    };
+    left.refusing = Some(refused.clone());
+    left.passed_over = vec![refused];
+    app.store()
+        .set_channel_state("support", &left)
+        .await
+        .unwrap();
 
     // Recreating the folder gives it a new UIDVALIDITY; the same two come back, plus one.
     client.delete("Support").await.unwrap();
@@ -375,6 +389,7 @@ async fn a_uidvalidity_change_rescans_without_duplicates() {
     .await;
     running.stop().await;
     assert_ne!(after.uidvalidity, before.uidvalidity);
+    assert_eq!((after.refusing, after.passed_over.len()), (None, 0));
     let counts = app.store().counts().await.unwrap();
     assert_eq!((counts.tickets, counts.messages), (1, 3));
 }
@@ -746,7 +761,10 @@ async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
     // Any FETCH that asks for UID 25 is refused whole: the chunk 21..30 is
     // asked for UID by UID, so 21..24 still come in.
     let (_server, mut client, app, running) =
-        sixty_behind_refusals("give_up_after_refusals = 0", |_, set| set_holds(set, 25)).await;
+        sixty_behind_refusals("pass_over_refused_after_secs = 0", |_, set| {
+            set_holds(set, 25)
+        })
+        .await;
     let s = wait_for_state(&app, "inbox", "stopped below UID 25", |s| {
         s.last_uid == 24
             && s.last_error
@@ -771,21 +789,28 @@ async fn a_message_the_server_never_gives_stops_the_mailbox_exactly_below_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_refused_session_after_session_is_passed_over_and_reported() {
-    // UID 25 is never given; after two sessions refusing it the mailbox
-    // takes the rest and lists 25 as left on the server.
+    // UID 25 is never given; once three sessions over two seconds have
+    // refused it, the mailbox takes the rest and lists 25 as left behind.
+    mailroom::metrics::install();
     let (_server, mut client, app, running) =
-        sixty_behind_refusals("give_up_after_refusals = 2", |_, set| set_holds(set, 25)).await;
+        sixty_behind_refusals("pass_over_refused_after_secs = 2", |_, set| {
+            set_holds(set, 25)
+        })
+        .await;
     let s = wait_for_state(&app, "inbox", "past UID 25", |s| s.last_uid == 60).await;
     running.stop().await;
     assert_eq!(s.passed_over.len(), 1, "{:?}", s.passed_over);
-    assert_eq!((s.passed_over[0].uid, s.passed_over[0].times), (25, 2));
+    let passed = &s.passed_over[0];
+    assert_eq!(passed.uid, 25);
+    assert!(passed.times >= 3, "{passed:?}");
+    assert!(passed.at - passed.since >= 2000, "{passed:?}");
     assert_eq!(s.refusing, None);
     assert_eq!(app.store().counts().await.unwrap().messages, 59);
     let seen = seen_uids(&mut client).await;
     let expected: Vec<u32> = (1..=60).filter(|&u| u != 25).collect();
     assert_eq!(seen, expected, "25 is left unread on the server");
 
-    // Alertable: the metrics read it from the state.
+    // Alertable: counted in the metrics.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let stop = CancellationToken::new();
@@ -808,7 +833,7 @@ async fn a_message_refused_session_after_session_is_passed_over_and_reported() {
     stop.cancel();
     let _ = serving.await;
     assert!(
-        text.contains("mailroom_mailbox_passed_over{channel=\"inbox\"} 1"),
+        text.contains("mailroom_mailbox_passed_over_total{channel=\"inbox\"} 1"),
         "{text}"
     );
 }

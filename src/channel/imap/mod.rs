@@ -37,8 +37,7 @@ pub enum Failure {
     /// left out while it is still there); everything below it is in.
     #[error(
         "the server did not give message UID {uid} (it refused or failed the FETCH); \
-         taken up to UID {}, the rest is fetched again at the next attempt",
-        .uid.saturating_sub(1)
+         the mailbox waits below it and asks again at the next attempt"
     )]
     Refused { uid: u32 },
 }
@@ -169,10 +168,12 @@ impl ImapChannel {
         loop {
             let mut healthy = false;
             let result = self.session(pipeline, shutdown, &mut healthy, lost).await;
-            if healthy {
+            let error = result.err();
+            // A refused message ends a session that otherwise works; it
+            // still backs off, so the server is not asked every second.
+            if healthy && !matches!(error, Some(Failure::Refused { .. })) {
                 failures = 0;
             }
-            let error = result.err();
             self.record_session_end(pipeline.store(), error.as_ref(), lost)
                 .await;
             let Some(error) = error else {
@@ -323,6 +324,9 @@ impl ImapChannel {
         state.uidvalidity = Some(uidvalidity);
         state.last_uid = 0;
         state.unseen_until = None;
+        // UIDs of the old validity name other messages now.
+        state.refusing = None;
+        state.passed_over.clear();
         let first_sync = self.client.config().first_sync;
         if first_sync == FirstSync::All {
             return Ok(());

@@ -30,13 +30,17 @@ const MAX_OVERSIZED_REPORTED: usize = 100;
 /// every message is large.
 const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Sessions that must have refused a message before it is passed over,
+/// however long ago the first was (one slow session is not a pattern).
+const MIN_REFUSING_SESSIONS: u32 = 3;
+
 /// UIDs per `UID FETCH (RFC822.SIZE)` or `UID SEARCH`: keeps the command
 /// line short (well under Dovecot's 64 KiB) even when they are scattered.
 const UIDS_PER_COMMAND: usize = 2_000;
 
 impl ImapChannel {
     /// Takes every message above `last_uid`, in chunks. Returns how many it
-    /// dealt with (took, or passed over after repeated refusals). Chunk k commits while chunk k+1 is parsed and the session
+    /// dealt with (took, or passed over after the server kept refusing it). Chunk k commits while chunk k+1 is parsed and the session
     /// acknowledges chunk k-1 and fetches chunk k+2; a chunk is
     /// acknowledged at the server only after its own commit, and
     /// `last_uid` only passes chunks that are acknowledged, in order.
@@ -212,9 +216,11 @@ impl ImapChannel {
     }
 
     /// Counts a session in which the server would not give `uid` (all
-    /// below it is in). After `give_up_after_refusals` sessions in a row the
-    /// mailbox passes over it: the message stays on the server, reported in
-    /// the state and the log. Returns whether it was passed over.
+    /// below it is in). Once it has refused it in at least
+    /// `MIN_REFUSING_SESSIONS` sessions over `pass_over_refused_after_secs`,
+    /// the mailbox passes over it: the message stays on the server, reported
+    /// in the state, the log and the metrics. Returns whether it was passed
+    /// over.
     async fn refused(
         &self,
         pipeline: &Pipeline,
@@ -222,24 +228,35 @@ impl ImapChannel {
         uid: u32,
         lease_lost: bool,
     ) -> Result<bool, Failure> {
-        let times = match &state.refusing {
-            Some(r) if r.uid == uid => r.times.saturating_add(1),
-            _ => 1,
+        let now = now_ms();
+        let (times, since) = match &state.refusing {
+            Some(r) if r.uid == uid => (r.times.saturating_add(1), r.since),
+            _ => (1, now),
         };
-        let limit = self.client.config().give_up_after_refusals;
         let refused = Refused {
             uid,
             times,
-            at: now_ms(),
+            since,
+            at: now,
         };
-        // Only directly above what is in (nothing below it may be skipped),
-        // and only by the mailbox's holder.
-        let pass_over =
-            limit > 0 && times >= limit && state.last_uid.saturating_add(1) >= uid && !lease_lost;
+        let limit_ms = self
+            .client
+            .config()
+            .pass_over_refused_after_secs
+            .saturating_mul(1000);
+        let pass_over = limit_ms > 0
+            && times >= MIN_REFUSING_SESSIONS
+            && u64::try_from(now - since).unwrap_or(0) >= limit_ms
+            // Only directly above what is in (nothing below it may be
+            // skipped), and only by the mailbox's holder.
+            && state.last_uid.saturating_add(1) >= uid
+            && !lease_lost;
         if pass_over {
-            tracing::error!(mailbox = %self.name, uid, times,
-                "The server would not give this message in {times} sessions in a row: passed over, \
-                 it stays on the server (mailroom status lists it).");
+            tracing::error!(mailbox = %self.name, uid, times, refused_for_s = (now - since) / 1000,
+                "The server kept refusing this message: passed over, it stays on the server \
+                 (mailroom status lists it).");
+            metrics::counter!("mailroom_mailbox_passed_over_total", "channel" => self.name.clone())
+                .increment(1);
             state.last_uid = state.last_uid.max(uid);
             state.refusing = None;
             state.passed_over.push(refused);
