@@ -811,27 +811,7 @@ async fn a_message_refused_session_after_session_is_passed_over_and_reported() {
     assert_eq!(seen, expected, "25 is left unread on the server");
 
     // Alertable: counted in the metrics.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(mailroom::metrics::serve(
-        listener,
-        app.store().clone(),
-        app.config.clone(),
-        stop.clone(),
-    ));
-    let text = tokio::task::spawn_blocking(move || {
-        ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    stop.cancel();
-    let _ = serving.await;
+    let text = mailroom::metrics::install().render();
     assert!(
         text.contains("mailroom_mailbox_passed_over_total{channel=\"inbox\"} 1"),
         "{text}"

@@ -25,6 +25,14 @@ use crate::store::now_ms;
 /// Oversized (and passed-over) messages remembered in a mailbox's state.
 const MAX_OVERSIZED_REPORTED: usize = 100;
 
+/// Adds to a list the state reports; the log has them all, the state keeps
+/// the latest for `mailroom status`.
+fn report<T>(list: &mut Vec<T>, item: T) {
+    list.push(item);
+    let excess = list.len().saturating_sub(MAX_OVERSIZED_REPORTED);
+    list.drain(..excess);
+}
+
 /// A chunk closes once its messages reach this many bytes (it always holds
 /// at least one), so three chunks in flight stay within memory even when
 /// every message is large.
@@ -40,7 +48,8 @@ const UIDS_PER_COMMAND: usize = 2_000;
 
 impl ImapChannel {
     /// Takes every message above `last_uid`, in chunks. Returns how many it
-    /// dealt with (took, or passed over after the server kept refusing it). Chunk k commits while chunk k+1 is parsed and the session
+    /// dealt with (took, or passed over after the server kept refusing it).
+    /// Chunk k commits while chunk k+1 is parsed and the session
     /// acknowledges chunk k-1 and fetches chunk k+2; a chunk is
     /// acknowledged at the server only after its own commit, and
     /// `last_uid` only passes chunks that are acknowledged, in order.
@@ -259,12 +268,7 @@ impl ImapChannel {
                 .increment(1);
             state.last_uid = state.last_uid.max(uid);
             state.refusing = None;
-            state.passed_over.push(refused);
-            let excess = state
-                .passed_over
-                .len()
-                .saturating_sub(MAX_OVERSIZED_REPORTED);
-            state.passed_over.drain(..excess);
+            report(&mut state.passed_over, refused);
         } else {
             state.refusing = Some(refused);
         }
@@ -549,14 +553,14 @@ impl ImapChannel {
             moved_to = moved_to.as_deref().unwrap_or("-"),
             "Message over ingest.max_message_bytes left on the server.");
         if !state.oversized.iter().any(|o| o.uid == uid) {
-            state.oversized.push(Oversized {
-                uid,
-                size,
-                moved_to,
-            });
-            // The log has them all; the state keeps the latest for `mailroom status`.
-            let excess = state.oversized.len().saturating_sub(MAX_OVERSIZED_REPORTED);
-            state.oversized.drain(..excess);
+            report(
+                &mut state.oversized,
+                Oversized {
+                    uid,
+                    size,
+                    moved_to,
+                },
+            );
         }
         Ok(())
     }
